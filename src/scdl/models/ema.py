@@ -1,0 +1,50 @@
+"""Exponential-moving-average teacher for mean-teacher training."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMATeacher(nn.Module):
+    """A frozen copy of a student network whose weights track the student's by EMA.
+
+    After every optimiser step call :meth:`update`: ``theta_t <- a * theta_t + (1 - a) * theta_s``
+    with ``a = min(1 - 1 / (step + 1), decay)`` (the UA-MT / MagicNet warm-up: early on the teacher
+    follows the student closely). Floating-point buffers (BatchNorm running statistics) are averaged
+    the same way; integer buffers are copied. The teacher never receives gradients: its parameters
+    have ``requires_grad=False`` and :meth:`forward` runs under ``torch.no_grad``. Being a submodule
+    of the LightningModule, it is saved in checkpoints, so resuming restores it.
+    """
+
+    def __init__(self, student: nn.Module, decay: float = 0.99) -> None:
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(student)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def alpha(self, step: int) -> float:
+        """The averaging weight used at optimiser step ``step`` (0-based)."""
+        return min(1.0 - 1.0 / (step + 1), self.decay)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, step: int) -> float:
+        """Moves the teacher toward ``student``; returns the alpha used."""
+        a = self.alpha(step)
+        for t, s in zip(self.module.parameters(), student.parameters(), strict=True):
+            t.mul_(a).add_(s.detach(), alpha=1.0 - a)
+        for t, s in zip(self.module.buffers(), student.buffers(), strict=True):
+            if t.is_floating_point():
+                t.mul_(a).add_(s.detach(), alpha=1.0 - a)
+            else:
+                t.copy_(s)
+        return a
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)

@@ -1,0 +1,155 @@
+"""VNet backbone in the UA-MT / DHC / GALoss style (scdl-method.md §2.1).
+
+Encoder: 5 stages of 3x3x3 conv blocks (1, 2, 3, 3, 3 convs) with 16, 32, 64, 128, 256 channels
+(for ``base_filters=16``), stride-2 2x2x2 conv down-sampling. Decoder: stride-2 transposed-conv
+up-sampling, skip connections by *addition*, conv blocks (3, 3, 2, 1 convs), then a 1x1x1 classifier.
+The decoder output before the classifier (``x9``, ``base_filters`` channels at input resolution) is
+exposed by :meth:`VNet.forward_features`: SCDL builds its tokens from it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Norm = Literal["batchnorm", "instancenorm", "groupnorm", "none"]
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batchnorm":
+        return nn.BatchNorm3d(channels)
+    if kind == "instancenorm":
+        return nn.InstanceNorm3d(channels)
+    if kind == "groupnorm":
+        return nn.GroupNorm(num_groups=min(16, channels), num_channels=channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalization {kind!r}; expected batchnorm|instancenorm|groupnorm|none")
+
+
+class ConvBlock(nn.Sequential):
+    """``n_convs`` x (3x3x3 conv -> norm -> ReLU); the first conv maps ``c_in`` -> ``c_out``."""
+
+    def __init__(self, n_convs: int, c_in: int, c_out: int, norm: Norm) -> None:
+        layers: list[nn.Module] = []
+        for i in range(n_convs):
+            layers += [
+                nn.Conv3d(c_in if i == 0 else c_out, c_out, 3, padding=1),
+                _norm(norm, c_out),
+                nn.ReLU(inplace=True),
+            ]
+        super().__init__(*layers)
+
+
+class DownBlock(nn.Sequential):
+    """2x2x2 stride-2 conv -> norm -> ReLU: halves the resolution, ``c_in`` -> ``c_out``."""
+
+    def __init__(self, c_in: int, c_out: int, norm: Norm) -> None:
+        super().__init__(nn.Conv3d(c_in, c_out, 2, stride=2), _norm(norm, c_out), nn.ReLU(inplace=True))
+
+
+class UpBlock(nn.Sequential):
+    """2x2x2 stride-2 transposed conv -> norm -> ReLU: doubles the resolution."""
+
+    def __init__(self, c_in: int, c_out: int, norm: Norm) -> None:
+        super().__init__(
+            nn.ConvTranspose3d(c_in, c_out, 2, stride=2), _norm(norm, c_out), nn.ReLU(inplace=True)
+        )
+
+
+class VNet(nn.Module):
+    """VNet for 3D segmentation.
+
+    Args:
+        in_channels: image channels (1 for CT).
+        num_classes: output classes C, background included.
+        base_filters: channels of the first stage (16 in UA-MT / GALoss, 32 in DHC).
+        normalization: normalisation after every conv.
+        dropout: dropout probability on the bottleneck and on the last decoder features (0 = off).
+        init: ``kaiming`` (GA-CPS model A) or ``xavier`` (model B) normal init of the conv weights.
+
+    Input spatial sizes must be divisible by 16 (four down-samplings).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 14,
+        base_filters: int = 16,
+        normalization: Norm = "batchnorm",
+        dropout: float = 0.0,
+        init: Literal["kaiming", "xavier", "default"] = "kaiming",
+    ) -> None:
+        super().__init__()
+        f = base_filters
+        self.num_classes = num_classes
+        self.feature_channels = f
+        self.block1 = ConvBlock(1, in_channels, f, normalization)
+        self.down1 = DownBlock(f, 2 * f, normalization)
+        self.block2 = ConvBlock(2, 2 * f, 2 * f, normalization)
+        self.down2 = DownBlock(2 * f, 4 * f, normalization)
+        self.block3 = ConvBlock(3, 4 * f, 4 * f, normalization)
+        self.down3 = DownBlock(4 * f, 8 * f, normalization)
+        self.block4 = ConvBlock(3, 8 * f, 8 * f, normalization)
+        self.down4 = DownBlock(8 * f, 16 * f, normalization)
+        self.block5 = ConvBlock(3, 16 * f, 16 * f, normalization)
+
+        self.up5 = UpBlock(16 * f, 8 * f, normalization)
+        self.block6 = ConvBlock(3, 8 * f, 8 * f, normalization)
+        self.up6 = UpBlock(8 * f, 4 * f, normalization)
+        self.block7 = ConvBlock(3, 4 * f, 4 * f, normalization)
+        self.up7 = UpBlock(4 * f, 2 * f, normalization)
+        self.block8 = ConvBlock(2, 2 * f, 2 * f, normalization)
+        self.up8 = UpBlock(2 * f, f, normalization)
+        self.block9 = ConvBlock(1, f, f, normalization)
+        self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        self.out_conv = nn.Conv3d(f, num_classes, 1)
+        self._init_weights(init)
+
+    def _init_weights(self, init: str) -> None:
+        if init == "default":
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
+                if init == "kaiming":
+                    nn.init.kaiming_normal_(m.weight)
+                elif init == "xavier":
+                    nn.init.xavier_normal_(m.weight)
+                else:
+                    raise ValueError(f"unknown init {init!r}; expected kaiming|xavier|default")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder. ``x``: (B, in_ch, X, Y, Z) -> [x1 (f, X), x2 (2f, X/2), x3, x4, x5 (16f, X/16)]."""
+        x1 = self.block1(x)
+        x2 = self.block2(self.down1(x1))
+        x3 = self.block3(self.down2(x2))
+        x4 = self.block4(self.down3(x3))
+        x5 = self.dropout(self.block5(self.down4(x4)))
+        return [x1, x2, x3, x4, x5]
+
+    def decode(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder. Returns the feature map x9: (B, base_filters, X, Y, Z), before the classifier."""
+        x1, x2, x3, x4, x5 = skips
+        x = self.block6(self.up5(x5) + x4)
+        x = self.block7(self.up6(x) + x3)
+        x = self.block8(self.up7(x) + x2)
+        x = self.block9(self.up8(x) + x1)
+        return self.dropout(x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Classifier: (B, base_filters, X, Y, Z) -> logits (B, C, X, Y, Z)."""
+        return self.out_conv(features)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(logits (B, C, X, Y, Z), features x9 (B, base_filters, X, Y, Z))``."""
+        features = self.decode(self.encode(x))
+        return self.head(features), features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, in_ch, X, Y, Z) -> logits (B, C, X, Y, Z)."""
+        return self.forward_features(x)[0]

@@ -1,0 +1,1 @@
+"""Utilities: schedules, logging set-up, rank-aware helpers."""
