@@ -19,9 +19,10 @@ Two protocols (``docs/scdl-method.md`` §5, §8 item 13):
     metrics and not comparable with published HD95/NSD columns.
 
 ``standard`` — native resolution, physical units (mm via ``spacing``):
-    * both present: Dice; ASD = ASSD, the symmetric average surface distance
-      ``(mean d(S_pred -> S_gt) + mean d(S_gt -> S_pred)) / 2`` (medpy ``assd``); HD95; NSD at
-      tolerance ``tau`` mm;
+    * both present: Dice; ASD = ASSD, the mean of the pooled distances
+      ``d(S_pred -> S_gt) U d(S_gt -> S_pred)``, i.e. ``(sum of both) / (|S_pred| + |S_gt|)``
+      (medpy >= 0.5 ``assd`` and MONAI ``SurfaceDistanceMetric(symmetric=True)``; medpy 0.4 took
+      the mean of the two directed means instead); HD95; NSD at tolerance ``tau`` mm;
     * both empty: all metrics NaN (the class is excluded from that case's means);
     * exactly one empty: Dice 0, NSD 0, ASD = HD95 = ``empty_distance`` (default: the image
       diagonal in mm, the largest distance possible inside the volume).
@@ -182,8 +183,9 @@ def _present_metrics(
     d_pg: np.ndarray, d_gp: np.ndarray, nsd_tolerance: float, symmetric_asd: bool
 ) -> tuple[float, float, float]:
     """(asd, hd95, nsd) from the two directed distance sets."""
-    asd = (d_pg.mean() + d_gp.mean()) / 2.0 if symmetric_asd else d_pg.mean()
-    hd95 = np.percentile(np.concatenate([d_pg, d_gp]), 95)
+    pooled = np.concatenate([d_pg, d_gp])
+    asd = pooled.mean() if symmetric_asd else d_pg.mean()
+    hd95 = np.percentile(pooled, 95)
     tol = nsd_tolerance + 1e-9  # distances are sqrt of sums; keep exact ties inside
     nsd = ((d_pg <= tol).sum() + (d_gp <= tol).sum()) / (d_pg.size + d_gp.size)
     return float(asd), float(hd95), float(nsd)
