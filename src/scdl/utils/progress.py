@@ -13,7 +13,13 @@ def progress_iter(items: Sequence[T], description: str, enabled: bool = True) ->
     if not enabled:
         yield from items
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -26,5 +32,3 @@ def progress_iter(items: Sequence[T], description: str, enabled: bool = True) ->
         for item in items:
             yield item
             bar.advance(task)
-
-

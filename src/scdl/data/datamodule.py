@@ -1,0 +1,320 @@
+"""``SemiSupervisedDataModule``: labeled + unlabeled random 3D patches for training, whole volumes
+for validation and test, all read from the preprocessed cache (:mod:`scdl.data.prepare`).
+
+Training batches are dicts ``{"labeled": {"image": (Bl, 1, P, P, P), "label": (Bl, P, P, P)},
+"unlabeled": {"image": (Bu, 1, P, P, P)}}`` with ``Bl = labeled_bs`` and ``Bu = unlabeled_bs``.
+One training "epoch" is ``iters_per_epoch`` iterations (validation runs once per epoch), so the
+paper's "validate every 500 iterations" is ``iters_per_epoch=500``.
+
+Patch sampling uses MONAI crops: ``RandSpatialCropd`` (uniform) or ``RandCropByLabelClassesd``
+(``labeled_sampling="class_balanced"``: the crop centre is a voxel of a class drawn with the given
+ratios, default equal for all classes, which oversamples small organs). Every process (DDP rank,
+data-loader worker) seeds its crop RNG from the torch seed, its rank and its worker id, so ranks and
+workers never draw the same crops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from scdl.data.prepare import CachedCase, load_cached_case, read_index
+from scdl.data.splits import Split, load_split_file, make_split
+
+Sampling = Literal["uniform", "class_balanced"]
+
+
+def _global_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def pad_to_min_size(
+    array: np.ndarray, min_size: Sequence[int], value: float
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Pads ``array`` (X, Y, Z) symmetrically so every axis is at least ``min_size``."""
+    pads = []
+    for n, m in zip(array.shape, min_size, strict=True):
+        total = max(int(m) - n, 0)
+        pads.append((total // 2, total - total // 2))
+    if any(p != (0, 0) for p in pads):
+        array = np.pad(array, pads, mode="constant", constant_values=value)
+    return array, pads
+
+
+class PatchDataset(Dataset):
+    """Random 3D patches from a list of cached cases; item ``i`` comes from case ``i % #cases``.
+
+    Args:
+        cases: cached cases (labels required when ``with_label``).
+        patch_size: (P, P, P) voxels.
+        length: number of items (iterations per epoch x batch size).
+        with_label: yield labels (labeled stream) or images only (unlabeled stream).
+        sampling: ``uniform`` or ``class_balanced`` crop centres (labeled stream only).
+        num_classes: classes C, for class-balanced sampling.
+        class_ratios: relative sampling weight per class (C,), default all ones.
+        max_indices_per_class: indices kept per class for class-balanced sampling (memory bound).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CachedCase],
+        patch_size: Sequence[int],
+        length: int,
+        with_label: bool = True,
+        sampling: Sampling = "uniform",
+        num_classes: int | None = None,
+        class_ratios: Sequence[float] | None = None,
+        max_indices_per_class: int = 20000,
+    ) -> None:
+        if not cases:
+            raise ValueError("PatchDataset needs at least one case")
+        if sampling not in ("uniform", "class_balanced"):
+            raise ValueError(f"unknown sampling {sampling!r}; expected uniform|class_balanced")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.length = int(length)
+        self.with_label = with_label
+        self.sampling = sampling if with_label else "uniform"
+        self.items: list[dict] = []
+        for case in cases:
+            image, _ = pad_to_min_size(
+                np.asarray(case.image), self.patch_size, float(case.image.min())
+            )
+            item = {"image": image[None].astype(np.float32, copy=False)}
+            if with_label:
+                if case.label is None:
+                    raise ValueError(f"case {case.case_id} has no label")
+                label, _ = pad_to_min_size(np.asarray(case.label), self.patch_size, 0)
+                item["label"] = label[None]
+                if self.sampling == "class_balanced":
+                    item["indices"] = self._class_indices(label, num_classes, max_indices_per_class)
+            self.items.append(item)
+        self._transform = self._build_transform(num_classes, class_ratios)
+        self._seeded_for: tuple | None = None
+
+    @staticmethod
+    def _class_indices(label: np.ndarray, num_classes: int | None, keep: int) -> list[np.ndarray]:
+        if num_classes is None:
+            raise ValueError("class_balanced sampling needs num_classes")
+        flat = label.reshape(-1)
+        out = []
+        for c in range(num_classes):
+            idx = np.flatnonzero(flat == c)
+            if len(idx) > keep:  # evenly strided subset: deterministic and spread over the organ
+                idx = idx[np.linspace(0, len(idx) - 1, keep).astype(np.int64)]
+            out.append(idx)
+        return out
+
+    def _build_transform(self, num_classes: int | None, class_ratios: Sequence[float] | None):
+        from monai import transforms as T
+
+        keys = ["image", "label"] if self.with_label else ["image"]
+        if self.sampling == "class_balanced":
+            ratios = list(class_ratios) if class_ratios is not None else [1.0] * int(num_classes)
+            if len(ratios) != num_classes:
+                raise ValueError(
+                    f"class_ratios has {len(ratios)} entries for {num_classes} classes"
+                )
+            return T.RandCropByLabelClassesd(
+                keys,
+                label_key="label",
+                spatial_size=self.patch_size,
+                ratios=ratios,
+                num_classes=num_classes,
+                num_samples=1,
+                indices_key="indices",
+                allow_smaller=False,
+            )
+        return T.RandSpatialCropd(keys, roi_size=self.patch_size, random_size=False)
+
+    def _ensure_seeded(self) -> None:
+        worker = get_worker_info()
+        key = (torch.initial_seed(), _global_rank(), worker.id if worker else -1)
+        if self._seeded_for != key:
+            seed = np.random.SeedSequence([key[0] % 2**32, key[1], key[2] + 1]).generate_state(1)[0]
+            self._transform.set_random_state(seed=int(seed))
+            self._seeded_for = key
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        self._ensure_seeded()
+        item = self.items[index % len(self.items)]
+        out = self._transform(item)
+        if isinstance(out, list):  # RandCropByLabelClassesd returns num_samples crops
+            out = out[0]
+        sample = {"image": torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32)}
+        if self.with_label:
+            sample["label"] = torch.as_tensor(np.asarray(out["label"])[0], dtype=torch.long)
+        return sample
+
+
+class VolumeDataset(Dataset):
+    """Whole preprocessed volumes: ``{"image": (1, X, Y, Z), "label": (X, Y, Z), "case_id": str}``."""
+
+    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str], in_memory: bool = False):
+        self.cache_dir = Path(cache_dir)
+        self.case_ids = list(case_ids)
+        self.in_memory = in_memory
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        case = load_cached_case(self.cache_dir, self.case_ids[index], in_memory=True)
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))[None],
+            "case_id": case.case_id,
+        }
+        if case.label is not None:
+            out["label"] = torch.from_numpy(case.label.astype(np.int64))
+        return out
+
+
+class SemiSupervisedDataModule(L.LightningDataModule):
+    """Builds the split and the loaders from a preprocessed cache.
+
+    Args:
+        cache_dir: folder written by :func:`scdl.data.prepare.prepare_dataset`.
+        patch_size: training patch (X, Y, Z).
+        labeled_bs, unlabeled_bs: patches per iteration from each stream (unlabeled_bs may be 0).
+        iters_per_epoch: iterations per epoch; validation runs at the end of each epoch.
+        split_file: JSON split (labeled/unlabeled/val/test); if None the split is drawn with
+            ``labeled_ratio`` (or ``num_labeled``), ``num_val``, ``num_test`` and ``split_seed``.
+        exclude: case-id flags to drop before splitting, e.g. ``{"modality": "MRI"}``.
+        labeled_sampling, class_ratios: crop-centre sampling of the labeled stream.
+        num_workers: data-loader workers (0 is best on a 2-core CPU: crops from RAM are cheap).
+        in_memory: load training volumes into RAM (else memory-mapped reads).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str,
+        patch_size: Sequence[int] = (64, 64, 64),
+        labeled_bs: int = 2,
+        unlabeled_bs: int = 2,
+        iters_per_epoch: int = 100,
+        split_file: str | None = None,
+        labeled_ratio: float | None = 0.2,
+        num_labeled: int | None = None,
+        num_val: int = 4,
+        num_test: int = 6,
+        split_seed: int = 0,
+        exclude: dict | None = None,
+        labeled_sampling: Sampling = "uniform",
+        class_ratios: Sequence[float] | None = None,
+        num_workers: int = 0,
+        in_memory: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.labeled_bs = labeled_bs
+        self.unlabeled_bs = unlabeled_bs
+        self.iters_per_epoch = iters_per_epoch
+        self.split_file = split_file
+        self.labeled_ratio = labeled_ratio
+        self.num_labeled = num_labeled
+        self.num_val = num_val
+        self.num_test = num_test
+        self.split_seed = split_seed
+        self.exclude = dict(exclude or {})
+        self.labeled_sampling = labeled_sampling
+        self.class_ratios = class_ratios
+        self.num_workers = num_workers
+        self.in_memory = in_memory
+        self.pin_memory = pin_memory
+        self.split: Split | None = None
+        self.class_names: list[str] = []
+        self._train: tuple[PatchDataset, PatchDataset | None] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_split(self) -> Split:
+        """Reads the cache index and builds (and validates) the split; cheap, no volume loaded."""
+        index = read_index(self.cache_dir)
+        self.class_names = list(index["class_names"])
+        cases = [
+            c for c in index["cases"] if not any(c.get(k) == v for k, v in self.exclude.items())
+        ]
+        ids = [c["case_id"] for c in cases]
+        labeled_ids = [c["case_id"] for c in cases if c.get("labeled", True)]
+        if self.split_file:
+            split = load_split_file(self.split_file)
+        else:
+            split = make_split(
+                labeled_ids,
+                labeled_ratio=self.labeled_ratio,
+                num_labeled=self.num_labeled,
+                num_val=self.num_val,
+                num_test=self.num_test,
+                seed=self.split_seed,
+                unlabeled_only=sorted(set(ids) - set(labeled_ids)),
+            )
+        self.split = split.validate(ids, labeled_ids, name=str(self.split_file or "drawn split"))
+        return self.split
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is None:
+            self.prepare_split()
+        if stage in (None, "fit") and self._train is None:
+            load = lambda ids: [load_cached_case(self.cache_dir, i, self.in_memory) for i in ids]  # noqa: E731
+            labeled = PatchDataset(
+                load(self.split.labeled),
+                self.patch_size,
+                self.iters_per_epoch * self.labeled_bs,
+                with_label=True,
+                sampling=self.labeled_sampling,
+                num_classes=self.num_classes,
+                class_ratios=self.class_ratios,
+            )
+            unlabeled = None
+            if self.unlabeled_bs > 0:
+                if not self.split.unlabeled:
+                    raise ValueError("unlabeled_bs > 0 but the split has no unlabeled cases")
+                unlabeled = PatchDataset(
+                    load(self.split.unlabeled),
+                    self.patch_size,
+                    self.iters_per_epoch * self.unlabeled_bs,
+                    with_label=False,
+                )
+            self._train = (labeled, unlabeled)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        from lightning.pytorch.utilities import CombinedLoader
+
+        labeled, unlabeled = self._train
+        loaders = {"labeled": self._loader(labeled, self.labeled_bs, True)}
+        if unlabeled is not None:
+            loaders["unlabeled"] = self._loader(unlabeled, self.unlabeled_bs, True)
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(VolumeDataset(self.cache_dir, self.split.val), 1, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(VolumeDataset(self.cache_dir, self.split.test), 1, False)

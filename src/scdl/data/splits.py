@@ -1,0 +1,130 @@
+"""Train / validation / test splits with a labeled and an unlabeled part, validated on load.
+
+A split file is JSON: ``{"labeled": [...], "unlabeled": [...], "val": [...], "test": [...]}``
+(case ids). Alternatively a folder of one-id-per-line text files in the DHC/SCDL convention
+(``labeled_5p.txt``, ``unlabeled_5p.txt``, ``eval.txt``, ``test.txt``) is read by
+:func:`load_split_txt`. Without a file, :func:`make_split` draws one from a labeled ratio and a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+PARTS = ("labeled", "unlabeled", "val", "test")
+
+
+class SplitError(ValueError):
+    """A split that overlaps, names missing cases or needs labels it does not have."""
+
+
+@dataclass(frozen=True)
+class Split:
+    labeled: list[str]
+    unlabeled: list[str]
+    val: list[str]
+    test: list[str]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return asdict(self)
+
+    def validate(
+        self,
+        available: Iterable[str] | None = None,
+        labeled_cases: Iterable[str] | None = None,
+        name: str = "split",
+    ) -> Split:
+        """Checks that the parts are disjoint, that every id exists in ``available`` and that the
+        labeled, val and test cases have labels (``labeled_cases``). Raises :class:`SplitError`
+        naming the offending cases; returns ``self`` so calls chain."""
+        if not self.labeled:
+            raise SplitError(f"{name}: no labeled cases")
+        for part in PARTS:
+            ids = getattr(self, part)
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise SplitError(f"{name}: duplicate ids in '{part}': {dup}")
+        for i, a in enumerate(PARTS):
+            for b in PARTS[i + 1 :]:
+                both = sorted(set(getattr(self, a)) & set(getattr(self, b)))
+                if both:
+                    raise SplitError(f"{name}: '{a}' and '{b}' share {len(both)} case(s): {both}")
+        if available is not None:
+            avail = set(available)
+            missing = {p: sorted(set(getattr(self, p)) - avail) for p in PARTS}
+            missing = {p: m for p, m in missing.items() if m}
+            if missing:
+                detail = "; ".join(f"{p}: {m}" for p, m in missing.items())
+                raise SplitError(f"{name}: case(s) not found in the data set: {detail}")
+        if labeled_cases is not None:
+            has_label = set(labeled_cases)
+            for part in ("labeled", "val", "test"):
+                lacking = sorted(set(getattr(self, part)) - has_label)
+                if lacking:
+                    raise SplitError(f"{name}: '{part}' case(s) without a label: {lacking}")
+        return self
+
+
+def load_split_file(path: str | Path) -> Split:
+    """Reads a JSON split file (keys ``labeled``, ``unlabeled``, ``val``, ``test``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    data = json.loads(path.read_text())
+    unknown = set(data) - set(PARTS) - {"description", "source"}
+    if unknown:
+        raise SplitError(f"{path}: unknown keys {sorted(unknown)}; expected {list(PARTS)}")
+    return Split(*[[str(i) for i in data.get(p, [])] for p in PARTS])
+
+
+def _read_ids(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_split_txt(folder: str | Path, labeled: str, unlabeled: str, val: str, test: str) -> Split:
+    """Reads one-id-per-line text files (DHC / SCDL convention) from ``folder``."""
+    folder = Path(folder)
+    return Split(*[_read_ids(folder / f) for f in (labeled, unlabeled, val, test)])
+
+
+def make_split(
+    case_ids: Sequence[str],
+    labeled_ratio: float | None = 0.2,
+    num_labeled: int | None = None,
+    num_val: int = 4,
+    num_test: int = 6,
+    seed: int = 0,
+    unlabeled_only: Sequence[str] = (),
+) -> Split:
+    """Draws a split: ``num_test`` + ``num_val`` cases held out, then ``num_labeled`` (or
+    ``ceil(labeled_ratio * #train)``, at least 1) labeled, the rest of the training cases unlabeled.
+
+    ``case_ids`` must all carry labels; ``unlabeled_only`` (cases without labels) join the unlabeled
+    part. Deterministic in ``seed`` and independent of the input order.
+    """
+    ids = sorted(set(case_ids))
+    if len(ids) < num_val + num_test + 1:
+        raise SplitError(
+            f"{len(ids)} labeled cases cannot give {num_test} test + {num_val} val + 1 training case"
+        )
+    order = list(np.random.default_rng(seed).permutation(len(ids)))
+    shuffled = [ids[i] for i in order]
+    test, val, train = (
+        shuffled[:num_test],
+        shuffled[num_test : num_test + num_val],
+        shuffled[num_test + num_val :],
+    )
+    if num_labeled is None:
+        if labeled_ratio is None or not 0.0 < labeled_ratio <= 1.0:
+            raise SplitError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
+        num_labeled = max(1, math.ceil(labeled_ratio * len(train) - 1e-9))
+    if not 1 <= num_labeled <= len(train):
+        raise SplitError(f"num_labeled={num_labeled} outside [1, {len(train)}]")
+    labeled = sorted(train[:num_labeled])
+    unlabeled = sorted(train[num_labeled:]) + sorted(set(unlabeled_only))
+    return Split(labeled, unlabeled, sorted(val), sorted(test))

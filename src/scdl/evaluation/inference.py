@@ -1,0 +1,61 @@
+"""Whole-volume inference by sliding windows (MONAI), shared by validation, ``eval.py`` and
+``predict.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SlidingWindowConfig:
+    """Sliding-window settings.
+
+    Args:
+        roi_size: window (X, Y, Z), normally the training patch.
+        overlap: fraction of the window shared by neighbours (MONAI computes the stride as
+            ``int(roi * (1 - overlap))``; 0.5 with a 96 window is stride 48).
+        mode: ``gaussian`` or ``constant`` blending of overlapping windows.
+        sw_batch_size: windows per forward pass.
+        average: ``probs`` averages softmax probabilities (SCDL / GALoss evaluation) or ``logits``.
+    """
+
+    roi_size: Sequence[int] = (64, 64, 64)
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 2
+    average: str = "probs"
+
+
+@torch.no_grad()
+def sliding_window_probs(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    cfg: SlidingWindowConfig,
+) -> torch.Tensor:
+    """Runs ``predictor`` ((N, 1, *roi) -> logits (N, C, *roi)) over ``image`` (B, 1, X, Y, Z).
+
+    Returns class probabilities (B, C, X, Y, Z) (averaged probabilities, or softmax of averaged
+    logits with ``average="logits"``). Volumes smaller than the window are padded by MONAI.
+    """
+    from monai.inferers import sliding_window_inference
+
+    if cfg.average not in ("probs", "logits"):
+        raise ValueError(f"average must be probs|logits, got {cfg.average!r}")
+
+    def window(x: torch.Tensor) -> torch.Tensor:
+        logits = predictor(x).float()
+        return logits.softmax(dim=1) if cfg.average == "probs" else logits
+
+    out = sliding_window_inference(
+        image,
+        roi_size=tuple(int(r) for r in cfg.roi_size),
+        sw_batch_size=int(cfg.sw_batch_size),
+        predictor=window,
+        overlap=float(cfg.overlap),
+        mode=cfg.mode,
+    )
+    out = torch.as_tensor(out)
+    return out if cfg.average == "probs" else out.softmax(dim=1)

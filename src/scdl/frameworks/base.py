@@ -1,0 +1,145 @@
+"""What every semi-supervised framework shares: optimiser + poly schedule, sliding-window validation and
+test with per-class Dice, and the ``segment`` hook that inference calls.
+
+Subclasses implement :meth:`training_step`, :meth:`segment` (a patch -> logits, the path used at
+inference) and :meth:`parameter_groups`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from scdl.evaluation.dice import AbsentPolicy, PerCaseDice
+from scdl.evaluation.inference import SlidingWindowConfig, sliding_window_probs
+from scdl.utils.schedules import poly_lr
+
+
+class SemiSupervisedModule(L.LightningModule):
+    """Base LightningModule.
+
+    Args:
+        num_classes: classes C including background.
+        class_names: C names (index = label id), used in metric keys ``val/dice_<name>``.
+        optimizer: a partial optimiser (Hydra ``_partial_: true``), called with parameter groups.
+        poly_power: exponent of the poly learning-rate decay, stepped every iteration.
+        poly_horizon: iterations over which the lr decays (default: ``trainer.max_steps``).
+        inference: sliding-window settings for validation and test.
+        val_absent: Dice of a class absent from the ground truth (see :func:`per_class_dice`).
+        channels_last: run convolutions in channels-last-3D memory format (faster on CPU).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        poly_power: float = 0.9,
+        poly_horizon: int | None = None,
+        inference: SlidingWindowConfig | dict | None = None,
+        val_absent: AbsentPolicy = "zero",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        names = list(class_names) if class_names is not None else []
+        if names and len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+        self.class_names = names or [f"class{i}" for i in range(self.num_classes)]
+        self.optimizer_factory = optimizer or (
+            lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        )
+        self.poly_power = poly_power
+        self.poly_horizon = poly_horizon
+        if isinstance(inference, dict) or inference is None:
+            inference = SlidingWindowConfig(**(dict(inference) if inference else {}))
+        self.inference_cfg = inference
+        self.channels_last = channels_last
+        self.val_dice = PerCaseDice(self.num_classes, val_absent)
+        self.test_dice = PerCaseDice(self.num_classes, "skip")
+        self.test_case_ids: list[str] = []
+        self.test_results: dict | None = None
+
+    # --- to implement -------------------------------------------------------------------------
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference path: a patch (N, 1, X, Y, Z) -> logits (N, C, X, Y, Z)."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups (dicts with ``params`` and optional per-group settings)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # --- helpers ------------------------------------------------------------------------------
+    def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    def convert_memory_format(self, *modules: nn.Module) -> None:
+        if self.channels_last:
+            for m in modules:
+                m.to(memory_format=torch.channels_last_3d)
+
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """Whole volume (B, 1, X, Y, Z) -> class probabilities (B, C, X, Y, Z)."""
+        return sliding_window_probs(
+            lambda x: self.segment(self.to_memory_format(x)), image, self.inference_cfg
+        )
+
+    # --- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        max_steps = self.trainer.max_steps if self.trainer is not None else -1
+        if max_steps is None or max_steps <= 0:
+            raise ValueError("trainer.max_steps must be set: the poly schedule decays over it")
+        scheduler = poly_lr(optimizer, max_steps, self.poly_power, self.poly_horizon)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # --- validation / test ---------------------------------------------------------------------
+    def _evaluate(self, batch: dict, metric: PerCaseDice) -> None:
+        probs = self.predict_volume(batch["image"])
+        metric.update(probs.argmax(dim=1), batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_dice)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dice("val", self.val_dice.compute())
+        self.val_dice.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_dice)
+        self.test_case_ids.extend(batch["case_id"])
+
+    def on_test_epoch_end(self) -> None:
+        rows = self.test_dice.compute()
+        self._log_dice("test", rows)
+        names = self.class_names[1:]
+        self.test_results = {
+            "class_names": names,
+            "per_case": rows.cpu().tolist(),
+            "mean": torch.nanmean(rows, dim=0).cpu().tolist(),
+            "std": _nanstd(rows).cpu().tolist(),
+            "mean_dice": float(torch.nanmean(torch.nanmean(rows, dim=0))),
+        }
+        self.test_dice.reset()
+
+    def _log_dice(self, stage: str, rows: torch.Tensor) -> None:
+        if rows.numel() == 0:
+            return
+        per_class = torch.nanmean(rows, dim=0)
+        # rows are already gathered from every rank (torchmetrics cat-reduction): no sync_dist
+        self.log(f"{stage}/dice", torch.nanmean(per_class), prog_bar=True)
+        for name, value in zip(self.class_names[1:], per_class, strict=True):
+            self.log(f"{stage}/dice_{name}", value)
+
+
+def _nanstd(rows: torch.Tensor) -> torch.Tensor:
+    """Std over cases (dim 0) ignoring NaN; 0 for a single case."""
+    mean = torch.nanmean(rows, dim=0, keepdim=True)
+    valid = (~rows.isnan()).sum(0).clamp_min(1)
+    return (torch.nansum((rows - mean) ** 2, dim=0) / valid).sqrt()

@@ -1,0 +1,105 @@
+"""Mean teacher: a student trained on labeled patches and on the EMA teacher's pseudo-labels of
+unlabeled patches (the framework of GA-MagicNet / UA-MT, without MagicNet's cube mixing)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from scdl.frameworks.base import SemiSupervisedModule
+from scdl.losses.rampup import sigmoid_rampup
+from scdl.models.ema import EMATeacher
+
+
+class MeanTeacherModule(SemiSupervisedModule):
+    """Student + EMA teacher.
+
+    Per iteration (``Bl`` labeled + ``Bu`` unlabeled patches of size P):
+    ``L = sup_loss(student(x_l), y_l) + w(t) * unsup_loss(student(x_u), teacher(x_u + noise))``,
+    ``w(t) = unsup_weight * sigmoid_rampup(t, rampup_steps)``; after every optimiser step
+    ``teacher <- a * teacher + (1 - a) * student`` (:class:`EMATeacher`).
+
+    Args:
+        backbone: the student network; must provide ``forward_features(x) -> (logits, features)``.
+        sup_loss: ``(logits (B, C, P, P, P), labels (B, P, P, P)) -> scalar``.
+        unsup_loss: ``(student_logits, teacher_logits) -> scalar`` (e.g. :class:`PseudoLabelLoss`).
+        ema_decay: teacher EMA decay.
+        unsup_weight, rampup_steps: weight of the unsupervised term and its sigmoid ramp-up length
+            in iterations.
+        teacher_noise: std of the Gaussian noise on the teacher input (clipped at +-2 std).
+        teacher_mode: ``train`` (batch statistics in BatchNorm, as GA-MagicNet) or ``eval``.
+        **kwargs: see :class:`SemiSupervisedModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        sup_loss: nn.Module,
+        unsup_loss: nn.Module,
+        ema_decay: float = 0.99,
+        unsup_weight: float = 0.1,
+        rampup_steps: int = 1000,
+        teacher_noise: float = 0.1,
+        teacher_mode: Literal["train", "eval"] = "train",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["backbone", "sup_loss", "unsup_loss"])
+        self.student = backbone
+        self.convert_memory_format(self.student)
+        self.teacher = EMATeacher(self.student, decay=ema_decay)
+        self.sup_loss = sup_loss
+        self.unsup_loss = unsup_loss
+        self.unsup_weight = unsup_weight
+        self.rampup_steps = rampup_steps
+        self.teacher_noise = teacher_noise
+        if teacher_mode not in ("train", "eval"):
+            raise ValueError(f"teacher_mode must be train|eval, got {teacher_mode!r}")
+        self.teacher_mode = teacher_mode
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": list(self.student.parameters()), "name": "backbone"}]
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher prediction on a noised copy of ``x`` (no gradient)."""
+        if self.teacher_noise > 0:
+            noise = torch.randn_like(x) * self.teacher_noise
+            x = x + noise.clamp(-2 * self.teacher_noise, 2 * self.teacher_noise)
+        self.teacher.train(self.teacher_mode == "train")
+        return self.teacher(x)
+
+    def unsup_weight_at(self, step: int) -> float:
+        return self.unsup_weight * sigmoid_rampup(step, self.rampup_steps)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
+        n_l = labeled["image"].shape[0]
+        x = (
+            labeled["image"]
+            if unlabeled is None
+            else torch.cat([labeled["image"], unlabeled["image"]])
+        )
+        x = self.to_memory_format(x)
+        logits = self.student(x)
+        loss_sup = self.sup_loss(logits[:n_l], labeled["label"])
+        loss = loss_sup
+        logs = {"train/loss_sup": loss_sup}
+        if unlabeled is not None:
+            t_logits = self.teacher_logits(x[n_l:])
+            loss_unsup = self.unsup_loss(logits[n_l:], t_logits)
+            w = self.unsup_weight_at(self.global_step)
+            loss = loss + w * loss_unsup
+            logs.update({"train/loss_unsup": loss_unsup, "train/unsup_weight": w})
+        logs["train/loss"] = loss
+        self.log_dict(logs, prog_bar=False, batch_size=x.shape[0])
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # global_step was already incremented by the optimiser step: the update index is step - 1
+        self.teacher.update(self.student, max(self.global_step - 1, 0))

@@ -1,0 +1,46 @@
+"""Unsupervised losses between a student and a (detached) teacher prediction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PseudoLabelLoss(nn.Module):
+    """Supervises the student with the teacher's hard pseudo-labels.
+
+    ``loss(student_logits, argmax(teacher_logits))`` with any supervised ``loss`` taking
+    (logits (B, C, ...), target (B, ...)); voxels whose teacher confidence is below ``threshold``
+    get ``ignore_index`` (0 = keep all voxels, the GA-CPS / MagicNet default).
+    """
+
+    def __init__(self, loss: nn.Module, threshold: float = 0.0, ignore_index: int = -100) -> None:
+        super().__init__()
+        self.loss = loss
+        self.threshold = threshold
+        self.ignore_index = ignore_index
+
+    @staticmethod
+    def pseudo_labels(
+        teacher_logits: torch.Tensor, threshold: float = 0.0, ignore_index: int = -100
+    ) -> torch.Tensor:
+        """(B, C, ...) logits -> (B, ...) long labels, low-confidence voxels set to ``ignore_index``."""
+        probs = teacher_logits.detach().float().softmax(dim=1)
+        conf, labels = probs.max(dim=1)
+        if threshold > 0:
+            labels = labels.masked_fill(conf < threshold, ignore_index)
+        return labels
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        target = self.pseudo_labels(teacher_logits, self.threshold, self.ignore_index)
+        return self.loss(student_logits, target)
+
+
+class SoftmaxMSELoss(nn.Module):
+    """Mean squared error between student and teacher softmax probabilities (UA-MT consistency)."""
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(
+            student_logits.float().softmax(dim=1), teacher_logits.detach().float().softmax(dim=1)
+        )

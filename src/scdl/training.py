@@ -1,0 +1,146 @@
+"""``train(cfg)``: compose data, model, losses and framework from the Hydra config, fit, then test the
+best checkpoint. ``src/train.py`` is a thin Hydra wrapper around it; tests call it directly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from scdl.data.catalog import ensure_prepared
+from scdl.utils.config import instantiate_dict, wandb_mode
+from scdl.utils.reporting import dice_table, write_test_results
+
+log = logging.getLogger(__name__)
+
+
+def _check_multirun_ddp(cfg: DictConfig) -> None:
+    """Lightning's ``ddp`` re-launches the script with the same argv: inside a local Hydra multirun
+    every child would run the whole sweep again (Lightning #11300, hydra #2070)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    many = devices not in (1, "1", [0]) and devices is not None
+    if multirun and many and strategy in ("ddp", "auto") and "SLURM_NTASKS" not in os.environ:
+        raise RuntimeError(
+            "DDP (strategy=ddp) inside a local Hydra multirun re-runs the sweep in every rank. Use "
+            "trainer=ddp_spawn (or trainer.strategy=ddp_fork), one GPU per job with the joblib "
+            "launcher, or the SLURM launcher (hydra/launcher=slurm), which starts ranks itself."
+        )
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Loggers of ``cfg.logger``; W&B runs offline without an API key (``wandb sync`` later)."""
+    loggers = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        if "_target_" not in lcfg:
+            continue
+        if "WandbLogger" in lcfg._target_:
+            mode = wandb_mode()
+            if mode == "disabled":
+                continue
+            with open_dict(lcfg):
+                lcfg.offline = mode == "offline"
+            Path(lcfg.save_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(lcfg))
+        log.info("logger %s: %s", name, type(loggers[-1]).__name__)
+    return loggers
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The framework LightningModule with its backbone and losses (``cfg.data.num_classes`` set)."""
+    backbone = instantiate(cfg.model)
+    losses = {k: instantiate(v) for k, v in cfg.loss.items()}
+    extra = {"scdl": instantiate(cfg.scdl)} if cfg.get("scdl") else {}
+    return instantiate(
+        cfg.framework,
+        backbone=backbone,
+        sup_loss=losses["sup"],
+        unsup_loss=losses["unsup"],
+        _convert_="all",
+        **extra,
+    )
+
+
+def setup_data(cfg: DictConfig):
+    """Prepares the cache if allowed, builds the data module and fills ``data.num_classes`` /
+    ``data.class_names`` from the cache index."""
+    ensure_prepared(cfg.data)
+    datamodule = instantiate(cfg.data.module, _convert_="all")
+    datamodule.prepare_split()
+    with open_dict(cfg):
+        if cfg.data.get("num_classes") not in (None, datamodule.num_classes):
+            raise ValueError(
+                f"data.num_classes={cfg.data.num_classes} but the data set has "
+                f"{datamodule.num_classes} classes ({datamodule.class_names})"
+            )
+        cfg.data.num_classes = datamodule.num_classes
+        cfg.data.class_names = list(datamodule.class_names)
+    return datamodule
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fits and tests one experiment. Returns the final metrics (floats) plus ``best_ckpt``."""
+    _check_multirun_ddp(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    datamodule = setup_data(cfg)
+    module = build_module(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "split.json").write_text(json.dumps(datamodule.split.to_dict(), indent=2))
+
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict = {}
+    try:
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.get("test", True):
+            ckpt = _best_checkpoint(trainer, cfg)
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            metrics["best_ckpt"] = ckpt
+            if trainer.is_global_zero and module.test_results is not None:
+                results = {**module.test_results, "ckpt": ckpt, "case_ids": module.test_case_ids}
+                write_test_results(results, output_dir)
+                print(dice_table(results, title=f"test Dice ({cfg.get('experiment_name', '')})"))
+    finally:
+        _finish_wandb(loggers)
+    return metrics
+
+
+def _best_checkpoint(trainer: L.Trainer, cfg: DictConfig) -> str | None:
+    """Best checkpoint of this fit, else ``ckpt_path`` of the config, else current weights."""
+    cb = trainer.checkpoint_callback
+    if cb is not None and getattr(cb, "best_model_path", ""):
+        return cb.best_model_path
+    return cfg.get("ckpt_path")
+
+
+def _finish_wandb(loggers: list) -> None:
+    # One W&B run per Hydra multirun job: close it even when the job fails.
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

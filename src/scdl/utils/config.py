@@ -1,0 +1,45 @@
+"""Hydra / OmegaConf helpers: resolvers, instantiation of callback and logger groups, W&B mode."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def project_root() -> Path:
+    """The repository root (folder holding ``pyproject.toml``) for an editable install, or the
+    ``PROJECT_ROOT`` environment variable, or the current directory."""
+    if os.environ.get("PROJECT_ROOT"):
+        return Path(os.environ["PROJECT_ROOT"]).resolve()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "conf").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def register_resolvers() -> None:
+    """``${project_root:}`` and ``${eval:...}`` (simple arithmetic in configs)."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("eval"):
+        OmegaConf.register_new_resolver("eval", lambda expr: eval(expr, {"__builtins__": {}}))  # noqa: S307
+
+
+def instantiate_dict(group: DictConfig | None) -> list:
+    """Instantiates every entry with a ``_target_`` of a config group dict (callbacks, loggers)."""
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def wandb_mode() -> str:
+    """W&B mode to use: ``WANDB_MODE`` if set, else ``online`` with an API key, else ``offline``."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"

@@ -1,0 +1,25 @@
+"""Train (and test) one experiment: ``python src/train.py experiment=phantom_mt``."""
+
+from __future__ import annotations
+
+import hydra
+from dotenv import load_dotenv
+from omegaconf import DictConfig
+
+from scdl.utils.config import project_root, register_resolvers
+
+load_dotenv(project_root() / ".env")  # secrets (WANDB_API_KEY, ...) never live in configs
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from scdl.training import train
+
+    metrics = train(cfg)
+    # the value an Optuna sweep maximises
+    return metrics.get(cfg.get("optimized_metric", "val/dice"))
+
+
+if __name__ == "__main__":
+    main()
