@@ -1,0 +1,51 @@
+# Two commands for a fresh clone: `make train` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXPERIMENT ?= phantom_mt
+ARGS ?=
+
+.PHONY: help setup data train test test-all lint format bench clean-logs
+
+help:
+	@echo "make train      set up, generate the phantom, train + test experiment=$(EXPERIMENT)"
+	@echo "make test       set up and run the fast tests"
+	@echo "make test-all   all tests, slow ones included"
+	@echo "make data       generate + preprocess the phantom data set only"
+	@echo "make lint       ruff check + format check"
+	@echo "make bench      benchmarks in bench/"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data: setup
+	$(BIN)/python src/prepare_data.py data=phantom
+
+train: data
+	$(BIN)/python src/train.py experiment=$(EXPERIMENT) $(ARGS)
+
+test: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+
+test-all: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+bench: setup
+	for b in bench/*.py; do $(BIN)/python $$b; done

@@ -1,0 +1,24 @@
+"""Prepare a data set once: ``python src/prepare_data.py data=phantom`` (or ``data=amos
+data.raw_dir=...``). Reads the raw layout, preprocesses every case with the data config's protocol
+and writes the cache that training reads. Idempotent; safe to interrupt and re-run."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from scdl.utils.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare_data")
+def main(cfg: DictConfig) -> None:
+    from scdl.data.catalog import prepare_from_config
+
+    cache = prepare_from_config(cfg.data)
+    print(f"prepared {cfg.data.name}: cache at {cache}")
+
+
+if __name__ == "__main__":
+    main()
