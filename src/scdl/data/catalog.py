@@ -16,9 +16,10 @@ READERS = {"nnunet": read_nnunet_raw, "phantom": read_nnunet_raw}
 def protocol_from_config(cfg: DictConfig | dict) -> PreprocessProtocol:
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     d.pop("_target_", None)
-    for key in ("spacing", "resize", "clip"):
+    # fixed types: the protocol hash must not depend on "-125" vs "-125.0" in a YAML file
+    for key, typ in (("spacing", float), ("resize", int), ("clip", float)):
         if d.get(key) is not None:
-            d[key] = tuple(d[key])
+            d[key] = tuple(typ(v) for v in d[key])
     return PreprocessProtocol(**d)
 
 
