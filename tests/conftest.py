@@ -26,7 +26,9 @@ def phantom_raw(tmp_path_factory) -> Path:
     """6 phantom cases in the nnU-Net raw layout (written once per test session)."""
     from scdl.data.phantom import write_phantom
 
-    return write_phantom(tmp_path_factory.mktemp("phantom") / "raw", TINY_PHANTOM_CASES, seed=0, progress=False)
+    return write_phantom(
+        tmp_path_factory.mktemp("phantom") / "raw", TINY_PHANTOM_CASES, seed=0, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +57,8 @@ def compose_cfg(
             cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)
     GlobalHydra.instance().clear()
+    with open_dict(cfg):  # as under @hydra.main: the job config has no `hydra` node
+        del cfg["hydra"]
     return cfg
 
 

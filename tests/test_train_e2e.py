@@ -1,0 +1,30 @@
+"""A tiny end-to-end fit + test on the phantom, on CPU."""
+
+import json
+
+import torch
+
+from conftest import compose_cfg, tiny_train_overrides
+from scdl.training import train
+
+
+def test_tiny_fit_then_test(phantom_cache, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_cfg(
+        ["experiment=phantom_mt", *tiny_train_overrides(phantom_cache, tmp_path)], output_dir=out
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/dice"] <= 1.0
+    assert "val/dice_left_adrenal_gland" in metrics and "train/loss_unsup" in metrics
+    ckpts = sorted((out / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in ckpts} >= {"last.ckpt"} and any(
+        p.name.startswith("best") for p in ckpts
+    )
+    results = json.loads((out / "test_dice.json").read_text())
+    assert len(results["class_names"]) == 13 and len(results["per_case"]) == 1
+    assert (out / "test_dice.csv").read_text().startswith("class,dice_mean")
+    assert json.loads((out / "split.json").read_text())["test"] == results["case_ids"]
+    # the checkpoint holds the EMA teacher, so resuming restores it
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(k.startswith("teacher.module.") for k in state)
+    assert (out / "csv" / "metrics.csv").is_file()
