@@ -1,29 +1,120 @@
 """From a ``data`` config to a ready cache: read the raw layout, generate the phantom if asked,
-preprocess once. Used by ``src/prepare_data.py`` and, for the phantom, by ``train`` itself."""
+resolve the protocol's data-dependent values, preprocess once. Used by ``src/prepare_data.py`` and
+by ``train`` itself (``data.auto_prepare``).
+
+``data.layout`` picks the reader (:data:`READERS`); ``data.reader`` holds its keyword options (e.g.
+``{include_test: true}``). A protocol may leave values to the data set: ``spacing: median`` (nnU-Net
+target spacing from the NIfTI headers), ``normalisation: auto`` (``ct`` for a CT channel, else
+``zscore``) and ``normalisation: ct`` with ``intensity_stats: null`` (foreground percentiles, mean and
+std of the labeled cases). They are resolved once, saved in ``<cache>/plan.json`` (so an interrupted
+run does not recompute them) and in ``index.json``, whose ``config_hash`` is the hash of the
+unresolved config: a later run with the same config trusts the cache without reading raw data.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from scdl.data.layouts import RawDataset, read_nnunet_raw
-from scdl.data.prepare import PreprocessProtocol, prepare_dataset, read_index
+from scdl.data.layouts import (
+    ARRAY_LAYOUTS,
+    RawDataset,
+    read_amos22,
+    read_amos_npy,
+    read_btcv,
+    read_nnunet_raw,
+    read_synapse_h5,
+)
+from scdl.data.prepare import (
+    PreprocessProtocol,
+    _write_json_atomic,
+    foreground_intensity_stats,
+    median_spacing,
+    prepare_dataset,
+    read_index,
+)
 
-READERS = {"nnunet": read_nnunet_raw, "phantom": read_nnunet_raw}
+READERS: dict[str, Callable[..., RawDataset]] = {
+    "nnunet": read_nnunet_raw,
+    "phantom": read_nnunet_raw,
+    "amos": read_amos22,
+    "btcv": read_btcv,
+    "amos_npy": read_amos_npy,
+    "synapse_h5": read_synapse_h5,
+}
+_TUPLE_KEYS = ("spacing", "resize", "clip", "voxel_spacing", "intensity_stats", "transpose")
+DOCS = "docs/real-data.md"
 
 
-def protocol_from_config(cfg: DictConfig | dict) -> PreprocessProtocol:
+class DataNotFoundError(FileNotFoundError, CompactHydraException):
+    """Raw data or cache missing or unrecognised. Under Hydra only the message is printed."""
+
+
+def _protocol_spec(cfg: DictConfig | dict) -> dict:
+    """The protocol config as a plain dict (lists as tuples), possibly with unresolved values."""
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     d.pop("_target_", None)
-    # fixed types: the protocol hash must not depend on "-125" vs "-125.0" in a YAML file
-    for key, typ in (("spacing", float), ("resize", int), ("clip", float)):
-        if d.get(key) is not None:
-            d[key] = tuple(typ(v) for v in d[key])
-    return PreprocessProtocol(**d)
+    for key in _TUPLE_KEYS:
+        if isinstance(d.get(key), list):
+            d[key] = tuple(d[key])
+    return d
+
+
+def needs_data(spec: dict) -> bool:
+    """True when the protocol has values that depend on the data set (see module docstring)."""
+    return (
+        spec.get("spacing") == "median"
+        or spec.get("normalisation") == "auto"
+        or (spec.get("normalisation") == "ct" and spec.get("intensity_stats") is None)
+    )
+
+
+def spec_hash(spec: dict) -> str:
+    """Hash of a protocol config: the protocol hash when nothing is left to the data set (so
+    caches written before ``config_hash`` existed stay valid), else a hash of the config itself."""
+    if not needs_data(spec):
+        return PreprocessProtocol(**spec).hash
+    blob = json.dumps({"unresolved": spec}, sort_keys=True, default=list).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def resolve_spec(spec: dict, raw: RawDataset, progress: bool = True) -> dict:
+    """Fills ``spacing: median``, ``normalisation: auto`` and missing ``ct`` statistics from ``raw``."""
+    spec = dict(spec)
+    if spec.get("spacing") == "median":
+        spec["spacing"] = median_spacing(raw, spec.get("orientation", "RAS"))
+    if spec.get("normalisation") == "auto":
+        is_ct = str(raw.meta.get("channel", "CT")).upper() == "CT"
+        spec["normalisation"] = "ct" if is_ct else "zscore"
+    if spec.get("normalisation") == "ct" and spec.get("intensity_stats") is None:
+        spec["clip"] = None  # ct takes its window from the statistics
+        spec["intensity_stats"] = foreground_intensity_stats(raw, progress=progress)
+    return spec
+
+
+def protocol_from_config(
+    cfg: DictConfig | dict, raw: RawDataset | None = None, progress: bool = True
+) -> PreprocessProtocol:
+    """The :class:`PreprocessProtocol` of a ``data.protocol`` config; data-dependent values are
+    resolved from ``raw`` (required then)."""
+    spec = _protocol_spec(cfg)
+    if needs_data(spec):
+        if raw is None:
+            raise ValueError(
+                f"protocol {spec.get('name')!r} leaves values to the data set (spacing: median, "
+                "normalisation: auto or ct statistics): pass the raw data set"
+            )
+        spec = resolve_spec(spec, raw, progress)
+    return PreprocessProtocol(**spec)
 
 
 def read_raw(data_cfg: DictConfig) -> RawDataset:
+    """Lists the raw data set of ``data_cfg`` (``layout``, ``raw_dir``, ``reader`` options)."""
     layout = data_cfg.layout
     if layout not in READERS:
         raise ValueError(f"unknown data layout {layout!r}; known: {sorted(READERS)}")
@@ -33,33 +124,80 @@ def read_raw(data_cfg: DictConfig) -> RawDataset:
 
         write_phantom(raw_dir, int(data_cfg.phantom.num_cases), int(data_cfg.phantom.seed))
     if not raw_dir.exists():
-        raise FileNotFoundError(
-            f"raw data folder {raw_dir} does not exist: set data.raw_dir (or data.root) to the "
-            f"folder of the {data_cfg.name} download"
+        raise DataNotFoundError(
+            f"{data_cfg.name}: raw data folder {raw_dir} does not exist (and no prepared cache at "
+            f"{data_cfg.get('cache_dir')}). Download the data set as described in {DOCS} and set "
+            f"data.root (or data.raw_dir, or the SCDL_DATA_DIR environment variable) to it."
         )
-    return READERS[layout](raw_dir)
+    options = OmegaConf.to_container(data_cfg.get("reader") or {}, resolve=True)
+    try:
+        return READERS[layout](raw_dir, **options)
+    except FileNotFoundError as e:
+        raise DataNotFoundError(
+            f"{data_cfg.name}: {e} (data.layout={layout}; expected layouts in {DOCS})"
+        ) from e
+
+
+def _check_layout_protocol(layout: str, spec: dict) -> None:
+    if layout in ARRAY_LAYOUTS and (spec.get("orientation") or spec.get("spacing")):
+        raise ValueError(
+            f"data.layout={layout} holds preprocessed arrays without an affine, but protocol "
+            f"{spec.get('name')!r} reorients/resamples (orientation={spec.get('orientation')}, "
+            f"spacing={spec.get('spacing')}). Use the copying protocol: data/protocol=legacy_amos "
+            "or data/protocol=legacy_synapse (see docs/real-data.md)"
+        )
+
+
+def _resolved_protocol(
+    spec: dict, config_hash: str, raw: RawDataset, cache: Path, progress: bool
+) -> PreprocessProtocol:
+    """Resolves the data-dependent values once per config: reused from ``plan.json``."""
+    if not needs_data(spec):
+        return PreprocessProtocol(**spec)
+    plan_path = cache / "plan.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        if plan.get("config_hash") == config_hash:
+            return PreprocessProtocol(**_protocol_spec(plan["protocol"]))
+    protocol = PreprocessProtocol(**resolve_spec(spec, raw, progress))
+    cache.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(plan_path, {"config_hash": config_hash, "protocol": protocol.to_dict()})
+    return protocol
 
 
 def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
-    """Generates (phantom) and preprocesses the data set of ``data_cfg``; returns the cache folder."""
+    """Generates (phantom) and preprocesses the data set of ``data_cfg``; returns the cache folder.
+
+    Idempotent: cases already cached under the same protocol are skipped, so an interrupted run is
+    resumed by running it again."""
+    spec = _protocol_spec(data_cfg.protocol)
+    _check_layout_protocol(str(data_cfg.layout), spec)
     raw = read_raw(data_cfg)
-    return prepare_dataset(
-        raw, protocol_from_config(data_cfg.protocol), data_cfg.cache_dir, progress
-    )
+    cache = Path(data_cfg.cache_dir)
+    config_hash = spec_hash(spec)
+    protocol = _resolved_protocol(spec, config_hash, raw, cache, progress)
+    extra = {"config_hash": config_hash, "layout": str(data_cfg.layout)}
+    return prepare_dataset(raw, protocol, cache, progress, index_extra=extra)
 
 
 def ensure_prepared(data_cfg: DictConfig) -> Path:
     """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale."""
     cache = Path(data_cfg.cache_dir)
-    protocol = protocol_from_config(data_cfg.protocol)
+    config_hash = spec_hash(_protocol_spec(data_cfg.protocol))
     try:
-        stale = read_index(cache).get("protocol_hash") != protocol.hash
+        index = read_index(cache)
     except FileNotFoundError:
-        stale = True
+        index = None
+    stale = index is None or index.get("config_hash", index.get("protocol_hash")) != config_hash
     if stale and data_cfg.get("auto_prepare", False):
         return prepare_from_config(data_cfg)
+    if index is None:
+        raise DataNotFoundError(
+            f"{data_cfg.name}: no prepared cache at {cache} (index.json missing). Prepare it with "
+            f"`python src/prepare_data.py data={data_cfg.name} data.root=...` or set "
+            f"data.auto_prepare=true (see {DOCS})"
+        )
     if stale:
-        read_index(cache)  # raises the helpful "run prepare_data" error when missing
         raise RuntimeError(
             f"the cache {cache} was written with another preprocessing protocol; run "
             "`python src/prepare_data.py` with this data config again"

@@ -253,7 +253,9 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         ids = [c["case_id"] for c in cases]
         labeled_ids = [c["case_id"] for c in cases if c.get("labeled", True)]
         if self.split_file:
-            split = load_split_file(self.split_file)
+            # excluded cases (e.g. AMOS MRI) leave the committed split instead of failing validation
+            excluded = {c["case_id"] for c in index["cases"]} - set(ids)
+            split = load_split_file(self.split_file).without(excluded)
         else:
             split = make_split(
                 labeled_ids,

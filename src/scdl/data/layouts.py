@@ -1,14 +1,36 @@
 """Readers of raw data-set layouts: each lists the cases (image and label paths) and the class names.
 
 Every reader returns a :class:`RawDataset`; preprocessing (:mod:`scdl.data.prepare`) takes it from there
-and never looks at the layout again.
+and never looks at the layout again. Readers only list files (and read ``dataset.json`` or HDF5 keys);
+no volume is decoded here.
+
+Layouts (``data.layout``; exact folder trees in ``docs/real-data.md``):
+
+- ``nnunet`` / ``phantom``: nnU-Net v2 raw (:func:`read_nnunet_raw`).
+- ``amos``: the AMOS22 download (:func:`read_amos22`); cases above ``amos_0500`` are MRI, flagged
+  ``extra={"modality": "MRI"}`` so that ``data.module.exclude`` can drop them.
+- ``btcv``: the Synapse / BTCV ``RawData`` download (:func:`read_btcv`), case ids ``0001``...
+- ``amos_npy``, ``synapse_h5``: the already preprocessed arrays of the DHC / GALoss / SCDL code
+  bases (:func:`read_amos_npy`, :func:`read_synapse_h5`); their ``RawCase.image`` is an ``.npy`` or
+  ``.h5`` file, which :mod:`scdl.data.prepare` copies instead of resampling.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from scdl.data.labels import AMOS_CLASSES, SYNAPSE_CLASSES
+
+log = logging.getLogger(__name__)
+
+#: layouts whose cases are preprocessed arrays (no affine): only array-friendly protocols apply
+ARRAY_LAYOUTS = ("amos_npy", "synapse_h5")
+#: AMOS22 case numbers above this are MRI scans (AMOS22 id ranges; nnU-Net's Dataset218 filter)
+AMOS_LAST_CT_ID = 500
 
 
 @dataclass(frozen=True)
@@ -29,10 +51,31 @@ class RawDataset:
     name: str
     cases: list[RawCase]
     class_names: list[str]
+    #: data-set level facts, e.g. ``{"channel": "CT", "layout": "amos"}``
+    meta: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def labeled(self) -> list[RawCase]:
+        return [c for c in self.cases if c.label is not None]
+
+
+def clean_class_name(name: str) -> str:
+    """A class name usable in metric keys (``val/dice_<name>``): lower case, ``[a-z0-9_]`` only.
+
+    ``"prostate/uterus"`` -> ``"prostate_uterus"``, ``"right kidney"`` -> ``"right_kidney"``.
+    """
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "class"
+
+
+def _check_unique(cases: list[RawCase], root: Path) -> None:
+    ids = [c.case_id for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dup:
+        raise ValueError(f"{root}: case id(s) listed twice: {dup}")
 
 
 def class_names_from_labels(labels: dict) -> list[str]:
@@ -57,10 +100,14 @@ def class_names_from_labels(labels: dict) -> list[str]:
     return [by_id[i] for i in ids]
 
 
-def read_nnunet_raw(root: str | Path, name: str | None = None) -> RawDataset:
+def read_nnunet_raw(
+    root: str | Path, name: str | None = None, include_test: bool = True
+) -> RawDataset:
     """nnU-Net v2 raw layout: ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``, ``dataset.json``.
 
-    Cases in ``imagesTs`` (if any) are listed as unlabeled.
+    Cases in ``imagesTs`` (if any, and ``include_test``) are listed as unlabeled. Class names come
+    from ``labels`` (cleaned by :func:`clean_class_name`), the channel name (``CT`` or not, which
+    picks the ``auto`` normalisation) from ``channel_names``.
     """
     root = Path(root)
     meta_path = root / "dataset.json"
@@ -68,11 +115,13 @@ def read_nnunet_raw(root: str | Path, name: str | None = None) -> RawDataset:
         raise FileNotFoundError(f"no dataset.json in {root}: not an nnU-Net raw data set")
     meta = json.loads(meta_path.read_text())
     ext = meta.get("file_ending", ".nii.gz")
-    class_names = class_names_from_labels(meta["labels"])
-    if len(meta.get("channel_names", {"0": "CT"})) != 1:
+    class_names = [clean_class_name(n) for n in class_names_from_labels(meta["labels"])]
+    channels = meta.get("channel_names", meta.get("modality", {"0": "CT"}))
+    if len(channels) != 1:
         raise ValueError(f"{root}: only single-channel data sets are supported")
     cases: list[RawCase] = []
-    for folder, label_folder in (("imagesTr", "labelsTr"), ("imagesTs", None)):
+    folders = [("imagesTr", "labelsTr")] + ([("imagesTs", None)] if include_test else [])
+    for folder, label_folder in folders:
         for img in sorted((root / folder).glob(f"*_0000{ext}")):
             cid = img.name[: -len(f"_0000{ext}")]
             label = root / label_folder / f"{cid}{ext}" if label_folder else None
@@ -81,4 +130,162 @@ def read_nnunet_raw(root: str | Path, name: str | None = None) -> RawDataset:
             cases.append(RawCase(cid, img, label))
     if not cases:
         raise FileNotFoundError(f"no images matching imagesTr/*_0000{ext} in {root}")
-    return RawDataset(name or meta.get("name", root.name), cases, class_names)
+    _check_unique(cases, root)
+    channel = str(next(iter(channels.values())))
+    return RawDataset(
+        name or meta.get("name", root.name),
+        cases,
+        class_names,
+        {"channel": channel, "layout": "nnunet"},
+    )
+
+
+# --- AMOS22 ----------------------------------------------------------------------------------
+
+
+def case_number(case_id: str) -> int | None:
+    """Trailing number of a case id (``amos_0507`` -> 507), or None."""
+    m = re.search(r"(\d+)$", case_id)
+    return int(m.group(1)) if m else None
+
+
+def amos_modality(case_id: str) -> str:
+    """``"MRI"`` for AMOS22 case numbers above 500, else ``"CT"`` (AMOS22 id ranges)."""
+    number = case_number(case_id)
+    return "MRI" if number is not None and number > AMOS_LAST_CT_ID else "CT"
+
+
+def _find_dir_with(root: Path, marker: str, candidates: tuple[str, ...]) -> Path:
+    for sub in candidates:
+        if (root / sub / marker).exists():
+            return root / sub
+    tried = ", ".join(str(root / sub / marker) for sub in candidates)
+    raise FileNotFoundError(f"{root} does not look like the expected download: none of {tried}")
+
+
+def read_amos22(root: str | Path, include_test: bool = False) -> RawDataset:
+    """The AMOS22 download (zenodo 7262581, ``amos22.zip``), ``root`` = ``amos22/`` or its parent.
+
+    Layout: ``dataset.json`` (``labels``: id -> name), ``imagesTr/amos_XXXX.nii.gz`` +
+    ``labelsTr/`` (every training image must have its label), ``imagesVa/`` + ``labelsVa/``
+    (validation; labeled when ``labelsVa/amos_XXXX.nii.gz`` exists, unlabeled otherwise: the
+    first releases had no validation labels) and ``imagesTs/`` (no labels; listed only with
+    ``include_test``, as unlabeled cases).
+
+    Every case gets ``extra = {"modality": "CT"|"MRI", "subset": "Tr"|"Va"|"Ts"}``.
+    """
+    root = _find_dir_with(Path(root), "dataset.json", (".", "amos22"))
+    meta = json.loads((root / "dataset.json").read_text())
+    if "labels" not in meta:
+        raise ValueError(f"{root / 'dataset.json'} has no 'labels' map")
+    class_names = [clean_class_name(n) for n in class_names_from_labels(meta["labels"])]
+    subsets = [("Tr", "imagesTr", "labelsTr"), ("Va", "imagesVa", "labelsVa")]
+    if include_test:
+        subsets.append(("Ts", "imagesTs", None))
+    cases: list[RawCase] = []
+    unlabeled_va = 0
+    for subset, img_dir, lab_dir in subsets:
+        for img in sorted((root / img_dir).glob("*.nii.gz")):
+            cid = img.name[: -len(".nii.gz")]
+            label = root / lab_dir / img.name if lab_dir else None
+            if label is not None and not label.is_file():
+                if subset == "Tr":
+                    raise FileNotFoundError(f"training image {img} has no label {label}")
+                label, unlabeled_va = None, unlabeled_va + 1
+            extra = {"modality": amos_modality(cid), "subset": subset}
+            cases.append(RawCase(cid, img, label, extra))
+    if unlabeled_va:
+        log.warning(
+            "%s: %d imagesVa case(s) without labelsVa: listed as unlabeled", root, unlabeled_va
+        )
+    if not any(c.extra["subset"] == "Tr" for c in cases):
+        raise FileNotFoundError(f"no images in {root / 'imagesTr'}: not the AMOS22 download")
+    _check_unique(cases, root)
+    return RawDataset("amos", cases, class_names, {"channel": "CT", "layout": "amos"})
+
+
+# --- Synapse / BTCV --------------------------------------------------------------------------
+
+
+def read_btcv(root: str | Path, include_test: bool = False) -> RawDataset:
+    """The Synapse / BTCV download (synapse.org syn3193805, ``Abdomen/RawData.zip``).
+
+    ``root`` may be the folder holding ``RawData/``, ``RawData/`` itself or ``RawData/Training``:
+    ``Training/img/img0001.nii.gz`` + ``Training/label/label0001.nii.gz`` (30 labeled cases,
+    0001-0010 and 0021-0040) and ``Testing/img/img0061.nii.gz`` (20 unlabeled; listed only with
+    ``include_test``). The MSD-style re-packaging ``imagesTr/img0001.nii.gz`` +
+    ``labelsTr/label0001.nii.gz`` (MONAI tutorials) is accepted as well. Case ids are the four
+    digits (``0001``), as in the split lists; 13 organs + background in the Synapse order.
+    """
+    root = Path(root)
+    train = (
+        _find_dir_with(
+            root, "img", ("RawData/Training", "Training", ".", "Abdomen/RawData/Training")
+        )
+        if not (root / "imagesTr").is_dir()
+        else None
+    )
+    if train is not None:
+        img_dir, lab_dir = train / "img", train / "label"
+        test_dir = train.parent / "Testing" / "img"
+    else:
+        img_dir, lab_dir, test_dir = root / "imagesTr", root / "labelsTr", root / "imagesTs"
+    cases: list[RawCase] = []
+    folders = [(img_dir, lab_dir, "Tr")] + ([(test_dir, None, "Ts")] if include_test else [])
+    for images, labels, subset in folders:
+        for img in sorted(images.glob("img*.nii.gz")):
+            cid = img.name[len("img") : -len(".nii.gz")]
+            label = labels / f"label{cid}.nii.gz" if labels is not None else None
+            if label is not None and not label.is_file():
+                raise FileNotFoundError(f"training image {img} has no label {label}")
+            cases.append(RawCase(cid, img, label, {"modality": "CT", "subset": subset}))
+    if not cases:
+        raise FileNotFoundError(f"no img*.nii.gz in {img_dir}: not the BTCV RawData download")
+    _check_unique(cases, root)
+    return RawDataset("synapse", cases, list(SYNAPSE_CLASSES), {"channel": "CT", "layout": "btcv"})
+
+
+# --- preprocessed arrays of the reference code bases -----------------------------------------
+
+
+def read_amos_npy(root: str | Path) -> RawDataset:
+    """DHC / GALoss / SCDL preprocessed AMOS: ``<id>_image.npy`` (+ ``<id>_label.npy``) in one
+    folder, ids like ``amos_0001``. The arrays are HU values resized to 80 x 160 x 160 (z, y, x) by
+    DHC (GALoss copies may be (x, y, z)); see the ``legacy`` protocol for the transposition."""
+    root = Path(root)
+    cases = []
+    for img in sorted(root.glob("*_image.npy")):
+        cid = img.name[: -len("_image.npy")]
+        label = root / f"{cid}_label.npy"
+        cases.append(
+            RawCase(
+                cid,
+                img,
+                label if label.is_file() else None,
+                {"modality": amos_modality(cid), "subset": "npy"},
+            )
+        )
+    if not cases:
+        raise FileNotFoundError(f"no *_image.npy in {root}: not a preprocessed AMOS folder")
+    return RawDataset("amos", cases, list(AMOS_CLASSES), {"channel": "CT", "layout": "amos_npy"})
+
+
+def read_synapse_h5(root: str | Path) -> RawDataset:
+    """MagicNet / GALoss / SCDL preprocessed Synapse: one ``<id>.h5`` per case (``0001.h5``) with
+    datasets ``image`` (float, z-scored at 1.5 x 1.5 x 2 mm, (x, y, z)) and ``label``.
+    ``RawCase.image`` and ``RawCase.label`` both point at the ``.h5`` file."""
+    import h5py
+
+    root = Path(root)
+    cases = []
+    for path in sorted(root.glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            if "image" not in f:
+                raise ValueError(f"{path} has no 'image' dataset (keys: {sorted(f.keys())})")
+            has_label = "label" in f
+        cases.append(RawCase(path.stem, path, path if has_label else None, {"modality": "CT"}))
+    if not cases:
+        raise FileNotFoundError(f"no *.h5 in {root}: not a preprocessed Synapse folder")
+    return RawDataset(
+        "synapse", cases, list(SYNAPSE_CLASSES), {"channel": "CT", "layout": "synapse_h5"}
+    )

@@ -1,6 +1,10 @@
 """Preprocessing: decode each NIfTI once, reorient, resample, window and normalise with MONAI
 transforms, and write a memory-mappable cache that training reads instead of NIfTI.
 
+Preprocessed arrays of the reference code bases (``.npy`` / ``.h5`` raw cases, see
+:mod:`scdl.data.layouts`) go through the same cache: they have no affine, so they are not
+reoriented or resampled, only transposed (``transpose``), optionally resized and normalised.
+
 Cache layout (``cache_dir``)::
 
     index.json               class names, protocol, its hash, the case list
@@ -11,6 +15,11 @@ Cache layout (``cache_dir``)::
 A case is trusted only when its ``<case>.json`` exists and carries the current protocol hash; the
 meta file is written last, by atomic rename, so an interrupted run never leaves a half-written case
 that a later run believes (it is simply redone). Re-running with the same protocol is a no-op.
+
+Data-set level statistics that a protocol may need (``normalisation="ct"``: foreground intensity
+percentiles, mean and std; a median target spacing) are computed by :func:`foreground_intensity_stats`
+and :func:`median_spacing`; :mod:`scdl.data.catalog` resolves them before the protocol is built, so
+the protocol hash always covers the numbers actually used.
 """
 
 from __future__ import annotations
@@ -28,7 +37,11 @@ import numpy as np
 from scdl.data.layouts import RawCase, RawDataset
 from scdl.utils.progress import progress_iter
 
-Normalisation = Literal["window", "zscore", "none"]
+Normalisation = Literal["window", "zscore", "ct", "none"]
+ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
+# fields added after the first release: left out of the hash while at their default, so caches
+# written before they existed stay valid
+_OPTIONAL_FIELDS = {"transpose": None, "voxel_spacing": None, "intensity_stats": None}
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,15 @@ class PreprocessProtocol:
             label), or None. The AMOS paper protocol stores every case at 160 x 160 x 80.
         clip: HU window [lo, hi] applied before normalisation, or None.
         normalisation: ``window`` maps ``clip`` linearly to [0, 1]; ``zscore`` subtracts the case mean
-            and divides by its std (after clipping); ``none`` keeps the (clipped) values.
+            and divides by its std (after clipping); ``ct`` is nnU-Net's CT scheme: clip to the
+            data set's foreground percentiles and z-score with its foreground mean / std, all four
+            taken from ``intensity_stats``; ``none`` keeps the (clipped) values.
+        transpose: array inputs only (``.npy`` / ``.h5``): axis permutation applied on load so the
+            stored arrays are (x, y, z); ``"auto"`` moves a strictly smallest first axis to the end
+            (z-first DHC arrays (80, 160, 160) -> (160, 160, 80)); None keeps the order.
+        voxel_spacing: array inputs only: their voxel size in mm, recorded in the case meta (arrays
+            carry no affine; they are never resampled). None records 1 mm ("voxel units").
+        intensity_stats: ``(lo, hi, mean, std)`` for ``normalisation="ct"``.
     """
 
     name: str = "standard"
@@ -52,37 +73,76 @@ class PreprocessProtocol:
     resize: tuple[int, int, int] | None = None
     clip: tuple[float, float] | None = (-125.0, 275.0)
     normalisation: Normalisation = "window"
+    transpose: tuple[int, int, int] | Literal["auto"] | None = None
+    voxel_spacing: tuple[float, float, float] | None = None
+    intensity_stats: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.normalisation not in ("window", "zscore", "none"):
+        if self.normalisation not in ("window", "zscore", "ct", "none"):
             raise ValueError(f"unknown normalisation {self.normalisation!r}")
         if self.normalisation == "window" and self.clip is None:
             raise ValueError("normalisation='window' needs a clip window [lo, hi]")
+        if self.normalisation == "ct":
+            if self.intensity_stats is None or len(self.intensity_stats) != 4:
+                raise ValueError(
+                    "normalisation='ct' needs intensity_stats (lo, hi, mean, std); leave them null "
+                    "in the config to have them computed from the data set"
+                )
+            if self.clip is not None:
+                raise ValueError(
+                    "normalisation='ct' takes its window from intensity_stats: clip=null"
+                )
+        if self.transpose is not None and self.transpose != "auto":
+            if sorted(int(a) for a in self.transpose) != [0, 1, 2]:
+                raise ValueError(
+                    f"transpose must be 'auto' or a permutation of (0, 1, 2), got {self.transpose!r}"
+                )
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-able dict; optional fields are left out while at their default."""
+        d = asdict(self)
+        for key, default in _OPTIONAL_FIELDS.items():
+            if d[key] == default:
+                d.pop(key)
+        return d
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def _transforms(protocol: PreprocessProtocol, labeled: bool):
+def _transforms(protocol: PreprocessProtocol, labeled: bool, arrays: bool = False):
+    """MONAI pipeline: NIfTI paths -> (1, X, Y, Z) tensors, or (arrays) channel-first arrays in."""
     # Imported here: MONAI is slow to import and most callers only need the cache readers.
     from monai import transforms as T
 
     keys = ["image", "label"] if labeled else ["image"]
     modes = ("bilinear", "nearest") if labeled else ("bilinear",)
-    steps: list = [
-        T.LoadImaged(keys, image_only=False),
-        T.EnsureChannelFirstd(keys),
-        T.EnsureTyped(keys, dtype=np.float32),
-    ]
-    if protocol.orientation:
+    steps: list = []
+    if not arrays:
+        steps += [T.LoadImaged(keys, image_only=False), T.EnsureChannelFirstd(keys)]
+    steps.append(T.EnsureTyped(keys, dtype=np.float32, track_meta=not arrays))
+    if protocol.orientation and not arrays:
         steps.append(T.Orientationd(keys, axcodes=protocol.orientation))
-    if protocol.spacing:
+    if protocol.spacing and not arrays:
         steps.append(T.Spacingd(keys, pixdim=protocol.spacing, mode=modes))
     if protocol.resize:
         rmodes = ("trilinear", "nearest") if labeled else ("trilinear",)
         steps.append(T.Resized(keys, spatial_size=protocol.resize, mode=rmodes))
+    return T.Compose(steps + _intensity_steps(protocol))
+
+
+def _intensity_steps(protocol: PreprocessProtocol) -> list:
+    from monai import transforms as T
+
+    steps: list = []
+    if protocol.normalisation == "ct":
+        lo, hi, mean, std = protocol.intensity_stats
+        steps.append(T.ThresholdIntensityd("image", threshold=lo, above=True, cval=lo))
+        steps.append(T.ThresholdIntensityd("image", threshold=hi, above=False, cval=hi))
+        steps.append(T.NormalizeIntensityd("image", subtrahend=mean, divisor=max(std, 1e-8)))
+        return steps
     if protocol.clip is not None:
         lo, hi = protocol.clip
         if protocol.normalisation == "window":
@@ -92,7 +152,7 @@ def _transforms(protocol: PreprocessProtocol, labeled: bool):
             steps.append(T.ThresholdIntensityd("image", threshold=hi, above=False, cval=hi))
     if protocol.normalisation == "zscore":
         steps.append(T.NormalizeIntensityd("image"))
-    return T.Compose(steps)
+    return steps
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -106,6 +166,21 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+def _remove_stale_tmp(cache: Path) -> None:
+    """Deletes ``.tmp-<pid>-*`` files left by killed runs (never those of a live process)."""
+    for tmp in cache.glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+            os.kill(pid, 0)  # raises if no such process
+            if pid != os.getpid():
+                continue
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:  # alive, owned by someone else
+            continue
+        tmp.unlink(missing_ok=True)
 
 
 def case_is_cached(cache_dir: Path, case_id: str, protocol_hash: str) -> bool:
@@ -129,6 +204,8 @@ def preprocess_case(
 
     Returns ``(image float32 (X, Y, Z), label uint8 (X, Y, Z) or None, meta dict)``.
     """
+    if is_array_case(case):
+        return _preprocess_arrays(case, protocol)
     labeled = case.label is not None
     data = {"image": str(case.image)}
     if labeled:
@@ -160,19 +237,180 @@ def preprocess_case(
     return image, label, meta
 
 
+def is_array_case(case: RawCase) -> bool:
+    """True for the preprocessed ``.npy`` / ``.h5`` cases of the reference code bases."""
+    return Path(case.image).suffix.lower() in ARRAY_SUFFIXES
+
+
+def load_array_case(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw arrays of an array case, as stored: ``<id>_image.npy`` / ``<id>_label.npy`` or the
+    ``image`` / ``label`` datasets of an HDF5 file."""
+    if Path(case.image).suffix.lower() == ".npy":
+        image = np.load(case.image)
+        label = np.load(case.label) if case.label is not None else None
+        return image, label
+    import h5py
+
+    with h5py.File(case.image, "r") as f:
+        image = f["image"][()]
+    label = None
+    if case.label is not None:
+        with h5py.File(case.label, "r") as f:
+            label = f["label"][()]
+    return image, label
+
+
+def resolve_transpose(shape: Sequence[int], transpose) -> tuple[int, int, int]:
+    """The axis permutation for ``PreprocessProtocol.transpose`` and an array of ``shape``."""
+    if transpose is None:
+        return (0, 1, 2)
+    if transpose == "auto":
+        # z-first arrays (SimpleITK order, e.g. DHC's 80 x 160 x 160): reverse to (x, y, z)
+        return (2, 1, 0) if shape[0] < shape[1] and shape[0] < shape[2] else (0, 1, 2)
+    return tuple(int(a) for a in transpose)
+
+
+def _preprocess_arrays(
+    case: RawCase, protocol: PreprocessProtocol
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    if protocol.orientation or protocol.spacing:
+        raise ValueError(
+            f"{case.case_id}: {Path(case.image).name} is a preprocessed array without an affine; it "
+            "cannot be reoriented or resampled. Use a protocol with orientation=null and "
+            "spacing=null (data/protocol=legacy_amos or legacy_synapse)"
+        )
+    image, label = load_array_case(case)
+    if image.ndim != 3:
+        raise ValueError(f"{case.case_id}: image has shape {image.shape}, expected 3 axes")
+    if label is not None:
+        if label.shape != image.shape:
+            raise ValueError(f"{case.case_id}: label {label.shape} and image {image.shape} differ")
+        if not np.issubdtype(label.dtype, np.integer) and not np.array_equal(label, np.rint(label)):
+            raise ValueError(f"{case.case_id}: label array has non-integer values")
+    original_shape = [int(s) for s in image.shape]
+    perm = resolve_transpose(image.shape, protocol.transpose)
+    data = {"image": np.ascontiguousarray(image.transpose(perm), dtype=np.float32)[None]}
+    if label is not None:
+        data["label"] = np.ascontiguousarray(label.transpose(perm), dtype=np.float32)[None]
+    out = _transforms(protocol, label is not None, arrays=True)(data)
+    image_out = np.ascontiguousarray(np.asarray(out["image"])[0], dtype=np.float32)
+    label_out = None
+    if label is not None:
+        label_out = np.rint(np.asarray(out["label"])[0]).astype(np.uint8)
+    spacing = [float(s) for s in (protocol.voxel_spacing or (1.0, 1.0, 1.0))]
+    affine = np.diag([*spacing, 1.0]).tolist()
+    meta = {
+        "case_id": case.case_id,
+        "labeled": label is not None,
+        "shape": list(image_out.shape),
+        "spacing": spacing,
+        "spacing_known": protocol.voxel_spacing is not None,
+        "affine": affine,
+        "original_affine": affine,
+        "original_shape": original_shape,
+        "transpose": list(perm),
+        "source_image": str(case.image),
+        "source_label": str(case.label) if label is not None else None,
+        **case.extra,
+    }
+    return image_out, label_out, meta
+
+
+# --- data-set statistics (nnU-Net-like "fingerprint") --------------------------------------------
+
+
+def _raw_arrays(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
+    if is_array_case(case):
+        return load_array_case(case)
+    import nibabel as nib
+
+    image = np.asanyarray(nib.load(str(case.image)).dataobj)
+    label = np.asanyarray(nib.load(str(case.label)).dataobj) if case.label else None
+    return image, label
+
+
+def _evenly(items: Sequence, limit: int | None) -> list:
+    if limit is None or len(items) <= limit:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def foreground_intensity_stats(
+    raw: RawDataset,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    max_cases: int | None = 60,
+    samples_per_case: int = 10000,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[float, float, float, float]:
+    """nnU-Net's CT statistics: ``(lo, hi, mean, std)`` of the foreground (label > 0) intensities
+    of the labeled cases, ``lo``/``hi`` at ``percentiles``; read from the raw volumes (no
+    resampling), ``samples_per_case`` random foreground voxels from at most ``max_cases`` evenly
+    chosen cases. Deterministic in ``seed``."""
+    cases = _evenly(raw.labeled, max_cases)
+    if not cases:
+        raise ValueError(f"{raw.name}: no labeled case to compute intensity statistics from")
+    rng = np.random.default_rng(seed)
+    samples = []
+    for case in progress_iter(cases, f"intensity statistics {raw.name}", progress):
+        image, label = _raw_arrays(case)
+        fg = np.asarray(image)[np.asarray(label) > 0]
+        if fg.size > samples_per_case:
+            fg = fg[rng.choice(fg.size, samples_per_case, replace=False)]
+        samples.append(fg.astype(np.float64))
+    values = np.concatenate(samples)
+    if values.size == 0:
+        raise ValueError(f"{raw.name}: the labeled cases have no foreground voxel")
+    lo, hi = np.percentile(values, percentiles)
+    return float(lo), float(hi), float(values.mean()), float(values.std())
+
+
+def median_spacing(
+    raw: RawDataset, orientation: str | None = "RAS", anisotropy: float = 3.0
+) -> tuple[float, float, float]:
+    """Target spacing in the nnU-Net way: the per-axis median voxel size (mm) of the labeled cases,
+    in the axis order after reorientation; when the result is anisotropic (coarsest axis more than
+    ``anisotropy`` times the finest), the coarse axis takes the 10th percentile instead (finer
+    slices than the median, as nnU-Net does). Reads NIfTI headers only."""
+    import nibabel as nib
+
+    if not raw.labeled:
+        raise ValueError(f"{raw.name}: no labeled case to compute the spacing from")
+    rows = []
+    for case in raw.labeled:
+        if is_array_case(case):
+            raise ValueError(f"{case.image}: array cases have no spacing; set it explicitly")
+        affine = nib.load(str(case.image)).affine
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        if orientation:  # spacing along the output axes: axis i of the file goes to ornt[i, 0]
+            out = np.empty(3)
+            out[nib.io_orientation(affine)[:, 0].astype(int)] = zooms
+            zooms = out
+        rows.append(zooms)
+    spacings = np.stack(rows)
+    target = np.median(spacings, 0)
+    coarse = int(np.argmax(target))
+    if target[coarse] > anisotropy * target.min():
+        target[coarse] = np.percentile(spacings[:, coarse], 10)
+    return tuple(round(float(s), 4) for s in target)
+
+
 def prepare_dataset(
     raw: RawDataset,
     protocol: PreprocessProtocol,
     cache_dir: str | Path,
     progress: bool = True,
     case_ids: Sequence[str] | None = None,
+    index_extra: dict | None = None,
 ) -> Path:
     """Preprocesses every case of ``raw`` (or only ``case_ids``) into ``cache_dir``; idempotent.
 
     Returns the cache folder. Cases already cached under the same protocol hash are skipped.
+    ``index_extra`` adds keys to ``index.json`` (the catalog stores the unresolved config's hash).
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(cache)
     cases = [c for c in raw.cases if case_ids is None or c.case_id in set(case_ids)]
     todo = [c for c in cases if not case_is_cached(cache, c.case_id, protocol.hash)]
     for case in progress_iter(
@@ -193,8 +431,9 @@ def prepare_dataset(
         {
             "name": raw.name,
             "class_names": raw.class_names,
-            "protocol": asdict(protocol),
+            "protocol": protocol.to_dict(),
             "protocol_hash": protocol.hash,
+            **(index_extra or {}),
             "cases": [
                 {"case_id": c.case_id, "labeled": c.label is not None, **c.extra} for c in cases
             ],

@@ -1,7 +1,8 @@
 """Train / validation / test splits with a labeled and an unlabeled part, validated on load.
 
 A split file is JSON: ``{"labeled": [...], "unlabeled": [...], "val": [...], "test": [...]}``
-(case ids). Alternatively a folder of one-id-per-line text files in the DHC/SCDL convention
+(case ids), optionally with ``"source"`` and ``"description"`` strings. The committed ones live in
+``conf/data/splits/<data set>/<name>.json`` (``data.labeled=<name>`` picks one). Alternatively a folder of one-id-per-line text files in the DHC/SCDL convention
 (``labeled_5p.txt``, ``unlabeled_5p.txt``, ``eval.txt``, ``test.txt``) is read by
 :func:`load_split_txt`. Without a file, :func:`make_split` draws one from a labeled ratio and a seed.
 """
@@ -15,12 +16,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from hydra.errors import CompactHydraException
 
 PARTS = ("labeled", "unlabeled", "val", "test")
+_SHOW = 20  # ids named in an error message before "... and N more"
 
 
-class SplitError(ValueError):
-    """A split that overlaps, names missing cases or needs labels it does not have."""
+class SplitError(ValueError, CompactHydraException):
+    """A split that overlaps, names missing cases or needs labels it does not have. Under Hydra
+    only the message is printed."""
+
+
+class SplitFileNotFoundError(FileNotFoundError, CompactHydraException):
+    """The split file does not exist (the message lists the split files next to it)."""
+
+
+def _ids(ids: Sequence[str]) -> str:
+    ids = list(ids)
+    shown = ", ".join(ids[:_SHOW])
+    return f"[{shown}{f', ... and {len(ids) - _SHOW} more' if len(ids) > _SHOW else ''}]"
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,15 @@ class Split:
 
     def to_dict(self) -> dict[str, list[str]]:
         return asdict(self)
+
+    def without(self, case_ids: Iterable[str]) -> Split:
+        """The split with ``case_ids`` removed from every part (e.g. the MRI cases of AMOS when
+        ``data.module.exclude={modality: MRI}``)."""
+        drop = set(case_ids)
+        return Split(*[[i for i in getattr(self, p) if i not in drop] for p in PARTS])
+
+    def sizes(self) -> dict[str, int]:
+        return {p: len(getattr(self, p)) for p in PARTS}
 
     def validate(
         self,
@@ -48,25 +71,32 @@ class Split:
             ids = getattr(self, part)
             dup = sorted({i for i in ids if ids.count(i) > 1})
             if dup:
-                raise SplitError(f"{name}: duplicate ids in '{part}': {dup}")
+                raise SplitError(f"{name}: duplicate ids in '{part}': {_ids(dup)}")
         for i, a in enumerate(PARTS):
             for b in PARTS[i + 1 :]:
                 both = sorted(set(getattr(self, a)) & set(getattr(self, b)))
                 if both:
-                    raise SplitError(f"{name}: '{a}' and '{b}' share {len(both)} case(s): {both}")
+                    raise SplitError(
+                        f"{name}: '{a}' and '{b}' share {len(both)} case(s): {_ids(both)}"
+                    )
         if available is not None:
             avail = set(available)
             missing = {p: sorted(set(getattr(self, p)) - avail) for p in PARTS}
             missing = {p: m for p, m in missing.items() if m}
             if missing:
-                detail = "; ".join(f"{p}: {m}" for p, m in missing.items())
-                raise SplitError(f"{name}: case(s) not found in the data set: {detail}")
+                total = len(set().union(*missing.values()))
+                detail = "; ".join(f"{p}: {_ids(m)}" for p, m in missing.items())
+                raise SplitError(
+                    f"{name}: {total} case(s) not found in the prepared data set "
+                    f"({len(avail)} cases): {detail}. Is data.root the right data set, was it "
+                    "prepared completely, or are these cases excluded (data.module.exclude)?"
+                )
         if labeled_cases is not None:
             has_label = set(labeled_cases)
             for part in ("labeled", "val", "test"):
                 lacking = sorted(set(getattr(self, part)) - has_label)
                 if lacking:
-                    raise SplitError(f"{name}: '{part}' case(s) without a label: {lacking}")
+                    raise SplitError(f"{name}: '{part}' case(s) without a label: {_ids(lacking)}")
         return self
 
 
@@ -74,12 +104,35 @@ def load_split_file(path: str | Path) -> Split:
     """Reads a JSON split file (keys ``labeled``, ``unlabeled``, ``val``, ``test``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    data = json.loads(path.read_text())
+        nearby = sorted(q.stem for q in path.parent.glob("*.json")) if path.parent.is_dir() else []
+        hint = f"; split files in {path.parent}: {nearby}" if nearby else ""
+        raise SplitFileNotFoundError(f"split file not found: {path}{hint}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SplitError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise SplitError(f"{path}: expected a JSON object with keys {list(PARTS)}")
     unknown = set(data) - set(PARTS) - {"description", "source"}
     if unknown:
         raise SplitError(f"{path}: unknown keys {sorted(unknown)}; expected {list(PARTS)}")
     return Split(*[[str(i) for i in data.get(p, [])] for p in PARTS])
+
+
+def save_split_file(
+    split: Split, path: str | Path, source: str | None = None, description: str | None = None
+) -> Path:
+    """Writes ``split`` as a JSON split file (with optional ``source`` / ``description``)."""
+    path = Path(path)
+    data: dict = {}
+    if description:
+        data["description"] = description
+    if source:
+        data["source"] = source
+    data.update(split.to_dict())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
 
 
 def _read_ids(path: Path) -> list[str]:
