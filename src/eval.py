@@ -1,0 +1,27 @@
+"""Evaluate a checkpoint: ``python src/eval.py ckpt_path=<run>/checkpoints/best-....ckpt
+[protocol=paper|standard] [split=test|val] [save_predictions=true] [inference.overlap=0.75]``.
+
+Writes ``<run>/eval/<split>_<protocol>/metrics.{json,csv}`` (see :mod:`scdl.evaluation.evaluate`)."""
+
+from __future__ import annotations
+
+import hydra
+from dotenv import load_dotenv
+from omegaconf import DictConfig
+
+from scdl.utils.config import project_root, register_resolvers
+
+load_dotenv(project_root() / ".env")  # WANDB_API_KEY, ...
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    from scdl.evaluation.evaluate import evaluate
+
+    summary = evaluate(cfg)
+    return summary["overall"]["dice"]["mean"]
+
+
+if __name__ == "__main__":
+    main()

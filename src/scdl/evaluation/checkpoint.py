@@ -1,0 +1,285 @@
+"""Rebuild a trained module from a Lightning checkpoint and the run's saved Hydra config.
+
+Shared by ``src/eval.py`` (:mod:`scdl.evaluation.evaluate`) and ``src/predict.py``
+(:mod:`scdl.evaluation.predict`). The loader is framework-agnostic: it composes the module exactly as
+training did (:func:`scdl.training.build_module` on the run's config), so any framework that
+training can build (mean teacher, CPS, SCDL plug-ins, ...) loads here, with ``strict=True``.
+
+A run folder (``paths.output_dir`` of ``src/train.py``) looks like::
+
+    <run>/.hydra/config.yaml          composed config (Hydra writes it before the job starts)
+    <run>/checkpoints/best-*.ckpt     model selection (highest val/dice)
+    <run>/checkpoints/last.ckpt
+    <run>/split.json                  the split the run used
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from scdl.utils.config import register_resolvers
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder / its ``checkpoints`` folder -> the best checkpoint there.
+
+    With several ``best-*.ckpt`` the most recent one wins; ``last.ckpt`` only when no best exists.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.resolve()
+    if p.is_dir():
+        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        best = sorted(folder.glob("best*.ckpt"), key=lambda f: f.stat().st_mtime)
+        if best:
+            return best[-1].resolve()
+        if (folder / "last.ckpt").is_file():
+            log.warning("no best-*.ckpt in %s: using last.ckpt", folder)
+            return (folder / "last.ckpt").resolve()
+        raise FileNotFoundError(f"no checkpoint (*.ckpt) in {folder}")
+    raise FileNotFoundError(f"checkpoint not found: {p}")
+
+
+def find_run_dir(ckpt_path: str | Path) -> Path:
+    """The run folder of a checkpoint: the nearest parent holding ``.hydra/config.yaml``."""
+    ckpt = Path(ckpt_path).resolve()
+    for parent in list(ckpt.parents)[:4]:
+        if (parent / RUN_CONFIG).is_file():
+            return parent
+    raise FileNotFoundError(
+        f"no {RUN_CONFIG} above {ckpt}: the checkpoint must sit inside its training run folder "
+        "(<run>/checkpoints/*.ckpt), whose .hydra/config.yaml describes the model"
+    )
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Mapping | DictConfig | Sequence[str] | None):
+    if not overrides:
+        return cfg
+    if isinstance(overrides, Sequence | ListConfig) and not isinstance(overrides, str):
+        extra = OmegaConf.from_dotlist([str(o) for o in overrides])
+    else:
+        extra = OmegaConf.create(
+            OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else overrides
+        )
+    return OmegaConf.merge(cfg, extra)
+
+
+def _pin_inference(cfg: DictConfig) -> None:
+    """Resolves ``framework.inference`` in place. Its window follows the training patch
+    (``${data.module.patch_size}``): pinning it before overrides keeps the trained window when the
+    data section is replaced (another data set may train with another patch)."""
+    node = OmegaConf.select(cfg, "framework.inference")
+    if not isinstance(node, DictConfig):
+        return
+    try:
+        resolved = OmegaConf.to_container(node, resolve=True)
+    except Exception as err:  # noqa: BLE001 - leave it unresolved; overrides may fix it
+        log.debug("framework.inference not resolvable yet: %s", err)
+        return
+    with open_dict(cfg):
+        cfg.framework.inference = resolved
+
+
+def load_run_config(
+    ckpt_path: str | Path, overrides: Mapping | DictConfig | Sequence[str] | None = None
+) -> tuple[DictConfig, Path]:
+    """The training config of the run that wrote ``ckpt_path``, with ``overrides`` merged in.
+
+    Args:
+        ckpt_path: a ``.ckpt`` inside ``<run>/checkpoints``.
+        overrides: a (nested) mapping merged over the run config, e.g. ``{"data": {...}}``, or
+            dot-list strings (``["data.cache_dir=/x"]``).
+
+    Returns ``(cfg, run_dir)``. ``paths.output_dir`` points at the run folder (the saved value is
+    the Hydra-only ``${hydra:runtime.output_dir}``) and ``run_name`` is the folder name.
+    """
+    register_resolvers()
+    run_dir = find_run_dir(ckpt_path)
+    cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    _pin_inference(cfg)
+    cfg = _apply_overrides(cfg, overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        # the saved run_name is often ${now:...}, which would resolve to the current time
+        if cfg.get("run_name") is None or OmegaConf.is_interpolation(cfg, "run_name"):
+            cfg.run_name = run_dir.name
+    return cfg, run_dir
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """The checkpoint dict, on CPU. ``weights_only=False``: Lightning stores the hyper-parameters
+    (partial optimiser factories, ...) as pickled objects; only load checkpoints you trust."""
+    return torch.load(Path(ckpt_path), map_location="cpu", weights_only=False)
+
+
+def _index_classes(data_cfg: DictConfig) -> list[str] | None:
+    from scdl.data.prepare import read_index
+
+    try:
+        return list(read_index(data_cfg.cache_dir)["class_names"])
+    except (FileNotFoundError, KeyError, OSError):
+        return None
+    except Exception:  # noqa: BLE001 - unresolvable cache path (e.g. env var unset)
+        return None
+
+
+def resolve_classes(cfg: DictConfig, hparams: Mapping[str, Any] | None) -> tuple[int, list[str]]:
+    """Number of classes and class names for the module.
+
+    Sources, in order: the checkpoint hyper-parameters (``num_classes`` / ``class_names``, what the
+    weights were trained for), the cache index of ``cfg.data`` (what the data set has), the config.
+    When both checkpoint and cache are known they must agree (evaluating a 14-class model on a
+    16-class data set is an error, not a silent mismatch).
+    """
+    hp = dict(hparams or {})
+    hp_n = hp.get("num_classes")
+    hp_names = list(hp["class_names"]) if hp.get("class_names") else None
+    index_names = _index_classes(cfg.data) if "data" in cfg else None
+    cfg_n = cfg.data.get("num_classes") if "data" in cfg else None
+    cfg_names = cfg.data.get("class_names") if "data" in cfg else None
+
+    n = hp_n or (len(hp_names) if hp_names else None)
+    if n is None and index_names:
+        n = len(index_names)
+    if n is None and cfg_n is not None:
+        n = int(cfg_n)
+    if n is None:
+        raise ValueError(
+            "cannot tell the number of classes: the checkpoint has no num_classes hyper-parameter "
+            f"and the cache {cfg.data.get('cache_dir') if 'data' in cfg else '?'} has no index; "
+            "set data.num_classes"
+        )
+    n = int(n)
+    if index_names is not None and len(index_names) != n:
+        raise ValueError(
+            f"the checkpoint predicts {n} classes but the data set at {cfg.data.cache_dir} has "
+            f"{len(index_names)} ({index_names})"
+        )
+    names = hp_names or index_names or (list(cfg_names) if cfg_names else None)
+    if names is None or len(names) != n:
+        names = [f"class{i}" for i in range(n)]
+    return n, [str(x) for x in names]
+
+
+def apply_inference_overrides(module: L.LightningModule, inference: Mapping | None) -> None:
+    """Sets the non-null entries of ``inference`` (``roi_size``, ``overlap``, ``mode``,
+    ``sw_batch_size``, ``average``) on ``module.inference_cfg`` (a :class:`SlidingWindowConfig`)."""
+    if not inference:
+        return
+    values = (
+        OmegaConf.to_container(inference, resolve=True)
+        if isinstance(inference, DictConfig)
+        else dict(inference)
+    )
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return
+    current = getattr(module, "inference_cfg", None)
+    if current is None or not dataclasses.is_dataclass(current):
+        raise TypeError(f"{type(module).__name__} has no inference_cfg to override")
+    known = {f.name for f in dataclasses.fields(current)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown inference settings {unknown}; known: {sorted(known)}")
+    if "overlap" in values:
+        values["overlap"] = float(values["overlap"])
+    if "roi_size" in values:
+        values["roi_size"] = tuple(int(r) for r in values["roi_size"])
+    module.inference_cfg = dataclasses.replace(current, **values)
+
+
+def load_module_from_checkpoint(
+    ckpt_path: str | Path,
+    overrides: Mapping | DictConfig | Sequence[str] | None = None,
+    inference: Mapping | DictConfig | None = None,
+) -> tuple[L.LightningModule, DictConfig]:
+    """Rebuilds the run's LightningModule and loads the checkpoint weights (``strict=True``).
+
+    Args:
+        ckpt_path: a checkpoint file or a run folder (see :func:`resolve_checkpoint`).
+        overrides: merged over the run config before the module is built (see
+            :func:`load_run_config`); typically a ``data`` section to evaluate on other data.
+        inference: sliding-window settings overriding the trained ones (null entries ignored).
+
+    Returns ``(module in eval mode on CPU, cfg)``; ``cfg.data.num_classes`` / ``class_names`` are
+    filled and ``cfg.ckpt_path`` / ``cfg.run_dir`` record where the weights came from.
+    """
+    from scdl.training import build_module
+
+    ckpt_path = resolve_checkpoint(ckpt_path)
+    cfg, run_dir = load_run_config(ckpt_path, overrides)
+    ckpt = read_checkpoint(ckpt_path)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict')")
+    num_classes, class_names = resolve_classes(cfg, ckpt.get("hyper_parameters"))
+    with open_dict(cfg):
+        cfg.data.num_classes = num_classes
+        cfg.data.class_names = class_names
+        cfg.ckpt_path = str(ckpt_path)
+        cfg.run_dir = str(run_dir)
+    module = build_module(cfg)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    apply_inference_overrides(module, inference)
+    module.eval()
+    log.info(
+        "loaded %s (%s, %d classes, step %s) from %s",
+        type(module).__name__,
+        cfg.get("experiment_name", "?"),
+        num_classes,
+        ckpt.get("global_step", "?"),
+        ckpt_path,
+    )
+    return module, cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and precision
+# ----------------------------------------------------------------------------------------------
+
+
+def select_device(name: str | None = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is passed to torch."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(name))
+
+
+def autocast_dtype(precision: str | int | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a Lightning precision string (``32-true``, ``bf16-mixed``, ``16-mixed``).
+
+    ``None`` means full precision. fp16 on CPU falls back to full precision (slow, and not what
+    a CPU run would have used)."""
+    p = str(precision if precision is not None else "32")
+    if p.startswith("bf16"):
+        return torch.bfloat16
+    if p.startswith("16"):
+        if device.type == "cpu":
+            log.warning("precision %s on CPU: running inference in fp32", p)
+            return None
+        return torch.float16
+    return None
+
+
+@contextlib.contextmanager
+def inference_context(precision: str | int | None, device: torch.device) -> Iterator[None]:
+    """``torch.inference_mode`` plus autocast matching ``precision`` (see :func:`autocast_dtype`)."""
+    dtype = autocast_dtype(precision, device)
+    with torch.inference_mode():
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                yield

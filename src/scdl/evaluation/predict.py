@@ -1,0 +1,191 @@
+"""Segment new scans with a trained checkpoint: ``python src/predict.py ckpt_path=... input=...
+output=...``.
+
+Every input NIfTI goes through the run's own preprocessing (``data.protocol`` of the run config,
+:func:`scdl.data.prepare.preprocess_case`), sliding-window inference and argmax on the preprocessed
+grid, then the label map is resampled (nearest neighbour) back onto the grid of the input file and
+written with the input's shape and affine. The helpers :func:`segment_volume`,
+:func:`labels_to_original_grid` and :func:`save_label_nifti` are shared with ``eval.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from scdl.evaluation.checkpoint import (
+    inference_context,
+    load_module_from_checkpoint,
+    resolve_checkpoint,
+    select_device,
+)
+from scdl.utils.progress import progress_iter
+
+log = logging.getLogger(__name__)
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers (eval.py uses them too)
+# ----------------------------------------------------------------------------------------------
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """Smallest unsigned integer type holding labels ``0..num_classes-1``."""
+    return np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
+
+
+def segment_volume(
+    module: torch.nn.Module,
+    image: np.ndarray | torch.Tensor,
+    device: torch.device,
+    precision: str | int | None = None,
+) -> np.ndarray:
+    """Whole-volume prediction on the preprocessed grid.
+
+    ``image`` (X, Y, Z) float -> label map (X, Y, Z) (argmax of the module's sliding-window
+    probabilities, :meth:`SemiSupervisedModule.predict_volume`; frameworks with two networks average
+    inside their ``segment``).
+    """
+    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None].to(device)
+    with inference_context(precision, device):
+        probs = module.predict_volume(x)  # (1, C, X, Y, Z)
+    labels = probs.argmax(dim=1)[0].to("cpu", torch.int64).numpy()
+    return labels.astype(label_dtype(int(probs.shape[1])))
+
+
+def labels_to_original_grid(labels: np.ndarray, meta: Mapping) -> np.ndarray:
+    """Resamples a label map from the preprocessed grid back to the grid of the source image.
+
+    Args:
+        labels: (X, Y, Z) integer map on the grid of ``meta["affine"]`` (cache / preprocessed).
+        meta: preprocessing meta (:func:`scdl.data.prepare.preprocess_case`) with ``affine``,
+            ``original_affine`` (voxel -> world of the source file) and ``original_shape``.
+
+    Returns the map (``original_shape``, same dtype) by nearest-neighbour lookup: every source voxel
+    takes the label of the preprocessed voxel nearest to its world position (0 outside). Both
+    affines live in the same world space, so this inverts reorientation, resampling and resizing
+    alike without replaying the transform chain.
+    """
+    from nibabel.processing import resample_from_to
+
+    labels = np.asarray(labels)
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    target = (
+        tuple(int(s) for s in meta["original_shape"]),
+        np.asarray(meta["original_affine"], dtype=np.float64),
+    )
+    if labels.shape != tuple(meta.get("shape", labels.shape)):
+        raise ValueError(f"labels {labels.shape} do not match the meta shape {meta['shape']}")
+    # int32 container: scipy's affine_transform handles it exactly at order 0
+    src = nib.Nifti1Image(labels.astype(np.int32), affine)
+    out = resample_from_to(src, target, order=0, mode="constant", cval=0)
+    return np.asarray(out.dataobj).astype(labels.dtype)
+
+
+def save_label_nifti(
+    labels: np.ndarray,
+    path: str | Path,
+    affine: np.ndarray,
+    reference: nib.Nifti1Image | None = None,
+) -> Path:
+    """Writes a label map (X, Y, Z) as NIfTI with ``affine``; with a ``reference`` image its header
+    (qform/sform codes, units) is kept and only the data type changes (no intensity scaling)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(labels)
+    if reference is not None:
+        header = reference.header.copy()
+        header.set_data_dtype(data.dtype)
+        img = nib.Nifti1Image(data, np.asarray(affine), header=header)
+    else:
+        img = nib.Nifti1Image(data, np.asarray(affine))
+        img.header.set_data_dtype(data.dtype)
+        img.set_qform(np.asarray(affine), code=1)
+        img.set_sform(np.asarray(affine), code=1)
+    img.header.set_slope_inter(1.0, 0.0)
+    nib.save(img, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.py
+# ----------------------------------------------------------------------------------------------
+
+
+def nifti_stem(path: str | Path) -> str:
+    """File name without ``.nii.gz`` / ``.nii`` and without the nnU-Net channel suffix ``_0000``."""
+    name = Path(path).name
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return name[:-5] if name.endswith("_0000") else name
+
+
+def list_inputs(source: str | Path) -> list[Path]:
+    """One NIfTI file, or every ``*.nii.gz`` / ``*.nii`` directly inside a folder (sorted)."""
+    src = Path(source).expanduser()
+    if src.is_file():
+        return [src]
+    if src.is_dir():
+        files = sorted(
+            p for p in src.iterdir() if p.is_file() and p.name.endswith(NIFTI_EXTENSIONS)
+        )
+        if not files:
+            raise FileNotFoundError(f"no .nii.gz / .nii files in {src}")
+        stems = [nifti_stem(f) for f in files]
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        if dup:
+            raise ValueError(f"several inputs would write the same output: {dup}")
+        return files
+    raise FileNotFoundError(f"input not found: {src}")
+
+
+def predict(cfg: DictConfig) -> list[Path]:
+    """Segments ``cfg.input`` (file or folder) into ``cfg.output``; returns the written files.
+
+    Config keys (``conf/predict.yaml``): ``ckpt_path``, ``input``, ``output``, ``inference``
+    (sliding-window overrides), ``device``, ``precision`` (null: the run's trainer precision),
+    ``overwrite``, ``progress``.
+    """
+    from scdl.data.catalog import protocol_from_config
+    from scdl.data.layouts import RawCase
+    from scdl.data.prepare import preprocess_case
+
+    ckpt = resolve_checkpoint(cfg.ckpt_path)
+    module, run_cfg = load_module_from_checkpoint(ckpt, inference=cfg.get("inference"))
+    device = select_device(cfg.get("device", "auto"))
+    module.to(device)
+    precision = cfg.get("precision") or run_cfg.get("trainer", {}).get("precision")
+    protocol = protocol_from_config(run_cfg.data.protocol)
+    inputs = list_inputs(cfg.input)
+    out_dir = Path(cfg.output).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("predicting %d scan(s) with %s -> %s", len(inputs), ckpt, out_dir)
+
+    written = []
+    for path in progress_iter(inputs, "predict", bool(cfg.get("progress", True))):
+        target = out_dir / f"{nifti_stem(path)}.nii.gz"
+        if target.exists() and not cfg.get("overwrite", True):
+            log.info("skipping %s: %s exists", path.name, target)
+            written.append(target)
+            continue
+        t0 = time.perf_counter()
+        image, _, meta = preprocess_case(RawCase(nifti_stem(path), path), protocol)
+        labels = segment_volume(module, image, device, precision)
+        reference = nib.load(str(path))
+        native = labels_to_original_grid(labels, meta)
+        if native.shape != reference.shape[:3]:
+            raise RuntimeError(f"{path}: prediction {native.shape} vs image {reference.shape}")
+        written.append(save_label_nifti(native, target, reference.affine, reference))
+        log.info("%s: %s in %.1f s", path.name, target, time.perf_counter() - t0)
+    return written
