@@ -84,8 +84,14 @@ def spec_hash(spec: dict) -> str:
 
 
 def resolve_spec(spec: dict, raw: RawDataset, progress: bool = True) -> dict:
-    """Fills ``spacing: median``, ``normalisation: auto`` and missing ``ct`` statistics from ``raw``."""
+    """Fills ``spacing: median``, ``normalisation: auto`` and missing ``ct`` statistics from ``raw``.
+
+    Only training cases count: those a reader marks ``extra["subset"]`` other than ``"Tr"`` (AMOS
+    ``imagesVa`` = the benchmark's test set, ``imagesTs``) are left out.
+    """
     spec = dict(spec)
+    train_cases = [c for c in raw.cases if c.extra.get("subset", "Tr") == "Tr"]
+    raw = RawDataset(raw.name, train_cases, raw.class_names, raw.meta)
     if spec.get("spacing") == "median":
         spec["spacing"] = median_spacing(raw, spec.get("orientation", "RAS"))
     if spec.get("normalisation") == "auto":
@@ -113,8 +119,17 @@ def protocol_from_config(
     return PreprocessProtocol(**spec)
 
 
+def _require_root(data_cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(data_cfg, "root"):
+        raise DataNotFoundError(
+            f"data.root is not set: pass data.root=/path/to/the/{data_cfg.name} data set "
+            f"(layouts in {DOCS})"
+        )
+
+
 def read_raw(data_cfg: DictConfig) -> RawDataset:
     """Lists the raw data set of ``data_cfg`` (``layout``, ``raw_dir``, ``reader`` options)."""
+    _require_root(data_cfg)
     layout = data_cfg.layout
     if layout not in READERS:
         raise ValueError(f"unknown data layout {layout!r}; known: {sorted(READERS)}")
@@ -129,7 +144,8 @@ def read_raw(data_cfg: DictConfig) -> RawDataset:
             f"{data_cfg.get('cache_dir')}). Download the data set as described in {DOCS} and set "
             f"data.root (or data.raw_dir, or the SCDL_DATA_DIR environment variable) to it."
         )
-    options = OmegaConf.to_container(data_cfg.get("reader") or {}, resolve=True)
+    options = data_cfg.get("reader")
+    options = OmegaConf.to_container(options, resolve=True) if options else {}
     try:
         return READERS[layout](raw_dir, **options)
     except FileNotFoundError as e:
@@ -182,6 +198,7 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
 
 def ensure_prepared(data_cfg: DictConfig) -> Path:
     """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale."""
+    _require_root(data_cfg)
     cache = Path(data_cfg.cache_dir)
     config_hash = spec_hash(_protocol_spec(data_cfg.protocol))
     try:

@@ -33,7 +33,7 @@ class SplitFileNotFoundError(FileNotFoundError, CompactHydraException):
 
 def _ids(ids: Sequence[str]) -> str:
     ids = list(ids)
-    shown = ", ".join(ids[:_SHOW])
+    shown = ", ".join(repr(i) for i in ids[:_SHOW])
     return f"[{shown}{f', ... and {len(ids) - _SHOW} more' if len(ids) > _SHOW else ''}]"
 
 
