@@ -73,6 +73,11 @@ class SemiSupervisedModule(L.LightningModule):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     # --- helpers ------------------------------------------------------------------------------
+    @property
+    def base_lr(self) -> float | None:
+        """Learning rate of the partial optimiser (for relative per-group rates), if known."""
+        return getattr(self.optimizer_factory, "keywords", {}).get("lr")
+
     def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 

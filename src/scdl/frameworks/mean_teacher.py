@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scdl.frameworks.base import SemiSupervisedModule
+from scdl.frameworks.scdl_plugin import SCDLPlugin
 from scdl.losses.rampup import sigmoid_rampup
 from scdl.models.ema import EMATeacher
 
@@ -30,6 +31,10 @@ class MeanTeacherModule(SemiSupervisedModule):
             in iterations.
         teacher_noise: std of the Gaussian noise on the teacher input (clipped at +-2 std).
         teacher_mode: ``train`` (batch statistics in BatchNorm, as GA-MagicNet) or ``eval``.
+        scdl: optional :class:`SCDLPlugin` on the student's decoder features (None = plain mean
+            teacher). Its auxiliary loss joins the total; with ``prior_feedback="head"`` the student's
+            logits (training and inference) come from the prior-conditioned head. The teacher stays
+            a plain EMA backbone without prior (there is no EMA of SCDL).
         **kwargs: see :class:`SemiSupervisedModule`.
     """
 
@@ -43,10 +48,11 @@ class MeanTeacherModule(SemiSupervisedModule):
         rampup_steps: int = 1000,
         teacher_noise: float = 0.1,
         teacher_mode: Literal["train", "eval"] = "train",
+        scdl: SCDLPlugin | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["backbone", "sup_loss", "unsup_loss"])
+        self.save_hyperparameters(ignore=["backbone", "sup_loss", "unsup_loss", "scdl"])
         self.student = backbone
         self.convert_memory_format(self.student)
         self.teacher = EMATeacher(self.student, decay=ema_decay)
@@ -58,12 +64,30 @@ class MeanTeacherModule(SemiSupervisedModule):
         if teacher_mode not in ("train", "eval"):
             raise ValueError(f"teacher_mode must be train|eval, got {teacher_mode!r}")
         self.teacher_mode = teacher_mode
+        self.scdl = scdl
+        if scdl is not None:
+            if scdl.num_classes != self.num_classes:
+                raise ValueError(
+                    f"SCDL has {scdl.num_classes} classes, the model {self.num_classes}"
+                )
+            self.convert_memory_format(scdl)
+
+    @property
+    def head_prior(self) -> bool:
+        return self.scdl is not None and self.scdl.prior_feedback == "head"
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+        if not self.head_prior:
+            return self.student(x)
+        features = self.student.decode(self.student.encode(x))
+        prior = self.scdl.inference_prior(features)
+        return self.scdl.head_with_prior(features, prior, self.student.head)
 
     def parameter_groups(self) -> list[dict]:
-        return [{"params": list(self.student.parameters()), "name": "backbone"}]
+        groups = [{"params": list(self.student.parameters()), "name": "backbone"}]
+        if self.scdl is not None:
+            groups.append(self.scdl.parameter_group(self.base_lr))
+        return groups
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher prediction on a noised copy of ``x`` (no gradient)."""
@@ -85,10 +109,34 @@ class MeanTeacherModule(SemiSupervisedModule):
             else torch.cat([labeled["image"], unlabeled["image"]])
         )
         x = self.to_memory_format(x)
-        logits = self.student(x)
+        skips = self.student.encode(x)
+        features = self.student.decode(skips)
+        logs: dict[str, torch.Tensor | float] = {}
+        loss = features.new_zeros((), dtype=torch.float32)
+        if self.scdl is not None:
+            terms = self.scdl.training_terms(features, labeled["label"], need_prior=self.head_prior)
+            logits = (
+                self.scdl.head_with_prior(features, terms.prior_tokens, self.student.head)
+                if self.head_prior
+                else self.student.head(features)
+            )
+            loss = loss + terms.aux_loss
+            if self.scdl.prior_feedback == "bottleneck":
+                # Prior5: auxiliary prior-conditioned decoder pass on the labeled samples
+                x5 = skips[-1][:n_l]
+                prior = self.scdl.bottleneck_prior(
+                    terms.prior_tokens[:n_l], terms.mean_embedding_samples[:n_l], x5.shape[2:]
+                )
+                aux_feats = self.student.decode([s[:n_l] for s in skips[:-1]] + [x5 + prior])
+                loss_prior = self.sup_loss(self.student.head(aux_feats), labeled["label"])
+                loss = loss + loss_prior
+                logs["train/loss_prior_branch"] = loss_prior
+            logs.update(self._scdl_logs(terms))
+        else:
+            logits = self.student.head(features)
         loss_sup = self.sup_loss(logits[:n_l], labeled["label"])
-        loss = loss_sup
-        logs = {"train/loss_sup": loss_sup}
+        loss = loss + loss_sup
+        logs["train/loss_sup"] = loss_sup
         if unlabeled is not None:
             t_logits = self.teacher_logits(x[n_l:])
             loss_unsup = self.unsup_loss(logits[n_l:], t_logits)
@@ -99,6 +147,17 @@ class MeanTeacherModule(SemiSupervisedModule):
         self.log_dict(logs, prog_bar=False, batch_size=x.shape[0])
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
         return loss
+
+    def _scdl_logs(self, terms) -> dict:
+        scdl = self.scdl.scdl
+        return {
+            "train/scdl_aux": terms.aux_loss,
+            "train/scdl_proxy": terms.proxy_loss,
+            "train/scdl_sac": terms.sac_loss,
+            "train/scdl_kl": terms.kl_loss,
+            "scdl/proxy_scale_mean": scdl.proxies.scale.detach().mean(),
+            "scdl/sigma_emb_mean": scdl.sigma_emb.detach().mean(),
+        }
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # global_step was already incremented by the optimiser step: the update index is step - 1

@@ -1,0 +1,138 @@
+"""SCDL wired into the mean teacher: prior feedback, parameter groups, loss plumbing, checkpoints."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from scdl.frameworks.mean_teacher import MeanTeacherModule
+from scdl.frameworks.scdl_plugin import SCDLPlugin
+from scdl.losses import CEDiceLoss
+from scdl.losses.consistency import PseudoLabelLoss
+from scdl.models.scdl import SCDL
+from scdl.models.vnet import VNet
+
+C = 4
+
+
+def _module(prior="head", **plugin_kw):
+    torch.manual_seed(0)
+    plugin = (
+        None
+        if prior is None
+        else SCDLPlugin(
+            SCDL(C, x_dim=4, z_dim=16, sample_num=5),
+            token_grid=4,
+            prior_feedback=prior,
+            bottleneck_channels=64,
+            **plugin_kw,
+        )
+    )
+    return MeanTeacherModule(
+        backbone=VNet(num_classes=C, base_filters=4),
+        sup_loss=CEDiceLoss(),
+        unsup_loss=PseudoLabelLoss(CEDiceLoss()),
+        num_classes=C,
+        scdl=plugin,
+    )
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return {
+        "labeled": {
+            "image": torch.randn(2, 1, 16, 16, 16, generator=g),
+            "label": torch.randint(0, C, (2, 16, 16, 16), generator=g),
+        },
+        "unlabeled": {"image": torch.randn(2, 1, 16, 16, 16, generator=g)},
+    }
+
+
+def test_head_prior_changes_logits_and_gets_gradient():
+    m = _module("head")
+    x = torch.randn(2, 1, 16, 16, 16)
+    m.train()
+    with torch.no_grad():
+        plain = m.student(x)
+    torch.manual_seed(3)
+    logits = m.segment(x)
+    assert logits.shape == plain.shape
+    assert not torch.allclose(logits, plain)  # the prior is added before the classifier
+    logits.sum().backward()
+    assert m.scdl.prior_to_feat.weight.grad is not None
+    assert m.scdl.prior_to_feat.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in m.scdl.scdl.proxies.parameters())  # prior uses mu
+
+
+def test_without_prior_inference_is_the_plain_backbone():
+    m = _module("none")
+    x = torch.randn(1, 1, 16, 16, 16)
+    m.eval()
+    torch.testing.assert_close(m.segment(x), m.student(x))
+    assert m.scdl.prior_to_feat is None
+
+
+@pytest.mark.parametrize("prior", ["head", "bottleneck", "none"])
+def test_training_step_adds_scdl_terms_and_trains_every_scdl_part(prior):
+    m = _module(prior)
+    m.train()
+    m.log_dict = lambda *a, **k: None  # no trainer attached
+    m.log = lambda *a, **k: None
+    loss = m.training_step(_batch(), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    scdl = m.scdl.scdl
+    assert scdl.encoder[0].weight.grad is not None  # CDBA reaches the token encoder
+    assert all(p.grad is not None for p in scdl.proxies.parameters())
+    assert all(p.grad is None for p in m.teacher.parameters())
+    if prior == "bottleneck":
+        assert m.scdl.prior_to_bottleneck.weight.grad.abs().sum() > 0
+
+
+def test_scdl_weights_scale_the_aux_loss():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 16, 16, 16)
+    labels = torch.randint(0, C, (2, 16, 16, 16))
+    plugin = SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5, dropout=0.0), token_grid=4)
+    torch.manual_seed(1)
+    t = plugin.training_terms(feats, labels)
+    expected = 0.1 * (0.3 * t.proxy_loss + 0.1 * t.sac_loss + 0.02 * t.kl_loss)
+    torch.testing.assert_close(t.aux_loss, expected)
+    assert t.prior_tokens.shape == (3, 64, 16) and t.labeled_token_dist.shape == (2, 64, C)
+    plugin.w_sac = plugin.w_proxy = plugin.w_kl = 0.0
+    torch.manual_seed(1)
+    assert plugin.training_terms(feats, labels).aux_loss.item() == 0.0
+
+
+def test_unlabeled_switch_controls_the_unlabeled_proxy_loss():
+    torch.manual_seed(0)
+    feats = torch.randn(4, 4, 16, 16, 16)
+    labels = torch.randint(0, C, (2, 16, 16, 16))
+    plugin = SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5, dropout=0.0), token_grid=4)
+    torch.manual_seed(1)
+    with_unl = plugin.training_terms(feats, labels).proxy_loss
+    plugin.use_unlabeled = False
+    torch.manual_seed(1)
+    without = plugin.training_terms(feats, labels, need_prior=False)
+    torch.manual_seed(1)
+    lab_only = plugin.training_terms(feats[:2], labels).proxy_loss
+    torch.testing.assert_close(without.proxy_loss, lab_only)
+    assert not torch.isclose(with_unl, lab_only)
+    assert without.prior_tokens.shape[0] == 2  # unlabeled samples skipped entirely
+
+
+def test_scdl_has_its_own_parameter_group_and_is_in_the_checkpoint():
+    m = _module("head", lr_scale=0.5)
+    m.optimizer_factory = partial(torch.optim.SGD, lr=0.01)
+    groups = m.parameter_groups()
+    assert [g["name"] for g in groups] == ["backbone", "scdl"]
+    assert groups[1]["lr"] == pytest.approx(0.005)
+    scdl_ids = {id(p) for p in m.scdl.parameters()}
+    assert scdl_ids == {id(p) for p in groups[1]["params"]}
+    assert not scdl_ids & {id(p) for p in groups[0]["params"]}
+    state = m.state_dict()
+    assert any(k.startswith("scdl.scdl.proxies") for k in state)
+    assert any(k.startswith("scdl.prior_to_feat") for k in state)
+    m2 = _module("head")
+    m2.load_state_dict(state)
+    torch.testing.assert_close(m2.scdl.scdl.proxies.mean, m.scdl.scdl.proxies.mean)
