@@ -64,6 +64,10 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     backbone = instantiate(cfg.model)
     losses = {k: instantiate(v) for k, v in cfg.loss.items()}
     extra = {"scdl": instantiate(cfg.scdl)} if cfg.get("scdl") else {}
+    if "backbone_b" in cfg.framework:  # two-network frameworks (CPS): B = model + overrides
+        extra["backbone_b"] = instantiate(OmegaConf.merge(cfg.model, cfg.framework.backbone_b))
+    if "sup_loss_b" in cfg.framework and "sup_b" in losses:
+        extra["sup_loss_b"] = losses["sup_b"]
     return instantiate(
         cfg.framework,
         backbone=backbone,

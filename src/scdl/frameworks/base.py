@@ -82,9 +82,11 @@ class SemiSupervisedModule(L.LightningModule):
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
     def convert_memory_format(self, *modules: nn.Module) -> None:
-        if self.channels_last:
+        if self.channels_last:  # only 5-D weights have a channels-last-3D layout
             for m in modules:
-                m.to(memory_format=torch.channels_last_3d)
+                for conv in m.modules():
+                    if isinstance(conv, nn.Conv3d | nn.ConvTranspose3d):
+                        conv.to(memory_format=torch.channels_last_3d)
 
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
         """Whole volume (B, 1, X, Y, Z) -> class probabilities (B, C, X, Y, Z)."""

@@ -1,0 +1,73 @@
+"""DHC's re-weighted losses as drop-in ``(logits, target) -> scalar`` modules.
+
+Each wraps a stateful weighter of :mod:`scdl.losses.dhc` (its buffers are in the checkpoint) and a
+:class:`~scdl.losses.dhc.WeightedCEDiceLoss`: every call first updates the class weights from what
+it sees, then returns the weighted loss.
+
+* ``difficulty`` (DiffDW): updated from the hard Dice of the prediction against the target; DHC uses
+  it for model A's supervised loss.
+* ``distribution`` (DistDW): updated from the voxel counts of the target. DHC initialises it from the
+  labeled set and then updates it from model B's pseudo-labels of the unlabeled batch; used as
+  model B's supervised loss here it updates from the labeled targets and, through
+  :meth:`observe`, from pseudo-labels the framework hands it (CPS does).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from scdl.losses.dhc import DiffDW, DistDW, WeightedCEDiceLoss, class_counts
+
+
+class DHCWeightedLoss(nn.Module):
+    """Class-weighted CE + Dice with DHC's adaptive weights.
+
+    Args:
+        num_classes: C.
+        weighting: ``difficulty`` (DiffDW) or ``distribution`` (DistDW).
+        ce_weight, dice_weight: weights of the two terms (``dice_weight=0`` for DHC's CPS loss).
+        momentum: DistDW EMA momentum; accumulate_iters: DiffDW accumulation (50).
+
+    Shapes: ``logits`` (B, C, *S), ``target`` (B, *S) integer.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        weighting: Literal["difficulty", "distribution"] = "difficulty",
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        momentum: float = 0.99,
+        accumulate_iters: int = 50,
+    ) -> None:
+        super().__init__()
+        if weighting == "difficulty":
+            self.weighter: nn.Module = DiffDW(num_classes, accumulate_iters)
+        elif weighting == "distribution":
+            self.weighter = DistDW(num_classes, momentum)
+        else:
+            raise ValueError(f"weighting must be difficulty|distribution, got {weighting!r}")
+        self.weighting = weighting
+        self.num_classes = num_classes
+        self.loss = WeightedCEDiceLoss(ce_weight, dice_weight)
+
+    @torch.no_grad()
+    def observe(self, labels: torch.Tensor) -> None:
+        """Feeds extra label maps (e.g. pseudo-labels) to the distribution weighter."""
+        if self.weighting == "distribution":
+            self.weighter.update(counts=class_counts(labels, self.num_classes))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.weighting == "difficulty":
+                weights = self.weighter.update(logits.detach(), target)
+            else:
+                weights = self.weighter.update(counts=class_counts(target, self.num_classes))
+        return self.loss(logits, target, weights)
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        return self.weighter.weights
