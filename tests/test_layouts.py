@@ -200,8 +200,15 @@ def test_legacy_amos_npy_is_transposed_windowed_and_copied(tmp_path):
     assert case.meta["spacing_known"] is False and case.meta["original_shape"] == [12, 24, 20]
     # with the paper's 160 x 160 x 80 resize (the published arrays are already that size)
     resized = PreprocessProtocol(**{**legacy.to_dict(), "resize": (160, 160, 80)})
-    prepare_dataset(raw, resized, tmp_path / "c2", progress=False, case_ids=["amos_0001"])
-    assert load_cached_case(tmp_path / "c2", "amos_0001").label.shape == (160, 160, 80)
+    prepare_dataset(raw, resized, tmp_path / "c2", progress=False, case_ids=["amos_0002"])
+    big = load_cached_case(tmp_path / "c2", "amos_0002")
+    assert big.label.shape == (160, 160, 80)
+    # the meta affines undo transposition and resize: predictions map back onto the source array
+    from scdl.evaluation.predict import labels_to_original_grid
+
+    for cached in (case, big):
+        back = labels_to_original_grid(cached.label, cached.meta)
+        np.testing.assert_array_equal(back, src_label.astype(np.uint8))
 
 
 def test_legacy_synapse_h5_is_copied_unchanged(tmp_path):

@@ -297,8 +297,9 @@ def _preprocess_arrays(
     label_out = None
     if label is not None:
         label_out = np.rint(np.asarray(out["label"])[0]).astype(np.uint8)
-    spacing = [float(s) for s in (protocol.voxel_spacing or (1.0, 1.0, 1.0))]
-    affine = np.diag([*spacing, 1.0]).tolist()
+    spacing, affine, original_affine = _array_affines(
+        original_shape, perm, image_out.shape, protocol.voxel_spacing
+    )
     meta = {
         "case_id": case.case_id,
         "labeled": label is not None,
@@ -306,7 +307,7 @@ def _preprocess_arrays(
         "spacing": spacing,
         "spacing_known": protocol.voxel_spacing is not None,
         "affine": affine,
-        "original_affine": affine,
+        "original_affine": original_affine,
         "original_shape": original_shape,
         "transpose": list(perm),
         "source_image": str(case.image),
@@ -314,6 +315,32 @@ def _preprocess_arrays(
         **case.extra,
     }
     return image_out, label_out, meta
+
+
+def _array_affines(
+    original_shape: Sequence[int],
+    perm: Sequence[int],
+    shape: Sequence[int],
+    voxel_spacing: Sequence[float] | None,
+) -> tuple[list[float], list, list]:
+    """Spacing and voxel -> "world" affines of an array case, so that predictions can be mapped
+    back onto the stored array like any NIfTI case (``labels_to_original_grid``).
+
+    The world frame is the cache grid scaled by its spacing. ``voxel_spacing`` is the input
+    voxel size along the transposed axes; a resize from the transposed shape ``T`` to ``shape``
+    scales it by ``T / shape``. Source voxel ``u`` lands at cache index
+    ``c_d = (u[perm[d]] + 0.5) * shape_d / T_d - 0.5`` (pixel-centre resize), hence the affine.
+    """
+    transposed = [int(original_shape[a]) for a in perm]
+    scale = [n / t for n, t in zip(shape, transposed, strict=True)]
+    base = voxel_spacing or (1.0, 1.0, 1.0)
+    spacing = [float(b) / f for b, f in zip(base, scale, strict=True)]
+    original = np.zeros((4, 4))
+    original[3, 3] = 1.0
+    for d, a in enumerate(perm):
+        original[d, a] = spacing[d] * scale[d]
+        original[d, 3] = spacing[d] * (0.5 * scale[d] - 0.5)
+    return spacing, np.diag([*spacing, 1.0]).tolist(), original.tolist()
 
 
 # --- data-set statistics (nnU-Net-like "fingerprint") --------------------------------------------

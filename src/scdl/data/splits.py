@@ -19,7 +19,7 @@ import numpy as np
 from hydra.errors import CompactHydraException
 
 PARTS = ("labeled", "unlabeled", "val", "test")
-_SHOW = 20  # ids named in an error message before "... and N more"
+_SHOW = 10  # ids named in an error message before "... and N more"
 
 
 class SplitError(ValueError, CompactHydraException):
