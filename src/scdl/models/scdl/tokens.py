@@ -9,7 +9,7 @@ Shapes: ``B`` batch, ``D`` feature channels, ``t`` token grid size per axis, ``L
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,45 @@ def _inv_window_sizes(
     return 1.0 / torch.tensor(sizes, dtype=dtype, device=device)
 
 
+def _x_major(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """View of a (B, D, X, Y, Z) tensor with X as the middle axis of a 3-D matrix stack, no copy.
+
+    channels_last_3d: (B, X, Y*Z*D); contiguous: (B*D, X, Y*Z).
+    """
+    b, d, nx, ny, nz = t.shape
+    if channels_last:
+        return t.permute(0, 2, 3, 4, 1).reshape(b, nx, ny * nz * d)
+    return t.reshape(b * d, nx, ny * nz)
+
+
+class _WindowSumX(torch.autograd.Function):
+    """Sums a (B, D, X, Y, Z) map over the x-windows of ``ix`` (t, X) -> ``ix @ _x_major(x)``.
+
+    Same maths as a matmul, but the gradient is written straight into a fresh tensor with the input's
+    own memory layout (not a permuted view of a matmul result). ``x9`` also feeds the segmentation
+    head, and autograd can only sum its two gradients in place when one of them is such a plain dense
+    tensor; otherwise it allocates a third full-resolution buffer (~30-40 ms for a (4, 16, 64^3) bf16
+    map on a 2-core CPU, mostly page faults).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, features: torch.Tensor, ix: torch.Tensor, channels_last: bool
+    ) -> torch.Tensor:
+        ctx.save_for_backward(ix)
+        ctx.shape = features.shape
+        ctx.channels_last = channels_last
+        return torch.matmul(ix, _x_major(features, channels_last))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (ix,) = ctx.saved_tensors
+        fmt = torch.channels_last_3d if ctx.channels_last else torch.contiguous_format
+        out = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=fmt)
+        torch.matmul(ix.t(), grad, out=_x_major(out, ctx.channels_last))
+        return out, None, None
+
+
 def feature_map_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
     """Adaptive-average-pools a feature map to a ``grid**3`` token grid.
 
@@ -59,6 +98,9 @@ def feature_map_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
     b, d, nx, ny, nz = features.shape
     dev = features.device
     out_dtype = torch.promote_types(features.dtype, torch.float32)
+    channels_last = d > 1 and features.is_contiguous(memory_format=torch.channels_last_3d)
+    if not channels_last:
+        features = features.contiguous()
     with torch.autocast(device_type=dev.type, enabled=False):
         ix = _indicator(nx, grid, features.dtype, dev)
         ay = (
@@ -69,17 +111,13 @@ def feature_map_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
             _indicator(nz, grid, out_dtype, dev)
             * _inv_window_sizes(nz, grid, out_dtype, dev)[:, None]
         )
-        inv_x = _inv_window_sizes(nx, grid, out_dtype, dev)
-        if features.is_contiguous(memory_format=torch.channels_last_3d) and d > 1:
-            x = features.permute(0, 2, 3, 4, 1)  # (B, X, Y, Z, D), a contiguous view
-            s = torch.matmul(ix, x.reshape(b, nx, ny * nz * d)).to(out_dtype)  # (B, t, Y*Z*D)
-            s = s * inv_x.view(1, grid, 1)
+        inv_x = _inv_window_sizes(nx, grid, out_dtype, dev).view(1, grid, 1)
+        s = _WindowSumX.apply(features, ix, channels_last).to(out_dtype) * inv_x
+        if channels_last:  # s: (B, t, Y*Z*D)
             s = torch.matmul(ay, s.reshape(b * grid, ny, nz * d))  # (B*t, t, Z*D)
             s = torch.matmul(az, s.reshape(b * grid * grid, nz, d))  # (B*t*t, t, D)
             return s.reshape(b, grid**3, d)
-        x = features.contiguous()
-        s = torch.matmul(ix, x.reshape(b * d, nx, ny * nz)).to(out_dtype)  # (B*D, t, Y*Z)
-        s = s * inv_x.view(1, grid, 1)
+        # s: (B*D, t, Y*Z)
         s = torch.matmul(ay, s.reshape(b * d * grid, ny, nz))  # (B*D*t, t, Z)
         s = torch.matmul(s, az.t())  # (B*D*t, t, t)
         return s.reshape(b, d, grid**3).transpose(1, 2)
