@@ -81,6 +81,10 @@ class CPSModule(SemiSupervisedModule):
             return self.scdl.head_with_prior(features, prior, self.net_a.head), features
         return self.net_a.head(features), features
 
+    def scdl_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder features (B, D, X, Y, Z) of network A, which SCDL tokenises."""
+        return self.net_a.decode(self.net_a.encode(x))
+
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * (self.logits_a(x)[0] + self.net_b(x))
 

@@ -76,6 +76,10 @@ class MeanTeacherModule(SemiSupervisedModule):
     def head_prior(self) -> bool:
         return self.scdl is not None and self.scdl.prior_feedback == "head"
 
+    def scdl_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder features (B, D, X, Y, Z) that SCDL tokenises (the student's x9)."""
+        return self.student.decode(self.student.encode(x))
+
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         if not self.head_prior:
             return self.student(x)
