@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scdl.data.catalog import ensure_prepared
 from scdl.utils.config import instantiate_dict, wandb_mode
-from scdl.utils.reporting import dice_table, write_test_results
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +122,9 @@ def train(cfg: DictConfig) -> dict:
             ckpt = _best_checkpoint(trainer, cfg)
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-            metrics["best_ckpt"] = ckpt
-            if trainer.is_global_zero and module.test_results is not None:
-                results = {**module.test_results, "ckpt": ckpt, "case_ids": module.test_case_ids}
-                write_test_results(results, output_dir)
-                print(dice_table(results, title=f"test Dice ({cfg.get('experiment_name', '')})"))
+            metrics["best_ckpt"] = (
+                ckpt  # the module wrote test_dice.{json,csv} and printed the table
+            )
     finally:
         _finish_wandb(loggers)
     return metrics

@@ -15,6 +15,7 @@ from torch import nn
 
 from scdl.evaluation.dice import AbsentPolicy, PerCaseDice
 from scdl.evaluation.inference import SlidingWindowConfig, sliding_window_probs
+from scdl.utils.reporting import dice_table, write_test_results
 from scdl.utils.schedules import poly_lr
 
 
@@ -122,8 +123,17 @@ class SemiSupervisedModule(L.LightningModule):
         self._evaluate(batch, self.test_dice)
         self.test_case_ids.extend(batch["case_id"])
 
+    def _gathered_case_ids(self) -> list[str]:
+        """Test case ids of every rank, in the rank order torchmetrics uses for ``cat`` states."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, self.test_case_ids)
+            return [cid for ids in per_rank for cid in ids]
+        return list(self.test_case_ids)
+
     def on_test_epoch_end(self) -> None:
         rows = self.test_dice.compute()
+        self.test_case_ids = self._gathered_case_ids()
         self._log_dice("test", rows)
         names = self.class_names[1:]
         self.test_results = {
@@ -132,8 +142,15 @@ class SemiSupervisedModule(L.LightningModule):
             "mean": torch.nanmean(rows, dim=0).cpu().tolist(),
             "std": _nanstd(rows).cpu().tolist(),
             "mean_dice": float(torch.nanmean(torch.nanmean(rows, dim=0))),
+            "case_ids": self.test_case_ids,
+            "ckpt": getattr(self.trainer, "ckpt_path", None),
         }
         self.test_dice.reset()
+        if self.trainer.is_global_zero:
+            # written here, not by the caller: under ddp_spawn the caller never sees this module
+            out_dir = self.trainer.default_root_dir
+            write_test_results(self.test_results, out_dir)
+            print(dice_table(self.test_results, title=f"test Dice ({out_dir})"))
 
     def _log_dice(self, stage: str, rows: torch.Tensor) -> None:
         if rows.numel() == 0:
