@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +117,7 @@ def amos_cfg(root: Path, tmp_path: Path, *extra: str):
 def test_amos_mri_cases_are_kept_flagged_and_excludable(amos_fixture, tmp_path):
     dm = setup_data(amos_cfg(amos_fixture, tmp_path))  # prepares the cache on first use
     assert dm.split.labeled == ["amos_0001", "amos_0507"] and dm.num_classes == 16
-    cfg = amos_cfg(amos_fixture, tmp_path, "+data.module.exclude={modality:MRI}")
+    cfg = amos_cfg(amos_fixture, tmp_path, "data.module.exclude={modality:MRI}")
     dm = setup_data(cfg)
     assert dm.split.labeled == ["amos_0001"] and dm.split.test == ["amos_0005"]
     assert cfg.data.class_names[15] == "prostate_uterus"
@@ -169,6 +170,9 @@ def test_synapse_mt_debug_fast_runs_to_the_end(tmp_path):
     assert 0.0 <= metrics["test/dice"] <= 1.0 and "val/dice_portal_splenic_veins" in metrics
     assert cfg.data.num_classes == 14
     assert (root / "preprocessed" / "paper" / "index.json").is_file()
+    # once prepared, the raw download is no longer needed
+    shutil.rmtree(root / "RawData")
+    assert setup_data(cfg).split.test == ["0006"]
 
 
 def test_missing_data_root_is_one_clear_error(tmp_path):
