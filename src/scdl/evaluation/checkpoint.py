@@ -114,7 +114,11 @@ def load_run_config(
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
         # the saved run_name is often ${now:...}, which would resolve to the current time
-        if cfg.get("run_name") is None or OmegaConf.is_interpolation(cfg, "run_name"):
+        if (
+            "run_name" not in cfg
+            or OmegaConf.is_interpolation(cfg, "run_name")
+            or cfg.run_name is None
+        ):
             cfg.run_name = run_dir.name
     return cfg, run_dir
 

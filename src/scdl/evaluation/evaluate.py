@@ -277,6 +277,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     summary = aggregate_metrics(results, class_names[1:], case_ids, protocol)
     settings = case_metric_kwargs(protocol, cfg.get("metrics"), [1.0, 1.0, 1.0])
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     if protocol == "standard":
         settings["spacing"] = "cache spacing of each case (mm)"
     summary.update(
