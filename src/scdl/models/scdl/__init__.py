@@ -17,7 +17,7 @@ Module (:mod:`.module`)::
 
     scdl = SCDL(num_classes, x_dim=16, z_dim=256, sample_num=50, sample_num_emb=2,
                 sigma_emb_init=0.05, tau_e2p=0.2, tau_p2e=0.2, p2e_axis="class", dist_weight=0.1,
-                dropout=0.2, sac_include_background=True, encoder_autocast=False)
+                dropout=0.2, sac_include_background=True, encoder_autocast=True)
     out = scdl(tokens (B,L,D), y_dist=None | (B,L,C), cls_tokens=None | (N,D), cls_ids=None | (N,))
     out.proxy_loss, out.sac_loss, out.kl_loss       # float32 scalars (sac_loss = 0 without cls)
     out.prior_tokens (B,L,z), out.e2p / out.p2e / out.bi_sim (B,L,C),

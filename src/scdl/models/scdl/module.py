@@ -71,9 +71,11 @@ class SCDL(nn.Module):
         dist_weight: ``lambda_dist`` weighting ``L_dist`` inside the proxy loss (0.1).
         dropout: encoder dropout (0.2, train mode only; also applied to class tokens, §8.15).
         sac_include_background: whether class 0 takes part in SAC (True, as released).
-        encoder_autocast: False = the encoder runs in float32 even under autocast (default, exact);
-            True = the encoder's matmuls follow the caller's autocast (e.g. bf16, ~2x faster on
-            CPUs with bf16 units). All normalisations, softmaxes and losses are float32 either way.
+        encoder_autocast: True (default) = the encoder's matmuls follow the caller's autocast
+            state, like every other layer of the network (bf16 under CPU bf16 autocast: ~2x faster,
+            it is the bulk of SCDL's cost); False = the encoder always runs in float32. Without an
+            active autocast both are identical. Normalisations, softmaxes, sampling and all losses
+            are float32 either way.
 
     The proxy/embedding sampling draws from the global torch RNG, fresh on every call (also in eval
     mode, as released); seed it for reproducibility.
@@ -93,7 +95,7 @@ class SCDL(nn.Module):
         dist_weight: float = 0.1,
         dropout: float = 0.2,
         sac_include_background: bool = True,
-        encoder_autocast: bool = False,
+        encoder_autocast: bool = True,
     ) -> None:
         super().__init__()
         if p2e_axis not in ("class", "token"):

@@ -1,0 +1,155 @@
+"""Benchmark: training-step overhead of SCDL on top of a VNet (CPU, bf16 autocast, channels_last_3d).
+
+Measures the median time of one optimisation step (batch 4 = 2 labeled + 2 unlabeled) for
+
+* ``vnet``: VNet forward (``forward_features``), CE on the labeled half, backward, SGD step;
+* ``vnet+scdl (bf16 encoder, default)``: the same plus SCDL as wired for GA-CPS training
+  (scdl-method.md §3.5): tokens from ``x9`` on a ``grid**3`` grid, area soft labels and class tokens
+  for the labeled half, one SCDL call for the labeled half (y_dist + SAC) and one for the unlabeled
+  half (bi_sim weights), aux loss ``0.1 * (0.3 L_proxy + 0.1 L_SAC + 0.02 L_KL)`` added before the
+  backward, SCDL parameters in the same SGD step; ``SCDL(encoder_autocast=True)`` (the default:
+  the encoder's matmuls follow the bf16 autocast, the loss math stays float32);
+* ``vnet+scdl (fp32 encoder)``: the same with ``encoder_autocast=False``.
+
+Variants are interleaved step by step so that drifts in machine load hit all of them alike; wall
+and process-CPU medians are both reported. Acceptance target: SCDL adds at most 15 %.
+
+Usage: ``python bench/bench_scdl_overhead.py [--patch 64] [--steps 12] [--warmup 3] [--grid 12]
+[--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from scdl.models.scdl import (
+    SCDL,
+    class_tokens_from_token_dist,
+    feature_map_to_tokens,
+    labels_to_token_dist,
+)
+from scdl.models.vnet import VNet
+
+NUM_CLASSES = 14
+LABELED = 2
+BATCH = 4
+
+
+def make_step(patch: int, grid: int, scdl: SCDL | None, seed: int = 0) -> Callable[[], float]:
+    """Builds a closure running one training step; returns the step's loss."""
+    torch.manual_seed(seed)
+    net = VNet(num_classes=NUM_CLASSES, base_filters=16).to(memory_format=torch.channels_last_3d)
+    params = list(net.parameters()) + (list(scdl.parameters()) if scdl is not None else [])
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    image = torch.randn(BATCH, 1, patch, patch, patch).to(memory_format=torch.channels_last_3d)
+    # Blocky random labels so every class occupies whole regions (realistic token masses).
+    coarse = torch.randint(0, NUM_CLASSES, (LABELED, patch // 8, patch // 8, patch // 8))
+    labels = coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).repeat_interleave(8, 3)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, x9 = net.forward_features(image)
+            loss = F.cross_entropy(logits[:LABELED].float(), labels)
+            if scdl is not None:
+                tokens = feature_map_to_tokens(x9, grid)  # (B, grid^3, 16)
+                y_dist = labels_to_token_dist(labels, NUM_CLASSES, grid)
+                x_cls, y_cls = class_tokens_from_token_dist(tokens[:LABELED], y_dist)
+                lab = scdl(tokens[:LABELED], y_dist, x_cls, y_cls, sample_embeddings=False)
+                unl = scdl(tokens[LABELED:], sample_embeddings=False)
+                aux = (
+                    0.3 * (lab.proxy_loss + unl.proxy_loss)
+                    + 0.1 * lab.sac_loss
+                    + 0.02 * (lab.kl_loss + unl.kl_loss)
+                )
+                loss = loss + 0.1 * aux
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def _median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patch", type=int, default=64, help="cubic patch size (multiple of 16)")
+    parser.add_argument("--grid", type=int, default=12, help="token grid per axis")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    variants: dict[str, Callable[[], float]] = {
+        "vnet": make_step(args.patch, args.grid, None),
+        "vnet+scdl (bf16 encoder, default)": make_step(
+            args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=True)
+        ),
+        "vnet+scdl (fp32 encoder)": make_step(
+            args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=False)
+        ),
+    }
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(args.warmup + args.steps):
+        for name, step in variants.items():  # interleaved, so load drifts hit all variants alike
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
+            if i >= args.warmup:
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+
+    base, base_cpu = _median_ms(wall["vnet"]), _median_ms(cpu["vnet"])
+    rows = [
+        (
+            name,
+            f"{_median_ms(wall[name]):.1f}",
+            f"{min(wall[name]) * 1e3:.1f}",
+            f"{_median_ms(wall[name]) / base:.3f}",
+            f"{_median_ms(cpu[name]):.1f}",
+            f"{_median_ms(cpu[name]) / base_cpu:.3f}",
+        )
+        for name in variants
+    ]
+    title = (
+        f"SCDL overhead: CPU x{torch.get_num_threads()} threads, bf16 autocast, channels_last_3d, "
+        f"patch {args.patch}^3, batch {BATCH} ({LABELED} labeled), grid {args.grid}^3, "
+        f"{args.steps} steps"
+    )
+    # Process CPU time is robust to other processes preempting us on a shared machine (with one
+    # thread it is the compute time; with more it also counts OpenMP spin-waiting).
+    header = ("variant", "median ms", "min ms", "ratio", "median cpu ms", "cpu ratio")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h, justify="left" if h == "variant" else "right")
+        for row in rows:
+            table.add_row(*row)
+        Console(width=120).print(table)
+    except ImportError:  # plain fallback
+        print(title)
+        print(" | ".join(f"{h:>14}" for h in header))
+        for row in rows:
+            print(" | ".join(f"{c:>14}" for c in row))
+    for name in list(variants)[1:]:
+        ratio = _median_ms(wall[name]) / base
+        verdict = "OK" if ratio <= 1.15 else "ABOVE TARGET"
+        print(f"{name}: {(ratio - 1) * 100:+.1f}% wall time vs vnet (target <= +15%): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
