@@ -257,11 +257,13 @@ def evaluate(cfg: DictConfig) -> dict:
 
     t0 = time.perf_counter()
     results = []
+    unknown_spacing = 0
     for case_id in progress_iter(case_ids, f"eval {split} ({protocol})", cfg.get("progress", True)):
         case = load_cached_case(cache, case_id, in_memory=True)
         if case.label is None:
             raise ValueError(f"case {case_id} has no label: it cannot be evaluated")
         pred = segment_volume(module, case.image, device, precision)
+        unknown_spacing += not case.meta.get("spacing_known", True)
         kwargs = case_metric_kwargs(protocol, cfg.get("metrics"), case.meta["spacing"])
         results.append(
             compute_case_metrics(pred, np.asarray(case.label), num_classes, protocol, **kwargs)
@@ -275,6 +277,12 @@ def evaluate(cfg: DictConfig) -> dict:
                 _reference_image(case.meta),
             )
 
+    if protocol == "standard" and unknown_spacing:
+        log.warning(
+            "%d case(s) have no physical spacing (array layouts): standard-protocol distances "
+            "are in cache voxels, not mm",
+            unknown_spacing,
+        )
     summary = aggregate_metrics(results, class_names[1:], case_ids, protocol)
     settings = case_metric_kwargs(protocol, cfg.get("metrics"), [1.0, 1.0, 1.0])
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
@@ -319,7 +327,7 @@ def _reference_image(meta: Mapping):
     import nibabel as nib
 
     src = meta.get("source_image")
-    if src and Path(src).is_file():
+    if src and str(src).endswith((".nii", ".nii.gz")) and Path(src).is_file():
         ref = nib.load(src)
         if tuple(ref.shape[:3]) == tuple(meta["original_shape"]):
             return ref

@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from scdl.evaluation.checkpoint import (
     inference_context,
@@ -150,23 +150,67 @@ def list_inputs(source: str | Path) -> list[Path]:
     raise FileNotFoundError(f"input not found: {src}")
 
 
+def run_protocol(run_cfg: DictConfig):
+    """The preprocessing protocol the run trained with, fully resolved.
+
+    A protocol may leave values to the data set (``spacing: median``, ``normalisation: auto`` or
+    ``ct`` statistics): those resolved values live in the cache index, so the index is read first
+    when its ``config_hash`` matches the run's protocol; otherwise the protocol must be complete in
+    the config.
+    """
+    from scdl.data.catalog import protocol_from_config, spec_hash
+    from scdl.data.prepare import PreprocessProtocol, read_index
+
+    data_cfg = run_cfg.data
+    spec = OmegaConf.to_container(data_cfg.protocol, resolve=True)
+    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "_target_"}
+    try:
+        index = read_index(data_cfg.cache_dir)
+    except (FileNotFoundError, OSError):
+        index = None
+    if index is not None and "protocol" in index:
+        if index.get("config_hash", index.get("protocol_hash")) == spec_hash(spec):
+            resolved = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in index["protocol"].items()
+            }
+            return PreprocessProtocol(**resolved)
+    try:
+        return protocol_from_config(data_cfg.protocol)
+    except ValueError as err:
+        raise ValueError(
+            f"{err}. The resolved values are stored in the run's cache index "
+            f"({data_cfg.cache_dir}/index.json), which is missing or from another protocol: point "
+            "data.cache_dir at the training cache (predict.py ... +data.cache_dir=...) or set "
+            "the values in data.protocol"
+        ) from err
+
+
 def predict(cfg: DictConfig) -> list[Path]:
     """Segments ``cfg.input`` (file or folder) into ``cfg.output``; returns the written files.
 
-    Config keys (``conf/predict.yaml``): ``ckpt_path``, ``input``, ``output``, ``inference``
+    Config keys (``conf/predict.yaml``): ``ckpt_path``, ``input``, ``output``, ``data`` (merged
+    over the run's data section, e.g. ``+data.cache_dir=...``), ``inference``
     (sliding-window overrides), ``device``, ``precision`` (null: the run's trainer precision),
     ``overwrite``, ``progress``.
     """
-    from scdl.data.catalog import protocol_from_config
-    from scdl.data.layouts import RawCase
+    from scdl.data.layouts import ARRAY_LAYOUTS, RawCase
     from scdl.data.prepare import preprocess_case
 
     ckpt = resolve_checkpoint(cfg.ckpt_path)
-    module, run_cfg = load_module_from_checkpoint(ckpt, inference=cfg.get("inference"))
+    overrides = (
+        {"data": OmegaConf.to_container(cfg.data, resolve=True)} if cfg.get("data") else None
+    )
+    module, run_cfg = load_module_from_checkpoint(ckpt, overrides, inference=cfg.get("inference"))
+    if str(run_cfg.data.get("layout")) in ARRAY_LAYOUTS:
+        raise ValueError(
+            f"the run trained on preprocessed arrays (data.layout={run_cfg.data.layout}) without "
+            "orientation or spacing: NIfTI scans cannot be brought into that frame reliably. "
+            "Use eval.py on the array data set, or train on NIfTI data (docs/real-data.md)"
+        )
     device = select_device(cfg.get("device", "auto"))
     module.to(device)
     precision = cfg.get("precision") or run_cfg.get("trainer", {}).get("precision")
-    protocol = protocol_from_config(run_cfg.data.protocol)
+    protocol = run_protocol(run_cfg)
     inputs = list_inputs(cfg.input)
     out_dir = Path(cfg.output).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
