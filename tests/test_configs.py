@@ -33,3 +33,33 @@ def test_default_config_composes(tmp_path):
     cfg = compose_cfg([f"paths.log_dir={tmp_path}"], output_dir=tmp_path)
     assert cfg.data.name == "phantom" and cfg.trainer.accelerator == "cpu"
     assert Path(cfg.paths.root_dir, "pyproject.toml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "plugin"),
+    [
+        ("slurm", "hydra_plugins.hydra_submitit_launcher"),
+        ("joblib", "hydra_plugins.hydra_joblib_launcher"),
+    ],
+)
+def test_launchers_compose(launcher, plugin, tmp_path):
+    pytest.importorskip(plugin)
+    cfg = compose_cfg([f"launcher={launcher}", f"paths.log_dir={tmp_path}"], output_dir=tmp_path)
+    assert cfg.experiment_name == "default"
+
+
+def test_sweep_selects_the_experiment_and_ablation_switches_compose(tmp_path):
+    cfg = compose_cfg(["sweep=phantom_ablation", f"paths.log_dir={tmp_path}"], output_dir=tmp_path)
+    assert cfg.experiment_name == "phantom_scdl" and cfg.scdl.prior_feedback == "head"
+    base = ["experiment=phantom_scdl", f"paths.log_dir={tmp_path}"]
+    assert compose_cfg([*base, "ablation=baseline"], output_dir=tmp_path).get("scdl") is None
+    assert compose_cfg([*base, "ablation=no_sac"], output_dir=tmp_path).scdl.w_sac == 0.0
+    no_cdba = compose_cfg([*base, "ablation=no_cdba"], output_dir=tmp_path).scdl
+    assert no_cdba.w_proxy == 0.0 and no_cdba.w_kl == 0.0 and no_cdba.w_sac > 0
+    assert (
+        compose_cfg([*base, "ablation=no_prior"], output_dir=tmp_path).scdl.prior_feedback == "none"
+    )
+    assert (
+        compose_cfg([*base, "ablation=token_p2e"], output_dir=tmp_path).scdl.scdl.p2e_axis
+        == "token"
+    )
