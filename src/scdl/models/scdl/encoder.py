@@ -1,11 +1,12 @@
 """Token encoder f of SCDL (scdl-method.md §3.1).
 
 The MLP is the released ``[Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear]`` (state-dict keys
-``0``, ``3``, ``6``). Its forward fuses every ReLU + Dropout pair into one op with a cheaper mask: on
-CPU ``nn.Dropout`` draws one Bernoulli variable per element (``bernoulli_``), which for the
-(3456, 512) hidden activations of one SCDL call costs as much as a 512x512 matmul; here each element
-uses 16 random bits (four per ``int64`` draw), i.e. a keep probability quantised to 1/65536
-(``p = 0.2`` becomes 0.1999969), with the matching ``1 / keep`` rescaling so the layer stays unbiased.
+``0``, ``3``, ``6``). Its forward computes every ReLU + Dropout pair as ``relu(x) * mask`` with a
+cheaper mask: on CPU ``nn.Dropout`` draws one Bernoulli variable per element (``bernoulli_``), which
+for the (3456, 512) hidden activations of one SCDL call costs about as much as a 512x512 matmul; here
+each element uses 16 random bits (four per ``int64`` draw), i.e. a keep probability quantised to
+1/65536 (``p = 0.2`` becomes 0.1999969), with the matching ``1 / keep`` rescaling so the layer stays
+unbiased. Same distribution family, different random stream than ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -35,18 +36,14 @@ def dropout_keep_mask(
 
 
 def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``dropout(relu(x), p)`` with the 16-bit mask of :func:`dropout_keep_mask`; shape-preserving.
-
-    Computed as ``x * m`` with the constant ``m = scale * (keep & (x > 0))``: one multiply forward and
-    one backward (autograd saves only ``m``), instead of ReLU + Bernoulli + two multiplies.
-    """
+    """``dropout(relu(x), p)`` with the 16-bit mask of :func:`dropout_keep_mask`; shape-preserving."""
     if not training or p == 0.0:
         return torch.relu(x)
     if p >= 1.0:
         return torch.zeros_like(x)
     keep, scale = dropout_keep_mask(x.shape, p, x.device)
-    m = (keep & (x > 0)).to(x.dtype).mul_(scale)
-    return x * m
+    # The mask is a constant, so autograd only saves it (no Bernoulli, no extra rescaling pass).
+    return torch.relu(x) * keep.to(x.dtype).mul_(scale)
 
 
 class TokenEncoder(nn.Sequential):

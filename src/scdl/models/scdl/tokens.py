@@ -111,15 +111,18 @@ def feature_map_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
             _indicator(nz, grid, out_dtype, dev)
             * _inv_window_sizes(nz, grid, out_dtype, dev)[:, None]
         )
-        inv_x = _inv_window_sizes(nx, grid, out_dtype, dev).view(1, grid, 1)
-        s = _WindowSumX.apply(features, ix, channels_last).to(out_dtype) * inv_x
+        # x-window sizes are applied last, on the small (B, t, t, t, D) result
+        inv_x = _inv_window_sizes(nx, grid, out_dtype, dev)
+        s = _WindowSumX.apply(features, ix, channels_last).to(out_dtype)
         if channels_last:  # s: (B, t, Y*Z*D)
             s = torch.matmul(ay, s.reshape(b * grid, ny, nz * d))  # (B*t, t, Z*D)
             s = torch.matmul(az, s.reshape(b * grid * grid, nz, d))  # (B*t*t, t, D)
+            s = s.reshape(b, grid, grid * grid, d) * inv_x.view(1, grid, 1, 1)
             return s.reshape(b, grid**3, d)
         # s: (B*D, t, Y*Z)
         s = torch.matmul(ay, s.reshape(b * d * grid, ny, nz))  # (B*D*t, t, Z)
         s = torch.matmul(s, az.t())  # (B*D*t, t, t)
+        s = s.reshape(b, d, grid, grid * grid) * inv_x.view(1, 1, grid, 1)
         return s.reshape(b, d, grid**3).transpose(1, 2)
 
 
