@@ -294,6 +294,10 @@ def test_new_protocol_fields_keep_old_hashes():
     old = json.dumps({k: getattr(p, k) for k in old_fields}, sort_keys=True, default=list)
     assert p.hash == hashlib.sha1(old.encode()).hexdigest()[:12]  # caches written before stay valid
     assert PreprocessProtocol(name="phantom", transpose="auto").hash != p.hash
+    # a config's integers and the code's floats are the same protocol
+    assert (
+        PreprocessProtocol(name="phantom", clip=(-125, 275), spacing=(1.5, 1.5, 2)).hash == p.hash
+    )
     with pytest.raises(ValueError, match="intensity_stats"):
         PreprocessProtocol(normalisation="ct", clip=None)
     with pytest.raises(ValueError, match="permutation"):

@@ -78,6 +78,20 @@ class PreprocessProtocol:
     intensity_stats: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        # canonical number types, so that `clip: [-125, 275]` in a config and (-125.0, 275.0) in
+        # code give the same hash
+        for key, kind in (
+            ("spacing", float),
+            ("clip", float),
+            ("voxel_spacing", float),
+            ("intensity_stats", float),
+            ("resize", int),
+        ):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, tuple(kind(v) for v in value))
+        if self.transpose is not None and self.transpose != "auto":
+            object.__setattr__(self, "transpose", tuple(int(a) for a in self.transpose))
         if self.normalisation not in ("window", "zscore", "ct", "none"):
             raise ValueError(f"unknown normalisation {self.normalisation!r}")
         if self.normalisation == "window" and self.clip is None:
@@ -93,7 +107,7 @@ class PreprocessProtocol:
                     "normalisation='ct' takes its window from intensity_stats: clip=null"
                 )
         if self.transpose is not None and self.transpose != "auto":
-            if sorted(int(a) for a in self.transpose) != [0, 1, 2]:
+            if sorted(self.transpose) != [0, 1, 2]:
                 raise ValueError(
                     f"transpose must be 'auto' or a permutation of (0, 1, 2), got {self.transpose!r}"
                 )
