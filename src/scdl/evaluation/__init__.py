@@ -27,3 +27,10 @@ __all__ = [
     "standard_case_metrics",
     "surface_distances",
 ]
+
+# eval.py / predict.py entry logic and their shared checkpoint / grid helpers
+from scdl.evaluation.checkpoint import load_module_from_checkpoint  # noqa: E402
+from scdl.evaluation.evaluate import evaluate  # noqa: E402
+from scdl.evaluation.predict import labels_to_original_grid, predict  # noqa: E402
+
+__all__ += ["evaluate", "labels_to_original_grid", "load_module_from_checkpoint", "predict"]

@@ -20,13 +20,15 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from scdl.utils.config import register_resolvers
+
+if TYPE_CHECKING:  # lightning is slow to import; only the loader needs it, via build_module
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
