@@ -249,6 +249,15 @@ def test_bf16_autocast_inputs_give_float32_losses(encoder_autocast):
             assert torch.equal(got, getattr(ref, field)), field
 
 
+def test_bf16_tokens_without_autocast():
+    m = SCDL(num_classes=4, x_dim=16, z_dim=32).eval()
+    x = torch.randn(1, 8, 16).bfloat16()
+    torch.manual_seed(0)
+    out = m(x)
+    torch.manual_seed(0)
+    assert torch.equal(out.proxy_loss, m(x.float()).proxy_loss)
+
+
 def test_class_proxies():
     torch.manual_seed(0)
     prox = ClassProxies(3, 4)

@@ -122,10 +122,11 @@ class SCDL(nn.Module):
         With ``encoder_autocast`` the MLP's matmuls follow the caller's autocast state; otherwise the
         encoder runs in float32 with autocast disabled.
         """
-        if self.encoder_autocast:
+        device_type = x.device.type
+        if self.encoder_autocast and torch.is_autocast_enabled(device_type):
             return self.encoder(x).float()
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.encoder(x.float())
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self.encoder(x.to(self.encoder[0].weight.dtype)).float()
 
     def proxy_means(self) -> torch.Tensor:
         """(C, z) normalised proxy means ``mu_hat`` (float32)."""
