@@ -76,6 +76,26 @@ def make_step(patch: int, grid: int, scdl: SCDL | None, seed: int = 0) -> Callab
     return step
 
 
+def time_module_only(grid: int, encoder_autocast: bool, steps: int, warmup: int) -> float:
+    """Median ms of one SCDL forward + backward alone: B = 2, L = grid**3, y_dist and SAC."""
+    torch.manual_seed(0)
+    scdl = SCDL(NUM_CLASSES, encoder_autocast=encoder_autocast)
+    tokens = torch.randn(LABELED, grid**3, 16, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (LABELED, 4 * grid, 4 * grid, 4 * grid))
+    y_dist = labels_to_token_dist(labels, NUM_CLASSES, grid)
+    x_cls, y_cls = class_tokens_from_token_dist(tokens.detach(), y_dist)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = scdl(tokens, y_dist, x_cls, y_cls, sample_embeddings=False)
+            loss = out.proxy_loss + out.sac_loss + out.kl_loss
+        loss.backward()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return _median_ms(times)
+
+
 def _median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
@@ -149,6 +169,12 @@ def main() -> None:
         ratio = _median_ms(wall[name]) / base
         verdict = "OK" if ratio <= 1.15 else "ABOVE TARGET"
         print(f"{name}: {(ratio - 1) * 100:+.1f}% wall time vs vnet (target <= +15%): {verdict}")
+    for enc in (True, False):
+        ms = time_module_only(args.grid, enc, steps=3 * args.steps, warmup=args.warmup)
+        print(
+            f"SCDL alone, forward+backward, B={LABELED}, L={args.grid**3}, "
+            f"{'bf16' if enc else 'fp32'} encoder: {ms:.1f} ms (median)"
+        )
 
 
 if __name__ == "__main__":
