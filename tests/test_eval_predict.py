@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from conftest import compose_cfg, tiny_train_overrides
 from scdl.data.layouts import RawCase
@@ -32,14 +32,9 @@ def trained_run(phantom_cache, tmp_path_factory) -> dict:
     run_dir = tmp / "run"
     overrides = [
         *tiny_train_overrides(phantom_cache, tmp),
-        # the fixture cache is written with float clip values; keep the protocol hash identical
-        "data.protocol.clip=[-125.0,275.0]",
-        "framework.inference.overlap=0.25",
         "data.module.iters_per_epoch=4",  # one validation in the 4 steps
     ]
     cfg = compose_cfg(overrides, output_dir=run_dir)
-    with open_dict(cfg):
-        cfg.pop("hydra", None)  # as in a Hydra job: the task config has no hydra node
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     metrics = train(cfg)
@@ -100,7 +95,14 @@ def test_eval_standard_matches_training_test_dice(trained_run):
     )
     per_class = [summary["per_class"][n]["dice"]["mean"] for n in summary["classes"]]
     assert per_class == pytest.approx(train_test["mean"], abs=1e-6)
-    assert summary["inference"]["overlap"] == 0.25 and summary["inference"]["roi_size"] == [32] * 3
+    # the trained sliding window (debug=fast: 32^3, no overlap, 4 windows per batch) is reused
+    assert summary["inference"] == {
+        "roi_size": [32, 32, 32],
+        "overlap": 0.0,
+        "mode": "gaussian",
+        "sw_batch_size": 4,
+        "average": "probs",
+    }
 
 
 def test_eval_paper_protocol_with_predictions(trained_run):
