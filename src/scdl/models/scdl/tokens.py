@@ -139,19 +139,18 @@ def _adaptive_segments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Splits one axis into the segments on which adaptive-pool window membership is constant.
 
-    Adaptive pooling window ``i`` covers ``[floor(i*n/t), ceil((i+1)*n/t))``; windows may overlap by a
-    voxel when ``t`` does not divide ``n``. Returns ``seg_of_voxel`` (n,) long and the window/segment
-    averaging matrix (t, n_seg) float whose row ``i`` holds ``1/|window i|`` on the segments of window i.
+    Adaptive-pooling windows (:func:`_window_bounds`) overlap when ``t`` does not divide ``n``.
+    Returns ``seg_of_voxel`` (n,) long and the window/segment averaging matrix (t, n_seg) float whose
+    row ``i`` holds ``1/|window i|`` on the segments of window i.
     """
-    starts = [(i * size) // grid for i in range(grid)]
-    ends = [-((-(i + 1) * size) // grid) for i in range(grid)]
-    bounds = sorted(set(starts) | set(ends))  # segment boundaries, 0 ... size
+    windows = _window_bounds(size, grid)
+    bounds = sorted({v for w in windows for v in w})  # segment boundaries, 0 ... size
     seg_of_voxel = torch.bucketize(
         torch.arange(size, device=device), torch.tensor(bounds[1:], device=device), right=True
     )
     n_seg = len(bounds) - 1
     avg = torch.zeros(grid, n_seg, device=device)
-    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+    for i, (s, e) in enumerate(windows):
         first, last = bounds.index(s), bounds.index(e)
         avg[i, first:last] = 1.0 / (e - s)
     return seg_of_voxel, avg
