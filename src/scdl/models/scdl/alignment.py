@@ -13,12 +13,13 @@ tokens of its sample, ``R_{b,c,l} = softmax_l(g_{b,l,c} / tau_p2e)`` (per (b, c)
 ``R`` is not a distribution over classes, so comparing it elementwise with ``P^{e2p}`` (a distribution
 over classes per token) would not be a KL. We turn it into a per-token class posterior by Bayes with
 a uniform class prior, ``P^{p2e}_{b,l,c} = R_{b,c,l} / sum_c' R_{b,c',l}``, which equals
-``softmax_c(g / tau_p2e - log Z_{b,c})`` with ``Z_{b,c} = sum_l exp(g_{b,l,c} / tau_p2e)``: the e2p
-logits de-biased by how much of the sample every class already claims (one Sinkhorn-style balancing
-step, which is what counters head-class dominance). Then the KL is the same per-token symmetric KL as in
-the class mode (same reduction and scale), and it is > 0 whenever classes claim unequal mass. The
-renormalisation changes nothing else: ``bi_sim`` renormalises over classes and the prior token is
-L2-normalised, so both are identical whether computed from ``R`` or from ``P^{p2e}``.
+``softmax_c(g / tau_p2e - log Z_{b,c})`` with ``Z_{b,c} = sum_l exp(g_{b,l,c} / tau_p2e)``: the
+assignment logits de-biased by how much of the sample every class already claims (one Sinkhorn-style
+balancing step, which is what counters head-class dominance). The KL is then the same per-token
+symmetric KL as in the class mode (same reduction and scale), > 0 as soon as the classes' masses
+``Z_{b,c}`` differ. Nothing else depends on using R or its normalised form: the prior token is
+L2-normalised, so the same from either, and ``bi_sim`` renormalises over classes (only its 1e-6 epsilon would
+notice the ~1/L scale of ``R``, one more reason to use the class-normalised form).
 """
 
 from __future__ import annotations
