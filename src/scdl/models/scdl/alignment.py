@@ -17,9 +17,9 @@ a uniform class prior, ``P^{p2e}_{b,l,c} = R_{b,c,l} / sum_c' R_{b,c',l}``, whic
 assignment logits de-biased by how much of the sample every class already claims (one Sinkhorn-style
 balancing step, which is what counters head-class dominance). The KL is then the same per-token
 symmetric KL as in the class mode (same reduction and scale), > 0 as soon as the classes' masses
-``Z_{b,c}`` differ. Nothing else depends on using R or its normalised form: the prior token is
-L2-normalised, so the same from either, and ``bi_sim`` renormalises over classes (only its 1e-6 epsilon would
-notice the ~1/L scale of ``R``, one more reason to use the class-normalised form).
+``Z_{b,c}`` differ. Nothing else depends on using ``R`` or its normalised form: the prior token is
+L2-normalised, so the same from either, and ``bi_sim`` renormalises over classes (only its 1e-6
+epsilon would notice the ~1/L scale of ``R``, one more reason to use the class-normalised form).
 """
 
 from __future__ import annotations
