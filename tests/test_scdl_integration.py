@@ -87,6 +87,10 @@ def test_training_step_adds_scdl_terms_and_trains_every_scdl_part(prior):
     assert all(p.grad is None for p in m.teacher.parameters())
     if prior == "bottleneck":
         assert m.scdl.prior_to_bottleneck.weight.grad.abs().sum() > 0
+    # DDP's condition: every trainable parameter takes part in the loss
+    unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    assert scdl.sigma_emb.requires_grad == (prior == "bottleneck")
 
 
 def test_scdl_weights_scale_the_aux_loss():
@@ -127,7 +131,7 @@ def test_scdl_has_its_own_parameter_group_and_is_in_the_checkpoint():
     groups = m.parameter_groups()
     assert [g["name"] for g in groups] == ["backbone", "scdl"]
     assert groups[1]["lr"] == pytest.approx(0.005)
-    scdl_ids = {id(p) for p in m.scdl.parameters()}
+    scdl_ids = {id(p) for p in m.scdl.parameters() if p.requires_grad}
     assert scdl_ids == {id(p) for p in groups[1]["params"]}
     assert not scdl_ids & {id(p) for p in groups[0]["params"]}
     state = m.state_dict()

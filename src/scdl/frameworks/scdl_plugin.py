@@ -108,6 +108,11 @@ class SCDLPlugin(nn.Module):
             if prior_feedback == "bottleneck"
             else None
         )
+        # The noisy embedding samples (and their scale sigma_emb) only feed the bottleneck prior; no
+        # loss reaches sigma_emb otherwise (as released), and DDP rejects parameters without a
+        # gradient, so it is frozen then.
+        self.sample_embeddings = prior_feedback == "bottleneck"
+        scdl.sigma_emb.requires_grad_(self.sample_embeddings)
 
     @property
     def num_classes(self) -> int:
@@ -134,11 +139,17 @@ class SCDLPlugin(nn.Module):
         x_cls, y_cls = class_tokens_from_token_dist(
             tokens[:n_l], y_dist, include_background=self.scdl.sac_include_background
         )
-        lab = self.scdl(tokens[:n_l], y_dist=y_dist, cls_tokens=x_cls, cls_ids=y_cls)
+        lab = self.scdl(
+            tokens[:n_l],
+            y_dist=y_dist,
+            cls_tokens=x_cls,
+            cls_ids=y_cls,
+            sample_embeddings=self.sample_embeddings,
+        )
         proxy, kl = lab.proxy_loss, lab.kl_loss
         priors, samples = [lab.prior_tokens], [lab.z_samples]
         if tokens.shape[0] > n_l and (self.use_unlabeled or need_prior):
-            unl = self.scdl(tokens[n_l:])
+            unl = self.scdl(tokens[n_l:], sample_embeddings=self.sample_embeddings)
             if self.use_unlabeled:
                 # mean of the two calls: each is already a mean over its tokens
                 proxy = 0.5 * (proxy + unl.proxy_loss)
