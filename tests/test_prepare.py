@@ -28,7 +28,10 @@ def test_cache_has_target_spacing_ras_orientation_and_aligned_labels(phantom_raw
     assert set(np.unique(case.label)) <= set(range(14))
     # RAS: index i grows towards the patient's right, j towards anterior; the liver is on the right,
     # the spleen on the left, the aorta posterior of the stomach
-    com = {n: np.argwhere(case.label == LABEL[n]).mean(0) for n in ("liver", "spleen", "stomach", "aorta")}
+    com = {
+        n: np.argwhere(case.label == LABEL[n]).mean(0)
+        for n in ("liver", "spleen", "stomach", "aorta")
+    }
     assert com["liver"][0] > com["spleen"][0]
     assert com["stomach"][1] > com["aorta"][1]
     # labels land where the original NIfTI had them: compare organ volumes in mm^3

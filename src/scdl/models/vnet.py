@@ -26,7 +26,9 @@ def _norm(kind: Norm, channels: int) -> nn.Module:
         return nn.GroupNorm(num_groups=min(16, channels), num_channels=channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown normalization {kind!r}; expected batchnorm|instancenorm|groupnorm|none")
+    raise ValueError(
+        f"unknown normalization {kind!r}; expected batchnorm|instancenorm|groupnorm|none"
+    )
 
 
 class ConvBlock(nn.Sequential):
@@ -47,7 +49,9 @@ class DownBlock(nn.Sequential):
     """2x2x2 stride-2 conv -> norm -> ReLU: halves the resolution, ``c_in`` -> ``c_out``."""
 
     def __init__(self, c_in: int, c_out: int, norm: Norm) -> None:
-        super().__init__(nn.Conv3d(c_in, c_out, 2, stride=2), _norm(norm, c_out), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv3d(c_in, c_out, 2, stride=2), _norm(norm, c_out), nn.ReLU(inplace=True)
+        )
 
 
 class UpBlock(nn.Sequential):
