@@ -237,21 +237,14 @@ def _dice(a: np.ndarray, b: np.ndarray, c: int) -> float:
     return 2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum())
 
 
-# MONAI's Resized(mode="nearest") is torch's legacy nearest (floor of the scaled index): the cached
-# labels of a resize protocol sit about half a voxel off the image and the affine. Reported to
-# the owner of data/prepare.py ("nearest-exact" fixes it); non-strict so a fix shows as XPASS.
-_LABEL_RESIZE_SHIFT = pytest.mark.xfail(
-    reason="prepare.py resizes labels with legacy 'nearest' (half-voxel shift)", strict=False
-)
-
-
 @pytest.mark.parametrize(
     ("spacing", "resize", "rotate", "min_dice"),
     [
         (None, None, False, 1.0),  # reorientation only: a permutation/flip, exactly invertible
         ((1.5, 1.5, 2.0), None, False, 0.9),
         ((1.5, 1.5, 2.0), None, True, 0.9),
-        pytest.param((1.5, 1.5, 2.0), (40, 40, 24), False, 0.9, marks=_LABEL_RESIZE_SHIFT),
+        # labels resized with nearest-exact: no half-voxel shift (legacy nearest floors indices)
+        ((1.5, 1.5, 2.0), (40, 40, 24), False, 0.9),
     ],
 )
 def test_preprocessed_labels_return_to_the_original_grid(

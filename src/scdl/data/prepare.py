@@ -142,7 +142,7 @@ def _transforms(protocol: PreprocessProtocol, labeled: bool, arrays: bool = Fals
     if protocol.spacing and not arrays:
         steps.append(T.Spacingd(keys, pixdim=protocol.spacing, mode=modes))
     if protocol.resize:
-        rmodes = ("trilinear", "nearest") if labeled else ("trilinear",)
+        rmodes = ("trilinear", "nearest-exact") if labeled else ("trilinear",)
         steps.append(T.Resized(keys, spatial_size=protocol.resize, mode=rmodes))
     return T.Compose(steps + _intensity_steps(protocol))
 
