@@ -100,10 +100,10 @@ def amos_fixture(tmp_path_factory) -> Path:
     return root
 
 
-def amos_cfg(root: Path, tmp_path: Path, *extra: str):
+def amos_cfg(root: Path, tmp_path: Path, *extra: str, experiment: str = "amos_mt"):
     return compose_cfg(
         [
-            "experiment=amos_mt",
+            f"experiment={experiment}",
             f"data.root={root}",
             f"data.module.split_file={root / 'split.json'}",
             "data.protocol.resize=[40,40,24]",  # paper: 160 x 160 x 80; small for CPU tests
@@ -149,6 +149,36 @@ def test_amos_mt_debug_fast_runs_to_the_end(amos_fixture, tmp_path):
     assert 0.0 <= metrics["test/dice"] <= 1.0 and "val/dice_prostate_uterus" in metrics
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["test"] == ["amos_0005", "amos_0540"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["amos_scdl", "amos_cps_scdl"])
+def test_amos_scdl_experiments_debug_fast_run_to_the_end(experiment, amos_fixture, tmp_path):
+    cfg = amos_cfg(amos_fixture, tmp_path, experiment=experiment)
+    assert cfg.scdl is not None
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/dice"] <= 1.0 and "train/scdl_proxy" in metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["synapse_scdl", "synapse_cps_scdl"])
+def test_synapse_scdl_experiments_debug_fast_run_to_the_end(experiment, tmp_path):
+    root = tmp_path / "synapse"
+    write_btcv(root, shape=(40, 40, 24))
+    split = write_split(
+        tmp_path / "split.json", ["0001", "0002"], ["0003", "0004"], ["0005"], ["0006"]
+    )
+    cfg = compose_cfg(
+        [
+            f"experiment={experiment}",
+            f"data.root={root}",
+            f"data.module.split_file={split}",
+            *tiny_overrides(tmp_path),
+        ],
+        output_dir=tmp_path / "run",
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/dice"] <= 1.0 and "train/scdl_proxy" in metrics
 
 
 def test_synapse_mt_debug_fast_runs_to_the_end(tmp_path):
