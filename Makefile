@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXPERIMENT ?= phantom_mt
+EXPERIMENT ?= phantom_scdl
 ARGS ?=
 
 .PHONY: help setup data train test test-all lint format bench clean-logs
