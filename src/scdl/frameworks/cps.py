@@ -121,15 +121,7 @@ class CPSModule(SemiSupervisedModule):
                 if self.head_prior
                 else self.net_a.head(features)
             )
-            logs.update(
-                {
-                    "train/scdl_aux": terms.aux_loss,
-                    "train/scdl_proxy": terms.proxy_loss,
-                    "train/scdl_sac": terms.sac_loss,
-                    "train/scdl_kl": terms.kl_loss,
-                    "scdl/proxy_scale_mean": self.scdl.scdl.proxies.scale.detach().mean(),
-                }
-            )
+            logs.update(self.scdl.log_values(terms))
         else:
             logits_a = self.net_a.head(features)
         logits_b = self.net_b(x)

@@ -135,7 +135,7 @@ class MeanTeacherModule(SemiSupervisedModule):
                 loss_prior = self.sup_loss(self.student.head(aux_feats), labeled["label"])
                 loss = loss + loss_prior
                 logs["train/loss_prior_branch"] = loss_prior
-            logs.update(self._scdl_logs(terms))
+            logs.update(self.scdl.log_values(terms))
         else:
             logits = self.student.head(features)
         loss_sup = self.sup_loss(logits[:n_l], labeled["label"])
@@ -151,17 +151,6 @@ class MeanTeacherModule(SemiSupervisedModule):
         self.log_dict(logs, prog_bar=False, batch_size=x.shape[0])
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
         return loss
-
-    def _scdl_logs(self, terms) -> dict:
-        scdl = self.scdl.scdl
-        return {
-            "train/scdl_aux": terms.aux_loss,
-            "train/scdl_proxy": terms.proxy_loss,
-            "train/scdl_sac": terms.sac_loss,
-            "train/scdl_kl": terms.kl_loss,
-            "scdl/proxy_scale_mean": scdl.proxies.scale.detach().mean(),
-            "scdl/sigma_emb_mean": scdl.sigma_emb.detach().mean(),
-        }
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # global_step was already incremented by the optimiser step: the update index is step - 1

@@ -173,6 +173,17 @@ class SCDLPlugin(nn.Module):
             labeled_token_dist=y_dist,
         )
 
+    def log_values(self, terms: SCDLTerms) -> dict[str, torch.Tensor]:
+        """Scalars worth logging for one iteration (loss terms, proxy and embedding scales)."""
+        return {
+            "train/scdl_aux": terms.aux_loss,
+            "train/scdl_proxy": terms.proxy_loss,
+            "train/scdl_sac": terms.sac_loss,
+            "train/scdl_kl": terms.kl_loss,
+            "scdl/proxy_scale_mean": self.scdl.proxies.scale.detach().mean(),
+            "scdl/sigma_emb_mean": self.scdl.sigma_emb.detach().mean(),
+        }
+
     def inference_prior(self, features: torch.Tensor) -> torch.Tensor:
         """Prior tokens (B, L, z) from features alone (no labels), as the released inference does."""
         return self.scdl(self.tokens(features), sample_embeddings=False).prior_tokens
