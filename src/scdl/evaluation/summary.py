@@ -1,0 +1,120 @@
+"""Summarise finished runs (single or multirun folders) into one comparison table.
+
+``python -m scdl.evaluation.summary logs/train/multiruns/phantom_scdl/<time> [more dirs...]``
+
+Every folder below the given ones that holds a ``test_dice.json`` is a run; runs are grouped by
+experiment and ablation (from their ``.hydra/config.yaml``) and reported as mean +- std over seeds
+of the mean test Dice and of the mean Dice of the ``k`` smallest classes. "Smallest" is measured on
+the data, not assumed: the classes with the fewest voxels in the run's labeled training cases.
+Prints a Markdown table (paste-able into the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf, open_dict
+
+from scdl.utils.config import register_resolvers
+
+
+def smallest_classes(cache_dir: Path, case_ids: list[str], num_classes: int, k: int) -> list[int]:
+    """Ids of the ``k`` foreground classes with the fewest voxels over ``case_ids``."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for cid in case_ids:
+        label = np.load(cache_dir / f"{cid}_label.npy", mmap_mode="r")
+        counts += np.bincount(np.asarray(label).ravel(), minlength=num_classes)[:num_classes]
+    return [int(c) for c in np.argsort(counts[1:])[:k] + 1]
+
+
+def collect(roots: list[Path], k: int = 4) -> list[dict]:
+    """One record per finished run below ``roots``."""
+    register_resolvers()
+    records = []
+    for result in sorted(p for root in roots for p in Path(root).rglob("test_dice.json")):
+        run = result.parent
+        cfg_path = run / ".hydra" / "config.yaml"
+        if not cfg_path.is_file():
+            continue
+        cfg = OmegaConf.load(cfg_path)
+        with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
+            cfg.paths.output_dir = str(run)
+        res = json.loads(result.read_text())
+        split = json.loads((run / "split.json").read_text())
+        names = res["class_names"]
+        small = smallest_classes(Path(cfg.data.cache_dir), split["labeled"], len(names) + 1, k)
+        mean = np.asarray(res["mean"], dtype=float)
+        records.append(
+            {
+                "run": str(run),
+                "experiment": cfg.get("experiment_name", "?"),
+                "ablation": cfg.get("ablation_name", "none"),
+                "seed": cfg.get("seed"),
+                "dice": float(np.nanmean(mean)),
+                "small_dice": float(np.nanmean(mean[[c - 1 for c in small]])),
+                "small_classes": [names[c - 1] for c in small],
+                "per_class": dict(zip(names, mean.tolist(), strict=True)),
+            }
+        )
+    return records
+
+
+def markdown_table(records: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["experiment"], r["ablation"])].append(r)
+    small = records[0]["small_classes"] if records else []
+    lines = [
+        f"| experiment | ablation | seeds | mean Dice % | mean Dice % of the {len(small)} smallest ({', '.join(small)}) |",
+        "|---|---|---|---|---|",
+    ]
+    for (exp, abl), rs in sorted(groups.items()):
+        d = np.array([r["dice"] for r in rs]) * 100
+        s = np.array([r["small_dice"] for r in rs]) * 100
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        fmt = (
+            (lambda a: f"{a.mean():.1f} ± {a.std():.1f}")
+            if len(rs) > 1
+            else (lambda a: f"{a[0]:.1f}")
+        )
+        lines.append(f"| {exp} | {abl} | {seeds} | {fmt(d)} | {fmt(s)} |")
+    return "\n".join(lines)
+
+
+def per_class_table(records: list[dict]) -> str:
+    """Per-class mean test Dice (%) per (experiment, ablation), averaged over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["experiment"], r["ablation"])].append(r)
+    names = list(records[0]["per_class"]) if records else []
+    lines = [
+        "| class | " + " | ".join(f"{e} / {a}" for e, a in sorted(groups)) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for n in names:
+        vals = [np.mean([r["per_class"][n] for r in groups[g]]) * 100 for g in sorted(groups)]
+        lines.append(f"| {n} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="run or multirun folders")
+    parser.add_argument("--smallest", type=int, default=4, help="k smallest classes")
+    parser.add_argument("--per-class", action="store_true", help="also print per-class Dice")
+    args = parser.parse_args(argv)
+    records = collect(args.roots, args.smallest)
+    if not records:
+        raise SystemExit(f"no finished runs (test_dice.json) below {args.roots}")
+    print(markdown_table(records))
+    if args.per_class:
+        print()
+        print(per_class_table(records))
+
+
+if __name__ == "__main__":
+    main()
