@@ -140,3 +140,12 @@ def test_scdl_has_its_own_parameter_group_and_is_in_the_checkpoint():
     m2 = _module("head")
     m2.load_state_dict(state)
     torch.testing.assert_close(m2.scdl.scdl.proxies.mean, m.scdl.scdl.proxies.mean)
+
+
+def test_detached_prior_trains_only_the_projection_through_the_head():
+    m = _module("head", detach_prior=True)
+    x = torch.randn(2, 1, 16, 16, 16)
+    m.train()
+    m.segment(x).sum().backward()
+    assert m.scdl.prior_to_feat.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.scdl.scdl.parameters())  # proxies / encoder untouched

@@ -71,6 +71,9 @@ class SCDLPlugin(nn.Module):
         prior_feedback: ``head``, ``bottleneck`` or ``none`` (see module docstring).
         bottleneck_channels: channels of the backbone bottleneck (``bottleneck`` prior only).
         lr_scale: learning rate of the SCDL parameter group relative to the backbone's.
+        detach_prior: stop the segmentation loss at the prior tokens, so the proxies and the token
+            encoder learn from the SCDL losses only (the prior projection still learns). Not known
+            for the released training (scdl-method.md §8.6); default False (not detached).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class SCDLPlugin(nn.Module):
         prior_feedback: PriorFeedback = "head",
         bottleneck_channels: int = 256,
         lr_scale: float = 1.0,
+        detach_prior: bool = False,
     ) -> None:
         super().__init__()
         if prior_feedback not in ("head", "bottleneck", "none"):
@@ -99,6 +103,7 @@ class SCDLPlugin(nn.Module):
         self.w_aux, self.w_proxy, self.w_sac, self.w_kl = w_aux, w_proxy, w_sac, w_kl
         self.prior_feedback = prior_feedback
         self.lr_scale = lr_scale
+        self.detach_prior = detach_prior
         z = scdl.z_dim
         self.prior_to_feat = (
             nn.Conv3d(z, scdl.x_dim, 1, bias=False) if prior_feedback == "head" else None
@@ -195,6 +200,8 @@ class SCDLPlugin(nn.Module):
         head: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """``head(features + up(conv(prior grid)))``: (B, D, X, Y, Z) -> logits (B, C, X, Y, Z)."""
+        if self.detach_prior:
+            prior_tokens = prior_tokens.detach()
         grid = tokens_to_grid(prior_tokens, self.token_grid).to(features.dtype)
         prior = self.prior_to_feat(grid)
         prior = F.interpolate(prior, size=features.shape[2:], mode="trilinear", align_corners=False)
@@ -205,6 +212,8 @@ class SCDLPlugin(nn.Module):
     ) -> torch.Tensor:
         """Prior5: concat(prior, mean noisy embedding) grid -> conv -> resized to the bottleneck
         ``size``: (B, bottleneck_channels, *size)."""
+        if self.detach_prior:
+            prior_tokens, mean_samples = prior_tokens.detach(), mean_samples.detach()
         grid = torch.cat(
             [
                 tokens_to_grid(prior_tokens, self.token_grid),
