@@ -102,12 +102,21 @@ def _median_ms(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patch", type=int, default=64, help="cubic patch size (multiple of 16)")
-    parser.add_argument("--grid", type=int, default=12, help="token grid per axis")
+    parser.add_argument(
+        "--patch", type=int, default=48, help="cubic patch size (multiple of 16); 48 = phantom"
+    )
+    parser.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="token grid per axis (default patch // 8, as conf/scdl)",
+    )
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
+    if args.grid is None:
+        args.grid = max(1, args.patch // 8)
     if args.threads:
         torch.set_num_threads(args.threads)
 

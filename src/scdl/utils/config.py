@@ -21,11 +21,15 @@ def project_root() -> Path:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${eval:...}`` (simple arithmetic in configs)."""
+    """``${project_root:}`` and ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("eval"):
-        OmegaConf.register_new_resolver("eval", lambda expr: eval(expr, {"__builtins__": {}}))  # noqa: S307
+        safe = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
+        OmegaConf.register_new_resolver(
+            "eval",
+            lambda expr: eval(expr, {"__builtins__": {}}, safe),  # noqa: S307
+        )
 
 
 def instantiate_dict(group: DictConfig | None) -> list:
