@@ -3,7 +3,7 @@ import json
 import numpy as np
 from omegaconf import OmegaConf
 
-from scdl.evaluation.summary import collect, markdown_table
+from scdl.evaluation.summary import collect, markdown_table, paper_table
 
 
 def _run(root, name, ablation, seed, means, cache):
@@ -41,3 +41,28 @@ def test_summary_groups_seeds_and_finds_the_smallest_classes(tmp_path):
     table = markdown_table(records)
     assert "| exp | full | 1,2 | 51.7 ± 1.7 | 30.0 ± 10.0 |" in table
     assert "| exp | baseline | 1 | 40.0 | 0.0 |" in table
+
+
+def test_paper_table_reads_eval_outputs(tmp_path):
+    run = tmp_path / "multirun" / "0_full_seed1"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(
+        {"experiment_name": "exp", "ablation_name": "full", "seed": 1},
+        run / ".hydra" / "config.yaml",
+    )
+    out = run / "eval" / "test_paper"
+    out.mkdir(parents=True)
+    per_class = {
+        "spleen": {"dice": {"mean": 0.5}},
+        "right_adrenal_gland": {"dice": {"mean": 0.125}},
+    }
+    overall = {"dice": {"mean": 0.3125, "std": 0.01}, "asd": {"mean": 12.25, "std": 3.0}}
+    (out / "metrics.json").write_text(
+        json.dumps({"classes": list(per_class), "per_class": per_class, "overall": overall})
+    )
+    table = paper_table([tmp_path])
+    assert (
+        table.splitlines()[0]
+        == "| experiment | ablation | seed | Avg Dice % | Avg ASD (vox) | Sp | RAG |"
+    )
+    assert "| exp | full | 1 | 31.2 ± 1.0 | 12.2 ± 3.0 | 50.0 | 12.5 |" in table

@@ -6,7 +6,9 @@ Every folder below the given ones that holds a ``test_dice.json`` is a run; runs
 experiment and ablation (from their ``.hydra/config.yaml``) and reported as mean +- std over seeds
 of the mean test Dice and of the mean Dice of the ``k`` smallest classes. "Smallest" is measured on
 the data, not assumed: the classes with the fewest voxels in the run's labeled training cases.
-Prints a Markdown table (paste-able into the README).
+Prints a Markdown table (paste-able into the README). With ``--paper`` it also prints the papers'
+table layout (average Dice and ASD, then per-class Dice) from the runs' ``eval/test_paper``
+outputs of ``src/eval.py ... protocol=paper``.
 """
 
 from __future__ import annotations
@@ -101,12 +103,74 @@ def per_class_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# Column heads of the SCDL / GALoss / DHC tables.
+SHORT_NAMES = {
+    "spleen": "Sp",
+    "right_kidney": "RK",
+    "left_kidney": "LK",
+    "gallbladder": "Ga",
+    "esophagus": "Es",
+    "liver": "Li",
+    "stomach": "St",
+    "aorta": "Ao",
+    "inferior_vena_cava": "IVC",
+    "portal_splenic_veins": "PSV",
+    "pancreas": "Pa",
+    "right_adrenal_gland": "RAG",
+    "left_adrenal_gland": "LAG",
+    "duodenum": "Du",
+    "bladder": "Bl",
+    "prostate_uterus": "P/U",
+}
+
+
+def paper_table(roots: list[Path], split: str = "test") -> str:
+    """Papers' layout from ``<run>/eval/<split>_paper/metrics.json``: one row per run.
+
+    Avg Dice (%) and Avg ASD (voxels) are mean +- std over cases of the per-case class means;
+    per-class Dice (%) is the mean over cases.
+    """
+    rows, names = [], None
+    for path in sorted(
+        p for root in roots for p in Path(root).rglob(f"{split}_paper/metrics.json")
+    ):
+        run = path.parents[2]
+        cfg_path = run / ".hydra" / "config.yaml"
+        cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create()
+        m = json.loads(path.read_text())
+        names = names or m["classes"]
+        if m["classes"] != names:
+            raise SystemExit(f"{path}: classes differ from the other runs, cannot share one table")
+        ov = m["overall"]
+        cells = [
+            str(cfg.get("experiment_name", run.name)),
+            str(cfg.get("ablation_name", "none")),
+            str(cfg.get("seed", "?")),
+            f"{ov['dice']['mean'] * 100:.1f} ± {ov['dice']['std'] * 100:.1f}",
+            f"{ov['asd']['mean']:.1f} ± {ov['asd']['std']:.1f}",
+        ] + [f"{m['per_class'][n]['dice']['mean'] * 100:.1f}" for n in names]
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        raise SystemExit(
+            f"no {split}_paper/metrics.json below {roots}: run src/eval.py protocol=paper"
+        )
+    heads = ["experiment", "ablation", "seed", "Avg Dice %", "Avg ASD (vox)"]
+    heads += [SHORT_NAMES.get(n, n) for n in names]
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), *rows])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, help="run or multirun folders")
     parser.add_argument("--smallest", type=int, default=4, help="k smallest classes")
     parser.add_argument("--per-class", action="store_true", help="also print per-class Dice")
+    parser.add_argument(
+        "--paper", action="store_true", help="only the paper-style table of eval.py protocol=paper"
+    )
     args = parser.parse_args(argv)
+    if args.paper:
+        print(paper_table(args.roots))
+        return
     records = collect(args.roots, args.smallest)
     if not records:
         raise SystemExit(f"no finished runs (test_dice.json) below {args.roots}")
