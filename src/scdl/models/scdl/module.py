@@ -65,6 +65,8 @@ class SCDL(nn.Module):
         sample_num: S, proxy samples per class and call (50).
         sample_num_emb: E, noisy embedding samples per token (2).
         sigma_emb_init: initial value of the learnable embedding-noise scale ``sigma_emb`` (1,1,1,z).
+        proxy_scale_init: None (released: Xavier values through softplus, sigma ~= 0.69) or the
+            initial proxy std for every class and dimension (see :class:`ClassProxies`).
         tau_e2p, tau_p2e: assignment temperatures (0.2, 0.2).
         p2e_axis: ``class`` (released code; KL == 0 with equal temperatures) or ``token``
             (paper-intended, see :mod:`scdl.models.scdl.alignment`).
@@ -89,6 +91,7 @@ class SCDL(nn.Module):
         sample_num: int = 50,
         sample_num_emb: int = 2,
         sigma_emb_init: float = 0.05,
+        proxy_scale_init: float | None = None,
         tau_e2p: float = 0.2,
         tau_p2e: float = 0.2,
         p2e_axis: P2EAxis = "class",
@@ -112,7 +115,7 @@ class SCDL(nn.Module):
         self.sac_include_background = sac_include_background
         self.encoder_autocast = encoder_autocast
         self.encoder = TokenEncoder(x_dim, z_dim, dropout)
-        self.proxies = ClassProxies(num_classes, z_dim)
+        self.proxies = ClassProxies(num_classes, z_dim, proxy_scale_init)
         self.sigma_emb = nn.Parameter(torch.full((1, 1, 1, z_dim), float(sigma_emb_init)))
         self.register_load_state_dict_pre_hook(_legacy_proxy_key_hook)
 

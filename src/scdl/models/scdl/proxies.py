@@ -16,14 +16,24 @@ class ClassProxies(nn.Module):
     Args:
         num_classes: C, background included.
         z_dim: embedding size z.
+        scale_init: None (released) keeps the Xavier values in the scale half, i.e. sigma ~= 0.69
+            per dimension, so a sampled proxy is mostly noise (|sigma * eps| ~= 11 vs |mu| ~= 1 at
+            z = 256); a float sets every sigma to that value at init (inverse softplus), e.g. 0.05.
     """
 
-    def __init__(self, num_classes: int, z_dim: int) -> None:
+    def __init__(self, num_classes: int, z_dim: int, scale_init: float | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.z_dim = z_dim
         self.weight = nn.Parameter(torch.empty(num_classes, 2 * z_dim))
         nn.init.xavier_uniform_(self.weight)
+        if scale_init is not None:
+            if scale_init <= 0:
+                raise ValueError(f"proxy scale_init must be > 0, got {scale_init}")
+            # softplus^-1(s) = log(expm1(s))
+            raw = torch.log(torch.expm1(torch.tensor(float(scale_init), dtype=torch.float64)))
+            with torch.no_grad():
+                self.weight[:, z_dim:] = raw.item()
 
     @property
     def mean(self) -> torch.Tensor:
