@@ -1,4 +1,4 @@
-"""Benchmark: training-step overhead of SCDL on top of a VNet (CPU, bf16 autocast, channels_last_3d).
+"""Benchmark: training-step overhead of SCDL on top of a VNet (bf16 autocast, channels_last_3d).
 
 Measures the median time of one optimisation step (batch 4 = 2 labeled + 2 unlabeled) for
 
@@ -15,7 +15,7 @@ Variants are interleaved step by step so that drifts in machine load hit all of 
 and process-CPU medians are both reported. Acceptance target: SCDL adds at most 15 %.
 
 Usage: ``python bench/bench_scdl_overhead.py [--patch 64] [--steps 12] [--warmup 3] [--grid 12]
-[--threads N]``
+[--threads N] [--device cuda]`` (CPU by default; on CUDA every timed step ends with a synchronize).
 """
 
 from __future__ import annotations
@@ -41,20 +41,28 @@ LABELED = 2
 BATCH = 4
 
 
-def make_step(patch: int, grid: int, scdl: SCDL | None, seed: int = 0) -> Callable[[], float]:
+def make_step(
+    patch: int, grid: int, scdl: SCDL | None, seed: int = 0, device: str = "cpu"
+) -> Callable[[], float]:
     """Builds a closure running one training step; returns the step's loss."""
     torch.manual_seed(seed)
-    net = VNet(num_classes=NUM_CLASSES, base_filters=16).to(memory_format=torch.channels_last_3d)
+    dev = torch.device(device)
+    net = VNet(num_classes=NUM_CLASSES, base_filters=16).to(dev)
+    net = net.to(memory_format=torch.channels_last_3d)
+    if scdl is not None:
+        scdl = scdl.to(dev)
     params = list(net.parameters()) + (list(scdl.parameters()) if scdl is not None else [])
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
-    image = torch.randn(BATCH, 1, patch, patch, patch).to(memory_format=torch.channels_last_3d)
+    image = torch.randn(BATCH, 1, patch, patch, patch, device=dev)
+    image = image.to(memory_format=torch.channels_last_3d)
     # Blocky random labels so every class occupies whole regions (realistic token masses).
     coarse = torch.randint(0, NUM_CLASSES, (LABELED, patch // 8, patch // 8, patch // 8))
     labels = coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    labels = labels.to(dev)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             logits, x9 = net.forward_features(image)
             loss = F.cross_entropy(logits[:LABELED].float(), labels)
             if scdl is not None:
@@ -76,21 +84,31 @@ def make_step(patch: int, grid: int, scdl: SCDL | None, seed: int = 0) -> Callab
     return step
 
 
-def time_module_only(grid: int, encoder_autocast: bool, steps: int, warmup: int) -> float:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_module_only(
+    grid: int, encoder_autocast: bool, steps: int, warmup: int, device: str = "cpu"
+) -> float:
     """Median ms of one SCDL forward + backward alone: B = 2, L = grid**3, y_dist and SAC."""
     torch.manual_seed(0)
-    scdl = SCDL(NUM_CLASSES, encoder_autocast=encoder_autocast)
-    tokens = torch.randn(LABELED, grid**3, 16, requires_grad=True)
-    labels = torch.randint(0, NUM_CLASSES, (LABELED, 4 * grid, 4 * grid, 4 * grid))
+    dev = torch.device(device)
+    scdl = SCDL(NUM_CLASSES, encoder_autocast=encoder_autocast).to(dev)
+    tokens = torch.randn(LABELED, grid**3, 16, device=dev, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (LABELED, 4 * grid, 4 * grid, 4 * grid), device=dev)
     y_dist = labels_to_token_dist(labels, NUM_CLASSES, grid)
     x_cls, y_cls = class_tokens_from_token_dist(tokens.detach(), y_dist)
     times = []
     for i in range(warmup + steps):
+        _sync(device)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             out = scdl(tokens, y_dist, x_cls, y_cls, sample_embeddings=False)
             loss = out.proxy_loss + out.sac_loss + out.kl_loss
         loss.backward()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return _median_ms(times)
@@ -114,27 +132,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     args = parser.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    dev = args.device
     if args.grid is None:
         args.grid = max(1, args.patch // 8)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     variants: dict[str, Callable[[], float]] = {
-        "vnet": make_step(args.patch, args.grid, None),
+        "vnet": make_step(args.patch, args.grid, None, device=dev),
         "vnet+scdl (bf16 encoder, default)": make_step(
-            args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=True)
+            args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=True), device=dev
         ),
         "vnet+scdl (fp32 encoder)": make_step(
-            args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=False)
+            args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=False), device=dev
         ),
     }
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(args.warmup + args.steps):
         for name, step in variants.items():  # interleaved, so load drifts hit all variants alike
+            _sync(dev)
             t0, c0 = time.perf_counter(), time.process_time()
             step()
+            _sync(dev)
             if i >= args.warmup:
                 wall[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
@@ -151,8 +175,13 @@ def main() -> None:
         )
         for name in variants
     ]
+    where = (
+        torch.cuda.get_device_name(dev)
+        if torch.device(dev).type == "cuda"
+        else f"CPU x{torch.get_num_threads()} threads"
+    )
     title = (
-        f"SCDL overhead: CPU x{torch.get_num_threads()} threads, bf16 autocast, channels_last_3d, "
+        f"SCDL overhead: {where}, bf16 autocast, channels_last_3d, "
         f"patch {args.patch}^3, batch {BATCH} ({LABELED} labeled), grid {args.grid}^3, "
         f"{args.steps} steps"
     )
@@ -179,7 +208,7 @@ def main() -> None:
         verdict = "OK" if ratio <= 1.15 else "ABOVE TARGET"
         print(f"{name}: {(ratio - 1) * 100:+.1f}% wall time vs vnet (target <= +15%): {verdict}")
     for enc in (True, False):
-        ms = time_module_only(args.grid, enc, steps=3 * args.steps, warmup=args.warmup)
+        ms = time_module_only(args.grid, enc, 3 * args.steps, args.warmup, device=dev)
         print(
             f"SCDL alone, forward+backward, B={LABELED}, L={args.grid**3}, "
             f"{'bf16' if enc else 'fp32'} encoder: {ms:.1f} ms (median)"
