@@ -133,6 +133,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time SCDL under torch.compile (nn.Module.compile)",
+    )
     args = parser.parse_args()
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
@@ -151,6 +156,12 @@ def main() -> None:
             args.patch, args.grid, SCDL(NUM_CLASSES, encoder_autocast=False), device=dev
         ),
     }
+    if args.compile:
+        compiled = SCDL(NUM_CLASSES, encoder_autocast=True)
+        compiled.compile()  # in place: same parameters and state-dict keys
+        variants["vnet+scdl (bf16 encoder, compiled)"] = make_step(
+            args.patch, args.grid, compiled, device=dev
+        )
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(args.warmup + args.steps):
