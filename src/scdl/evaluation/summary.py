@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,26 @@ from omegaconf import OmegaConf, open_dict
 from scdl.utils.config import register_resolvers
 
 
-def smallest_classes(cache_dir: Path, case_ids: list[str], num_classes: int, k: int) -> list[int]:
-    """Ids of the ``k`` foreground classes with the fewest voxels over ``case_ids``."""
+@cache  # runs of one sweep share their labeled cases: count them once
+def _voxel_counts(cache_dir: Path, case_ids: tuple[str, ...], num_classes: int) -> np.ndarray:
     counts = np.zeros(num_classes, dtype=np.int64)
     for cid in case_ids:
         label = np.load(cache_dir / f"{cid}_label.npy", mmap_mode="r")
         counts += np.bincount(np.asarray(label).ravel(), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def smallest_classes(cache_dir: Path, case_ids: list[str], num_classes: int, k: int) -> list[int]:
+    """Ids of the ``k`` foreground classes with the fewest voxels over ``case_ids``."""
+    counts = _voxel_counts(Path(cache_dir), tuple(case_ids), num_classes)
     return [int(c) for c in np.argsort(counts[1:])[:k] + 1]
+
+
+def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["experiment"], r["ablation"])].append(r)
+    return sorted(groups.items())
 
 
 def collect(roots: list[Path], k: int = 4) -> list[dict]:
@@ -66,15 +80,12 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
 
 
 def markdown_table(records: list[dict]) -> str:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["experiment"], r["ablation"])].append(r)
     small = records[0]["small_classes"] if records else []
     lines = [
         f"| experiment | ablation | seeds | mean Dice % | mean Dice % of the {len(small)} smallest ({', '.join(small)}) |",
         "|---|---|---|---|---|",
     ]
-    for (exp, abl), rs in sorted(groups.items()):
+    for (exp, abl), rs in _by_experiment_and_ablation(records):
         d = np.array([r["dice"] for r in rs]) * 100
         s = np.array([r["small_dice"] for r in rs]) * 100
         seeds = ",".join(str(r["seed"]) for r in rs)
@@ -89,16 +100,14 @@ def markdown_table(records: list[dict]) -> str:
 
 def per_class_table(records: list[dict]) -> str:
     """Per-class mean test Dice (%) per (experiment, ablation), averaged over seeds."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["experiment"], r["ablation"])].append(r)
+    groups = _by_experiment_and_ablation(records)
     names = list(records[0]["per_class"]) if records else []
     lines = [
-        "| class | " + " | ".join(f"{e} / {a}" for e, a in sorted(groups)) + " |",
+        "| class | " + " | ".join(f"{e} / {a}" for (e, a), _ in groups) + " |",
         "|---|" + "---|" * len(groups),
     ]
     for n in names:
-        vals = [np.mean([r["per_class"][n] for r in groups[g]]) * 100 for g in sorted(groups)]
+        vals = [np.mean([r["per_class"][n] for r in rs]) * 100 for _, rs in groups]
         lines.append(f"| {n} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
     return "\n".join(lines)
 
