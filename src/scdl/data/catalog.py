@@ -196,16 +196,35 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
     return prepare_dataset(raw, protocol, cache, progress, index_extra=extra)
 
 
+def _read_index_or_none(cache: Path) -> dict | None:
+    try:
+        return read_index(cache)
+    except FileNotFoundError:
+        return None
+
+
+def _written_with(index: dict | None, data_cfg: DictConfig) -> bool:
+    """True when the cache index was written with ``data_cfg``'s protocol (caches older than
+    ``config_hash`` carry only ``protocol_hash``)."""
+    config_hash = spec_hash(_protocol_spec(data_cfg.protocol))
+    return index is not None and index.get("config_hash", index.get("protocol_hash")) == config_hash
+
+
+def cached_protocol(data_cfg: DictConfig) -> PreprocessProtocol | None:
+    """The fully resolved protocol stored in the cache index of ``data_cfg``, or None when the
+    cache is missing or was written with another protocol."""
+    index = _read_index_or_none(Path(data_cfg.cache_dir))
+    if index is None or "protocol" not in index or not _written_with(index, data_cfg):
+        return None
+    return PreprocessProtocol(**_protocol_spec(index["protocol"]))
+
+
 def ensure_prepared(data_cfg: DictConfig) -> Path:
     """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale."""
     _require_root(data_cfg)
     cache = Path(data_cfg.cache_dir)
-    config_hash = spec_hash(_protocol_spec(data_cfg.protocol))
-    try:
-        index = read_index(cache)
-    except FileNotFoundError:
-        index = None
-    stale = index is None or index.get("config_hash", index.get("protocol_hash")) != config_hash
+    index = _read_index_or_none(cache)
+    stale = not _written_with(index, data_cfg)
     if stale and data_cfg.get("auto_prepare", False):
         return prepare_from_config(data_cfg)
     if index is None:

@@ -158,22 +158,12 @@ def run_protocol(run_cfg: DictConfig):
     when its ``config_hash`` matches the run's protocol; otherwise the protocol must be complete in
     the config.
     """
-    from scdl.data.catalog import protocol_from_config, spec_hash
-    from scdl.data.prepare import PreprocessProtocol, read_index
+    from scdl.data.catalog import cached_protocol, protocol_from_config
 
     data_cfg = run_cfg.data
-    spec = OmegaConf.to_container(data_cfg.protocol, resolve=True)
-    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "_target_"}
-    try:
-        index = read_index(data_cfg.cache_dir)
-    except (FileNotFoundError, OSError):
-        index = None
-    if index is not None and "protocol" in index:
-        if index.get("config_hash", index.get("protocol_hash")) == spec_hash(spec):
-            resolved = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in index["protocol"].items()
-            }
-            return PreprocessProtocol(**resolved)
+    protocol = cached_protocol(data_cfg)
+    if protocol is not None:
+        return protocol
     try:
         return protocol_from_config(data_cfg.protocol)
     except ValueError as err:
