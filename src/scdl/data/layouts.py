@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scdl.data.labels import AMOS_CLASSES, SYNAPSE_CLASSES
+from scdl.utils.files import repeated
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def clean_class_name(name: str) -> str:
 
 def _check_unique(cases: list[RawCase], root: Path) -> None:
     ids = [c.case_id for c in cases]
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    dup = repeated(ids)
     if dup:
         raise ValueError(f"{root}: case id(s) listed twice: {dup}")
 

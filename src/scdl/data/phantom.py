@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from scdl.data.labels import SYNAPSE_CLASSES
+from scdl.utils.files import atomic_write
 from scdl.utils.progress import progress_iter
 
 LABEL = {name: i for i, name in enumerate(SYNAPSE_CLASSES)}
@@ -222,9 +222,7 @@ def dataset_json(num_cases: int) -> dict:
 
 
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def write_phantom(

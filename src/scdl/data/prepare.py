@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 
 from scdl.data.layouts import RawCase, RawDataset
+from scdl.utils.files import TMP_PREFIX, atomic_write
 from scdl.utils.progress import progress_iter
 
 Normalisation = Literal["window", "zscore", "ct", "none"]
@@ -170,21 +171,20 @@ def _intensity_steps(protocol: PreprocessProtocol) -> list:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare name
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
 def _remove_stale_tmp(cache: Path) -> None:
     """Deletes ``.tmp-<pid>-*`` files left by killed runs (never those of a live process)."""
-    for tmp in cache.glob(".tmp-*"):
+    for tmp in cache.glob(f"{TMP_PREFIX}*"):
         try:
             pid = int(tmp.name.split("-")[1])
             os.kill(pid, 0)  # raises if no such process
@@ -452,7 +452,8 @@ def prepare_dataset(
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache)
-    cases = [c for c in raw.cases if case_ids is None or c.case_id in set(case_ids)]
+    wanted = None if case_ids is None else set(case_ids)
+    cases = [c for c in raw.cases if wanted is None or c.case_id in wanted]
     todo = [c for c in cases if not case_is_cached(cache, c.case_id, protocol.hash)]
     for case in progress_iter(
         todo, f"preprocess {raw.name} ({protocol.name})", progress and bool(todo)

@@ -26,6 +26,7 @@ from scdl.evaluation.checkpoint import (
     resolve_checkpoint,
     select_device,
 )
+from scdl.utils.files import repeated
 from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def list_inputs(source: str | Path) -> list[Path]:
         if not files:
             raise FileNotFoundError(f"no .nii.gz / .nii files in {src}")
         stems = [nifti_stem(f) for f in files]
-        dup = sorted({s for s in stems if stems.count(s) > 1})
+        dup = repeated(stems)
         if dup:
             raise ValueError(f"several inputs would write the same output: {dup}")
         return files
