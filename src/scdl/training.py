@@ -3,7 +3,6 @@ best checkpoint. ``src/train.py`` is a thin Hydra wrapper around it; tests call 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scdl.data.catalog import ensure_prepared
+from scdl.data.splits import save_split_file
 from scdl.utils.config import instantiate_dict, wandb_mode
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "split.json").write_text(json.dumps(datamodule.split.to_dict(), indent=2))
+    save_split_file(datamodule.split, output_dir / "split.json")
 
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = build_loggers(cfg)

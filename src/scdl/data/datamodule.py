@@ -162,10 +162,9 @@ class PatchDataset(Dataset):
 class VolumeDataset(Dataset):
     """Whole preprocessed volumes: ``{"image": (1, X, Y, Z), "label": (X, Y, Z), "case_id": str}``."""
 
-    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str], in_memory: bool = False):
+    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str]):
         self.cache_dir = Path(cache_dir)
         self.case_ids = list(case_ids)
-        self.in_memory = in_memory
 
     def __len__(self) -> int:
         return len(self.case_ids)

@@ -2,9 +2,8 @@
 
 A split file is JSON: ``{"labeled": [...], "unlabeled": [...], "val": [...], "test": [...]}``
 (case ids), optionally with ``"source"`` and ``"description"`` strings. The committed ones live in
-``conf/data/splits/<data set>/<name>.json`` (``data.labeled=<name>`` picks one). Alternatively a folder of one-id-per-line text files in the DHC/SCDL convention
-(``labeled_5p.txt``, ``unlabeled_5p.txt``, ``eval.txt``, ``test.txt``) is read by
-:func:`load_split_txt`. Without a file, :func:`make_split` draws one from a labeled ratio and a seed.
+``conf/data/splits/<data set>/<name>.json`` (``data.labeled=<name>`` picks one). Without a file,
+:func:`make_split` draws one from a labeled ratio and a seed.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from hydra.errors import CompactHydraException
+
+from scdl.utils.files import repeated
 
 PARTS = ("labeled", "unlabeled", "val", "test")
 _SHOW = 10  # ids named in an error message before "... and N more"
@@ -69,7 +70,7 @@ class Split:
             raise SplitError(f"{name}: no labeled cases")
         for part in PARTS:
             ids = getattr(self, part)
-            dup = sorted({i for i in ids if ids.count(i) > 1})
+            dup = repeated(ids)
             if dup:
                 raise SplitError(f"{name}: duplicate ids in '{part}': {_ids(dup)}")
         for i, a in enumerate(PARTS):
@@ -133,16 +134,6 @@ def save_split_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
-
-
-def _read_ids(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_split_txt(folder: str | Path, labeled: str, unlabeled: str, val: str, test: str) -> Split:
-    """Reads one-id-per-line text files (DHC / SCDL convention) from ``folder``."""
-    folder = Path(folder)
-    return Split(*[_read_ids(folder / f) for f in (labeled, unlabeled, val, test)])
 
 
 def make_split(

@@ -136,9 +136,7 @@ def _index_classes(data_cfg: DictConfig) -> list[str] | None:
 
     try:
         return list(read_index(data_cfg.cache_dir)["class_names"])
-    except (FileNotFoundError, KeyError, OSError):
-        return None
-    except Exception:  # noqa: BLE001 - unresolvable cache path (e.g. env var unset)
+    except Exception:  # noqa: BLE001 - no cache, no class names, or an unresolvable cache path
         return None
 
 
