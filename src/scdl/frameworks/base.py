@@ -15,6 +15,8 @@ from torch import nn
 
 from scdl.evaluation.dice import AbsentPolicy, PerCaseDice
 from scdl.evaluation.inference import SlidingWindowConfig, sliding_window_probs
+from scdl.frameworks.scdl_plugin import SCDLPlugin, SCDLTerms
+from scdl.losses.rampup import sigmoid_rampup
 from scdl.utils.reporting import dice_table, write_test_results
 from scdl.utils.schedules import poly_lr
 
@@ -31,6 +33,8 @@ class SemiSupervisedModule(L.LightningModule):
         inference: sliding-window settings for validation and test.
         val_absent: Dice of a class absent from the ground truth (see :func:`per_class_dice`).
         channels_last: run convolutions in channels-last-3D memory format (faster on CPU).
+        unsup_weight, rampup_steps: weight of the unsupervised term and the length of its sigmoid
+            ramp-up in iterations (:meth:`unsup_weight_at`).
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class SemiSupervisedModule(L.LightningModule):
         inference: SlidingWindowConfig | dict | None = None,
         val_absent: AbsentPolicy = "zero",
         channels_last: bool = False,
+        unsup_weight: float = 0.1,
+        rampup_steps: int = 1000,
     ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
@@ -59,6 +65,9 @@ class SemiSupervisedModule(L.LightningModule):
             inference = SlidingWindowConfig(**(dict(inference) if inference else {}))
         self.inference_cfg = inference
         self.channels_last = channels_last
+        self.unsup_weight = unsup_weight
+        self.rampup_steps = rampup_steps
+        self.scdl: SCDLPlugin | None = None
         self.val_dice = PerCaseDice(self.num_classes, val_absent)
         self.test_dice = PerCaseDice(self.num_classes, "skip")
         self.test_case_ids: list[str] = []
@@ -74,6 +83,53 @@ class SemiSupervisedModule(L.LightningModule):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     # --- helpers ------------------------------------------------------------------------------
+    def attach_scdl(self, scdl: SCDLPlugin | None) -> None:
+        """Plugs SCDL in (None = off); its classes must be the model's."""
+        if scdl is not None and scdl.num_classes != self.num_classes:
+            raise ValueError(f"SCDL has {scdl.num_classes} classes, the model {self.num_classes}")
+        self.scdl = scdl
+        if scdl is not None:
+            self.convert_memory_format(scdl)
+
+    @property
+    def head_prior(self) -> bool:
+        return self.scdl is not None and self.scdl.prior_feedback == "head"
+
+    def scdl_parameter_groups(self) -> list[dict]:
+        return [] if self.scdl is None else [self.scdl.parameter_group(self.base_lr)]
+
+    def head_logits(self, features: torch.Tensor, head: Callable) -> torch.Tensor:
+        """Inference logits of ``head`` on decoder ``features`` (with the SCDL prior if configured)."""
+        return head(features) if self.scdl is None else self.scdl.logits(features, head)
+
+    def logits_and_scdl_terms(
+        self, features: torch.Tensor, labels: torch.Tensor, head: Callable
+    ) -> tuple[torch.Tensor, SCDLTerms | None]:
+        """Training logits of ``head`` on ``features`` (B, D, X, Y, Z), labeled samples first, and
+        the SCDL terms of the batch (None without SCDL)."""
+        if self.scdl is None:
+            return head(features), None
+        terms = self.scdl.training_terms(features, labels, need_prior=self.head_prior)
+        return self.scdl.logits(features, head, terms.prior_tokens), terms
+
+    def unsup_weight_at(self, step: int) -> float:
+        return self.unsup_weight * sigmoid_rampup(step, self.rampup_steps)
+
+    def joint_input(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """Labeled then unlabeled images as one (Bl + Bu, 1, P, P, P) tensor, and Bl."""
+        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
+        x = (
+            labeled["image"]
+            if unlabeled is None
+            else torch.cat([labeled["image"], unlabeled["image"]])
+        )
+        return self.to_memory_format(x), labeled["image"].shape[0]
+
+    def log_step(self, logs: dict, loss: torch.Tensor, batch_size: int) -> None:
+        logs["train/loss"] = loss
+        self.log_dict(logs, batch_size=batch_size)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch_size)
+
     @property
     def base_lr(self) -> float | None:
         """Learning rate of the partial optimiser (for relative per-group rates), if known."""

@@ -8,7 +8,6 @@ from torch import nn
 
 from scdl.frameworks.base import SemiSupervisedModule
 from scdl.frameworks.scdl_plugin import SCDLPlugin
-from scdl.losses.rampup import sigmoid_rampup
 
 
 class CPSModule(SemiSupervisedModule):
@@ -47,7 +46,7 @@ class CPSModule(SemiSupervisedModule):
         scdl: SCDLPlugin | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(unsup_weight=unsup_weight, rampup_steps=rampup_steps, **kwargs)
         self.save_hyperparameters(
             ignore=["backbone", "backbone_b", "sup_loss", "sup_loss_b", "unsup_loss", "scdl"]
         )
@@ -56,74 +55,37 @@ class CPSModule(SemiSupervisedModule):
         self.sup_loss = sup_loss
         self.sup_loss_b = sup_loss_b if sup_loss_b is not None else sup_loss
         self.unsup_loss = unsup_loss
-        self.unsup_weight = unsup_weight
-        self.rampup_steps = rampup_steps
         self.cps_on_labeled = cps_on_labeled
-        self.scdl = scdl
-        if scdl is not None:
-            if scdl.num_classes != self.num_classes:
-                raise ValueError(
-                    f"SCDL has {scdl.num_classes} classes, the model {self.num_classes}"
-                )
-            if scdl.prior_feedback == "bottleneck":
-                raise ValueError("CPS supports SCDL prior_feedback head|none, not bottleneck")
-            self.convert_memory_format(scdl)
-
-    @property
-    def head_prior(self) -> bool:
-        return self.scdl is not None and self.scdl.prior_feedback == "head"
-
-    def logits_a(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network A: ``(logits (B, C, ...), features (B, D, ...))``, prior head when configured."""
-        features = self.net_a.decode(self.net_a.encode(x))
-        if self.head_prior:
-            prior = self.scdl.inference_prior(features)
-            return self.scdl.head_with_prior(features, prior, self.net_a.head), features
-        return self.net_a.head(features), features
+        if scdl is not None and scdl.prior_feedback == "bottleneck":
+            raise ValueError("CPS supports SCDL prior_feedback head|none, not bottleneck")
+        self.attach_scdl(scdl)
 
     def scdl_features(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder features (B, D, X, Y, Z) of network A, which SCDL tokenises."""
         return self.net_a.decode(self.net_a.encode(x))
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (self.logits_a(x)[0] + self.net_b(x))
+        logits_a = self.head_logits(self.scdl_features(x), self.net_a.head)
+        return 0.5 * (logits_a + self.net_b(x))
 
     def parameter_groups(self) -> list[dict]:
-        groups = [
+        nets = [
             {"params": list(self.net_a.parameters()), "name": "net_a"},
             {"params": list(self.net_b.parameters()), "name": "net_b"},
         ]
-        if self.scdl is not None:
-            groups.append(self.scdl.parameter_group(self.base_lr))
-        return groups
-
-    def unsup_weight_at(self, step: int) -> float:
-        return self.unsup_weight * sigmoid_rampup(step, self.rampup_steps)
+        return nets + self.scdl_parameter_groups()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        n_l = labeled["image"].shape[0]
-        y = labeled["label"]
-        x = (
-            labeled["image"]
-            if unlabeled is None
-            else torch.cat([labeled["image"], unlabeled["image"]])
-        )
-        x = self.to_memory_format(x)
-        features = self.net_a.decode(self.net_a.encode(x))
+        unlabeled = batch.get("unlabeled")
+        y = batch["labeled"]["label"]
+        x, n_l = self.joint_input(batch)
+        features = self.scdl_features(x)
         logs: dict[str, torch.Tensor | float] = {}
         loss = features.new_zeros((), dtype=torch.float32)
-        if self.scdl is not None:
-            terms = self.scdl.training_terms(features, y, need_prior=self.head_prior)
+        logits_a, terms = self.logits_and_scdl_terms(features, y, self.net_a.head)
+        if terms is not None:
             loss = loss + terms.aux_loss
-            logits_a = (
-                self.scdl.head_with_prior(features, terms.prior_tokens, self.net_a.head)
-                if self.head_prior
-                else self.net_a.head(features)
-            )
             logs.update(self.scdl.log_values(terms))
-        else:
-            logits_a = self.net_a.head(features)
         logits_b = self.net_b(x)
         loss_sup = self.sup_loss(logits_a[:n_l], y) + self.sup_loss_b(logits_b[:n_l], y)
         loss = loss + loss_sup
@@ -139,9 +101,7 @@ class CPSModule(SemiSupervisedModule):
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_cps
             logs.update({"train/loss_unsup": loss_cps, "train/unsup_weight": w})
-        logs["train/loss"] = loss
-        self.log_dict(logs, batch_size=x.shape[0])
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
+        self.log_step(logs, loss, x.shape[0])
         return loss
 
     def load_reference_weights(self, state_a: dict, state_b: dict) -> None:

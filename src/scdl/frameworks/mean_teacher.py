@@ -10,7 +10,6 @@ from torch import nn
 
 from scdl.frameworks.base import SemiSupervisedModule
 from scdl.frameworks.scdl_plugin import SCDLPlugin
-from scdl.losses.rampup import sigmoid_rampup
 from scdl.models.ema import EMATeacher
 
 
@@ -51,30 +50,18 @@ class MeanTeacherModule(SemiSupervisedModule):
         scdl: SCDLPlugin | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(unsup_weight=unsup_weight, rampup_steps=rampup_steps, **kwargs)
         self.save_hyperparameters(ignore=["backbone", "sup_loss", "unsup_loss", "scdl"])
         self.student = backbone
         self.convert_memory_format(self.student)
         self.teacher = EMATeacher(self.student, decay=ema_decay)
         self.sup_loss = sup_loss
         self.unsup_loss = unsup_loss
-        self.unsup_weight = unsup_weight
-        self.rampup_steps = rampup_steps
         self.teacher_noise = teacher_noise
         if teacher_mode not in ("train", "eval"):
             raise ValueError(f"teacher_mode must be train|eval, got {teacher_mode!r}")
         self.teacher_mode = teacher_mode
-        self.scdl = scdl
-        if scdl is not None:
-            if scdl.num_classes != self.num_classes:
-                raise ValueError(
-                    f"SCDL has {scdl.num_classes} classes, the model {self.num_classes}"
-                )
-            self.convert_memory_format(scdl)
-
-    @property
-    def head_prior(self) -> bool:
-        return self.scdl is not None and self.scdl.prior_feedback == "head"
+        self.attach_scdl(scdl)
 
     def scdl_features(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder features (B, D, X, Y, Z) that SCDL tokenises (the student's x9)."""
@@ -83,15 +70,11 @@ class MeanTeacherModule(SemiSupervisedModule):
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         if not self.head_prior:
             return self.student(x)
-        features = self.student.decode(self.student.encode(x))
-        prior = self.scdl.inference_prior(features)
-        return self.scdl.head_with_prior(features, prior, self.student.head)
+        return self.head_logits(self.scdl_features(x), self.student.head)
 
     def parameter_groups(self) -> list[dict]:
-        groups = [{"params": list(self.student.parameters()), "name": "backbone"}]
-        if self.scdl is not None:
-            groups.append(self.scdl.parameter_group(self.base_lr))
-        return groups
+        backbone = {"params": list(self.student.parameters()), "name": "backbone"}
+        return [backbone, *self.scdl_parameter_groups()]
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher prediction on a noised copy of ``x`` (no gradient)."""
@@ -101,29 +84,15 @@ class MeanTeacherModule(SemiSupervisedModule):
         self.teacher.train(self.teacher_mode == "train")
         return self.teacher(x)
 
-    def unsup_weight_at(self, step: int) -> float:
-        return self.unsup_weight * sigmoid_rampup(step, self.rampup_steps)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        n_l = labeled["image"].shape[0]
-        x = (
-            labeled["image"]
-            if unlabeled is None
-            else torch.cat([labeled["image"], unlabeled["image"]])
-        )
-        x = self.to_memory_format(x)
+        x, n_l = self.joint_input(batch)
         skips = self.student.encode(x)
         features = self.student.decode(skips)
         logs: dict[str, torch.Tensor | float] = {}
         loss = features.new_zeros((), dtype=torch.float32)
-        if self.scdl is not None:
-            terms = self.scdl.training_terms(features, labeled["label"], need_prior=self.head_prior)
-            logits = (
-                self.scdl.head_with_prior(features, terms.prior_tokens, self.student.head)
-                if self.head_prior
-                else self.student.head(features)
-            )
+        logits, terms = self.logits_and_scdl_terms(features, labeled["label"], self.student.head)
+        if terms is not None:
             loss = loss + terms.aux_loss
             if self.scdl.prior_feedback == "bottleneck":
                 # Prior5: auxiliary prior-conditioned decoder pass on the labeled samples
@@ -136,8 +105,6 @@ class MeanTeacherModule(SemiSupervisedModule):
                 loss = loss + loss_prior
                 logs["train/loss_prior_branch"] = loss_prior
             logs.update(self.scdl.log_values(terms))
-        else:
-            logits = self.student.head(features)
         loss_sup = self.sup_loss(logits[:n_l], labeled["label"])
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
@@ -147,9 +114,7 @@ class MeanTeacherModule(SemiSupervisedModule):
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_unsup
             logs.update({"train/loss_unsup": loss_unsup, "train/unsup_weight": w})
-        logs["train/loss"] = loss
-        self.log_dict(logs, prog_bar=False, batch_size=x.shape[0])
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=x.shape[0])
+        self.log_step(logs, loss, x.shape[0])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -193,6 +193,21 @@ class SCDLPlugin(nn.Module):
         """Prior tokens (B, L, z) from features alone (no labels), as the released inference does."""
         return self.scdl(self.tokens(features), sample_embeddings=False).prior_tokens
 
+    def logits(
+        self,
+        features: torch.Tensor,
+        head: Callable[[torch.Tensor], torch.Tensor],
+        prior_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, C, X, Y, Z) of ``head`` on ``features``: through :meth:`head_with_prior` with
+        the ``head`` prior (``prior_tokens`` from training, else :meth:`inference_prior`), plain
+        ``head(features)`` otherwise."""
+        if self.prior_feedback != "head":
+            return head(features)
+        if prior_tokens is None:
+            prior_tokens = self.inference_prior(features)
+        return self.head_with_prior(features, prior_tokens, head)
+
     def head_with_prior(
         self,
         features: torch.Tensor,
