@@ -63,8 +63,11 @@ class GACELoss(nn.Module):
         num_kept = int(ce.numel() * self.k / 100)
         if num_kept == 0:
             return logits.sum() * 0.0  # keeps the graph connected
-        kept, idx = torch.topk(ce, num_kept, sorted=False)
-        kept_cls = target[idx]
+        if num_kept == ce.numel():  # k = 100 (the unsupervised loss): no selection to make
+            kept, kept_cls = ce, target
+        else:
+            kept, idx = torch.topk(ce, num_kept, sorted=False)
+            kept_cls = target[idx]
         cls_sum = kept.new_zeros(num_classes).index_add_(0, kept_cls, kept)
         cls_count = torch.bincount(kept_cls, minlength=num_classes).to(kept.dtype)
         denom = (cls_count + 1e-10).pow(1.0 - self.gamma) * math.pow(num_kept, self.gamma) + 1e-10
