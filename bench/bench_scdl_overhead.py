@@ -3,11 +3,11 @@
 Measures the median time of one optimisation step (batch 4 = 2 labeled + 2 unlabeled) for
 
 * ``vnet``: VNet forward (``forward_features``), CE on the labeled half, backward, SGD step;
-* ``vnet+scdl (bf16 encoder, default)``: the same plus SCDL as wired for GA-CPS training
-  (scdl-method.md §3.5): tokens from ``x9`` on a ``grid**3`` grid, area soft labels and class tokens
-  for the labeled half, one SCDL call for the labeled half (y_dist + SAC) and one for the unlabeled
-  half (bi_sim weights), aux loss ``0.1 * (0.3 L_proxy + 0.1 L_SAC + 0.02 L_KL)`` added before the
-  backward, SCDL parameters in the same SGD step; ``SCDL(encoder_autocast=True)`` (the default:
+* ``vnet+scdl (bf16 encoder, default)``: the same plus SCDL exactly as training runs it without a
+  prior (``SCDLPlugin.training_terms``, scdl-method.md §3.5): tokens from ``x9`` on a ``grid**3``
+  grid, area soft labels and class tokens for the labeled half, one SCDL call for the labeled half
+  (y_dist + SAC) and one for the unlabeled half (bi_sim weights), the weighted aux loss added
+  before the backward, SCDL parameters in the same SGD step; ``SCDL(encoder_autocast=True)`` (the default:
   the encoder's matmuls follow the bf16 autocast, the loss math stays float32);
 * ``vnet+scdl (fp32 encoder)``: the same with ``encoder_autocast=False``.
 
@@ -28,12 +28,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from scdl.models.scdl import (
-    SCDL,
-    class_tokens_from_token_dist,
-    feature_map_to_tokens,
-    labels_to_token_dist,
-)
+from scdl.frameworks.scdl_plugin import SCDLPlugin
+from scdl.models.scdl import SCDL, class_tokens_from_token_dist, labels_to_token_dist
 from scdl.models.vnet import VNet
 
 NUM_CLASSES = 14
@@ -49,9 +45,10 @@ def make_step(
     dev = torch.device(device)
     net = VNet(num_classes=NUM_CLASSES, base_filters=16).to(dev)
     net = net.to(memory_format=torch.channels_last_3d)
+    plugin = None
     if scdl is not None:
-        scdl = scdl.to(dev)
-    params = list(net.parameters()) + (list(scdl.parameters()) if scdl is not None else [])
+        plugin = SCDLPlugin(scdl, token_grid=grid, prior_feedback="none").to(dev)
+    params = list(net.parameters()) + (list(plugin.parameters()) if plugin is not None else [])
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     image = torch.randn(BATCH, 1, patch, patch, patch, device=dev)
     image = image.to(memory_format=torch.channels_last_3d)
@@ -65,18 +62,8 @@ def make_step(
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             logits, x9 = net.forward_features(image)
             loss = F.cross_entropy(logits[:LABELED].float(), labels)
-            if scdl is not None:
-                tokens = feature_map_to_tokens(x9, grid)  # (B, grid^3, 16)
-                y_dist = labels_to_token_dist(labels, NUM_CLASSES, grid)
-                x_cls, y_cls = class_tokens_from_token_dist(tokens[:LABELED], y_dist)
-                lab = scdl(tokens[:LABELED], y_dist, x_cls, y_cls, sample_embeddings=False)
-                unl = scdl(tokens[LABELED:], sample_embeddings=False)
-                aux = (
-                    0.3 * (lab.proxy_loss + unl.proxy_loss)
-                    + 0.1 * lab.sac_loss
-                    + 0.02 * (lab.kl_loss + unl.kl_loss)
-                )
-                loss = loss + 0.1 * aux
+            if plugin is not None:
+                loss = loss + plugin.training_terms(x9, labels, need_prior=False).aux_loss
         loss.backward()
         opt.step()
         return float(loss.detach())
