@@ -55,7 +55,6 @@ class SCDLTerms:
     kl_loss: torch.Tensor
     prior_tokens: torch.Tensor  # (B, L, z), labeled samples first
     mean_embedding_samples: torch.Tensor | None  # (B, L, z) mean over E noisy samples
-    labeled_embeddings: torch.Tensor  # (Bl, L, z) for diagnostics
     labeled_token_dist: torch.Tensor  # (Bl, L, C)
 
 
@@ -174,7 +173,6 @@ class SCDLPlugin(nn.Module):
             kl_loss=kl,
             prior_tokens=torch.cat(priors),
             mean_embedding_samples=mean_samples,
-            labeled_embeddings=lab.embeddings,
             labeled_token_dist=y_dist,
         )
 

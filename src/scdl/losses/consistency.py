@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,12 +34,3 @@ class PseudoLabelLoss(nn.Module):
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         target = self.pseudo_labels(teacher_logits, self.threshold, self.ignore_index)
         return self.loss(student_logits, target)
-
-
-class SoftmaxMSELoss(nn.Module):
-    """Mean squared error between student and teacher softmax probabilities (UA-MT consistency)."""
-
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(
-            student_logits.float().softmax(dim=1), teacher_logits.detach().float().softmax(dim=1)
-        )

@@ -89,7 +89,6 @@ class VNet(nn.Module):
         super().__init__()
         f = base_filters
         self.num_classes = num_classes
-        self.feature_channels = f
         self.block1 = ConvBlock(1, in_channels, f, normalization)
         self.down1 = DownBlock(f, 2 * f, normalization)
         self.block2 = ConvBlock(2, 2 * f, 2 * f, normalization)
