@@ -55,6 +55,25 @@ def test_feature_map_to_tokens_gradient_and_autocast():
     torch.testing.assert_close(got, _ref_tokens(y, 4), atol=1e-6, rtol=1e-5)
 
 
+def test_window_matrices_cached_during_validation_still_train():
+    """The cached per-axis matrices may first be built under inference mode (validation, eval.py);
+    training must still be able to save them for backward."""
+    shape = (1, 3, 11, 13, 7)  # sizes no other test uses, so the cache starts empty for them
+    with torch.inference_mode():
+        feature_map_to_tokens(torch.randn(shape), 4)
+        labels_to_token_dist(torch.zeros(1, *shape[2:], dtype=torch.long), 3, 4)
+    x = torch.randn(shape, requires_grad=True)
+    feature_map_to_tokens(x, 4).sum().backward()
+    torch.testing.assert_close(
+        x.grad,
+        torch.autograd.functional.vjp(
+            lambda f: F.adaptive_avg_pool3d(f, 4).flatten(2).transpose(1, 2),
+            x.detach(),
+            torch.ones(1, 64, 3),
+        )[1],
+    )
+
+
 def test_tokens_to_grid_layout():
     x = torch.randn(2, 3, 4, 4, 4)
     tokens = feature_map_to_tokens(x, 4)  # identity pooling

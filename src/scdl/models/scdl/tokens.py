@@ -9,6 +9,7 @@ Shapes: ``B`` batch, ``D`` feature channels, ``t`` token grid size per axis, ``L
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -22,6 +23,14 @@ def _window_bounds(size: int, grid: int) -> list[tuple[int, int]]:
     return [((i * size) // grid, -((-(i + 1) * size) // grid)) for i in range(grid)]
 
 
+# The per-axis window matrices below depend only on (size, grid, dtype, device): they are built
+# once and cached (a Python loop of tiny writes per call is pure launch overhead on a GPU). They are
+# built outside inference mode, so a matrix first made during validation can still be saved for
+# backward in training; callers only read them.
+
+
+@functools.cache
+@torch.inference_mode(False)
 def _indicator(size: int, grid: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(t, n) 0/1 window-membership matrix of one axis (exact in any float dtype)."""
     mat = torch.zeros(grid, size, dtype=dtype, device=device)
@@ -30,6 +39,8 @@ def _indicator(size: int, grid: int, dtype: torch.dtype, device: torch.device) -
     return mat
 
 
+@functools.cache
+@torch.inference_mode(False)
 def _inv_window_sizes(
     size: int, grid: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -134,6 +145,8 @@ def tokens_to_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(b, channels, grid, grid, grid)
 
 
+@functools.cache
+@torch.inference_mode(False)
 def _adaptive_segments(
     size: int, grid: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
