@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from scdl.data.layouts import (
 from scdl.data.prepare import (
     PreprocessProtocol,
     _write_json_atomic,
+    case_is_cached,
     foreground_intensity_stats,
     median_spacing,
     prepare_dataset,
@@ -47,6 +49,7 @@ READERS: dict[str, Callable[..., RawDataset]] = {
     "amos_npy": read_amos_npy,
     "synapse_h5": read_synapse_h5,
 }
+log = logging.getLogger(__name__)
 _TUPLE_KEYS = ("spacing", "resize", "clip", "voxel_spacing", "intensity_stats", "transpose")
 DOCS = "docs/real-data.md"
 
@@ -181,19 +184,38 @@ def _resolved_protocol(
     return protocol
 
 
+def _plan_reusable(cache: Path, config_hash: str) -> bool:
+    try:
+        return json.loads((cache / "plan.json").read_text()).get("config_hash") == config_hash
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
     """Generates (phantom) and preprocesses the data set of ``data_cfg``; returns the cache folder.
 
-    Idempotent: cases already cached under the same protocol are skipped, so an interrupted run is
-    resumed by running it again."""
+    Idempotent: cases already cached under the same protocol (and unchanged raw files) are skipped,
+    so an interrupted run is resumed by running it again. ``data.check`` (default true) validates
+    every case before anything is written (all cases when data-set statistics are computed first,
+    else those to be written); ``data.nonfinite`` (``error`` | ``repair``) treats NaN / Inf."""
+    from scdl.data.checks import check_cases
+
     spec = _protocol_spec(data_cfg.protocol)
     _check_layout_protocol(str(data_cfg.layout), spec)
     raw = read_raw(data_cfg)
     cache = Path(data_cfg.cache_dir)
     config_hash = spec_hash(spec)
+    check = bool(data_cfg.get("check", True))
+    nonfinite = str(data_cfg.get("nonfinite", "error"))
+    if check and needs_data(spec) and not _plan_reusable(cache, config_hash):
+        # the statistics read every labeled case: validate them all first
+        check_cases(raw, nonfinite=nonfinite, progress=progress).raise_on_errors(f"{raw.name}: ")
+        check = False
     protocol = _resolved_protocol(spec, config_hash, raw, cache, progress)
     extra = {"config_hash": config_hash, "layout": str(data_cfg.layout)}
-    return prepare_dataset(raw, protocol, cache, progress, index_extra=extra)
+    return prepare_dataset(
+        raw, protocol, cache, progress, index_extra=extra, check=check, nonfinite=nonfinite
+    )
 
 
 def _read_index_or_none(cache: Path) -> dict | None:
@@ -219,12 +241,48 @@ def cached_protocol(data_cfg: DictConfig) -> PreprocessProtocol | None:
     return PreprocessProtocol(**_protocol_spec(index["protocol"]))
 
 
+def changed_raw_cases(data_cfg: DictConfig, index: dict) -> list[str]:
+    """Ids of cached cases whose raw files changed since they were preprocessed (size and mtime,
+    else content hash); empty when the raw data set is not there (a cache alone is trusted)."""
+    raw_dir = Path(data_cfg.raw_dir)
+    if not raw_dir.exists() or (
+        data_cfg.layout == "phantom" and not (raw_dir / "dataset.json").exists()
+    ):
+        return []
+    from scdl.data.errors import DataCheckError
+
+    try:
+        raw = read_raw(data_cfg)
+    except FileNotFoundError:
+        return []
+    except DataCheckError as e:  # the cache was made from a readable state: keep using it
+        log.warning("raw data set not readable, using the prepared cache as it is: %s", e)
+        return []
+    cache = Path(data_cfg.cache_dir)
+    cached = {c["case_id"] for c in index.get("cases", [])}
+    return [
+        c.case_id
+        for c in raw.cases
+        if c.case_id in cached and not case_is_cached(cache, c.case_id, index["protocol_hash"], c)
+    ]
+
+
 def ensure_prepared(data_cfg: DictConfig) -> Path:
-    """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale."""
+    """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale
+    (another protocol, or raw files changed since they were preprocessed)."""
     _require_root(data_cfg)
     cache = Path(data_cfg.cache_dir)
     index = _read_index_or_none(cache)
     stale = not _written_with(index, data_cfg)
+    if not stale and data_cfg.get("auto_prepare", False) and "protocol_hash" in index:
+        changed = changed_raw_cases(data_cfg, index)
+        if changed:
+            log.warning(
+                "%d raw case(s) changed since they were preprocessed (%s): preprocessing them again",
+                len(changed),
+                ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else ""),
+            )
+            stale = True
     if stale and data_cfg.get("auto_prepare", False):
         return prepare_from_config(data_cfg)
     if index is None:

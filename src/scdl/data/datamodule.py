@@ -8,9 +8,13 @@ paper's "validate every 500 iterations" is ``iters_per_epoch=500``.
 
 Patch sampling uses MONAI crops: ``RandSpatialCropd`` (uniform) or ``RandCropByLabelClassesd``
 (``labeled_sampling="class_balanced"``: the crop centre is a voxel of a class drawn with the given
-ratios, default equal for all classes, which oversamples small organs). Every process (DDP rank,
-data-loader worker) seeds its crop RNG from the torch seed, its rank and its worker id, so ranks and
-workers never draw the same crops.
+ratios, default equal for all classes, which oversamples small organs).
+
+The training stream is a pure function of its position: patch number ``p`` of a rank's stream is
+drawn with an RNG seeded by ``(stream seed, rank, p)`` and its case by a permutation seeded by
+``(stream seed, rank, p // epoch length)`` (:class:`PatchStreamSampler`). So ranks and data-loader
+workers never draw the same crops, and a resumed run continues the stream where the checkpoint left
+it: the data module saves the number of batches consumed and the stream seed in every checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from scdl.data.prepare import CachedCase, load_cached_case, read_index
 from scdl.data.splits import Split, load_split_file, make_split
@@ -52,12 +57,17 @@ def pad_to_min_size(
 
 
 class PatchDataset(Dataset):
-    """Random 3D patches from a list of cached cases; item ``i`` comes from case ``i % #cases``.
+    """Random 3D patches from a list of cached cases, indexed by stream position.
+
+    Item ``p`` (any integer >= 0) comes from case ``perm[p % length] % #cases``, with ``perm`` a
+    permutation of ``range(length)`` seeded by ``(seed, rank, p // length)``, so every block of
+    ``length`` positions visits the cases equally often; its crop is drawn with an RNG seeded by
+    ``(seed, rank, p)``. ``seed`` None: ``torch.initial_seed()`` at the first item.
 
     Args:
         cases: cached cases (labels required when ``with_label``).
         patch_size: (P, P, P) voxels.
-        length: number of items (iterations per epoch x batch size).
+        length: items per epoch (iterations per epoch x batch size), the permutation block.
         with_label: yield labels (labeled stream) or images only (unlabeled stream).
         sampling: ``uniform`` or ``class_balanced`` crop centres (labeled stream only).
         num_classes: classes C, for class-balanced sampling.
@@ -75,6 +85,7 @@ class PatchDataset(Dataset):
         num_classes: int | None = None,
         class_ratios: Sequence[float] | None = None,
         max_indices_per_class: int = 20000,
+        seed: int | None = None,
     ) -> None:
         if not cases:
             raise ValueError("PatchDataset needs at least one case")
@@ -99,7 +110,8 @@ class PatchDataset(Dataset):
                     item["indices"] = self._class_indices(label, num_classes, max_indices_per_class)
             self.items.append(item)
         self._transform = self._build_transform(num_classes, class_ratios)
-        self._seeded_for: tuple | None = None
+        self.seed = seed
+        self._perm: tuple[int, np.ndarray] | None = None  # (block, permutation) cache
 
     @staticmethod
     def _class_indices(label: np.ndarray, num_classes: int | None, keep: int) -> list[np.ndarray]:
@@ -136,20 +148,26 @@ class PatchDataset(Dataset):
             )
         return T.RandSpatialCropd(keys, roi_size=self.patch_size, random_size=False)
 
-    def _ensure_seeded(self) -> None:
-        worker = get_worker_info()
-        key = (torch.initial_seed(), _global_rank(), worker.id if worker else -1)
-        if self._seeded_for != key:
-            seed = np.random.SeedSequence([key[0] % 2**32, key[1], key[2] + 1]).generate_state(1)[0]
-            self._transform.set_random_state(seed=int(seed))
-            self._seeded_for = key
+    def _entropy(self, *keys: int) -> list[int]:
+        if self.seed is None:
+            self.seed = torch.initial_seed() % 2**32
+        return [int(self.seed), _global_rank(), *keys]
+
+    def case_index(self, position: int) -> int:
+        """Which case stream position ``position`` crops."""
+        block = position // self.length
+        if self._perm is None or self._perm[0] != block:
+            rng = np.random.default_rng(np.random.SeedSequence(self._entropy(block, 0)))
+            self._perm = (block, rng.permutation(self.length))
+        return int(self._perm[1][position % self.length]) % len(self.items)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        self._ensure_seeded()
-        item = self.items[index % len(self.items)]
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        item = self.items[self.case_index(position)]
+        crop_seed = np.random.SeedSequence(self._entropy(position, 1)).generate_state(1)[0]
+        self._transform.set_random_state(seed=int(crop_seed))
         out = self._transform(item)
         if isinstance(out, list):  # RandCropByLabelClassesd returns num_samples crops
             out = out[0]
@@ -157,6 +175,40 @@ class PatchDataset(Dataset):
         if self.with_label:
             sample["label"] = torch.as_tensor(np.asarray(out["label"])[0], dtype=torch.long)
         return sample
+
+
+class PatchStreamSampler(DistributedSampler):
+    """Stream positions of one rank: each epoch yields the next ``ceil(length / world_size)``
+    positions, starting at ``start`` (a resumed run's first epoch yields only its remainder).
+
+    A :class:`DistributedSampler` so that Lightning keeps it under DDP instead of wrapping it: the
+    rank is already part of the patch seeds (:class:`PatchDataset`).
+    """
+
+    def __init__(self, dataset: PatchDataset, num_replicas: int = 1, rank: int = 0, start: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.per_epoch = -(-len(dataset) // num_replicas)
+        self.start = int(start)
+
+    def __iter__(self):
+        start = self.start
+        end = (start // self.per_epoch + 1) * self.per_epoch
+        self.start = end
+        return iter(range(start, end))
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+
+class _StreamLoader(DataLoader):
+    """A DataLoader that tells Lightning it is resumable (``state_dict``/``load_state_dict``): the
+    position itself is saved and restored by :class:`SemiSupervisedDataModule`."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class VolumeDataset(Dataset):
@@ -194,6 +246,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         labeled_sampling, class_ratios: crop-centre sampling of the labeled stream.
         num_workers: data-loader workers (0 is best on a 2-core CPU: crops from RAM are cheap).
         in_memory: load training volumes into RAM (else memory-mapped reads).
+        check: refuse all-background labeled cases and byte-identical cases across split parts
+            (:func:`scdl.data.checks.index_split_problems`, from the cache index).
     """
 
     def __init__(
@@ -215,6 +269,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         num_workers: int = 0,
         in_memory: bool = True,
         pin_memory: bool = False,
+        check: bool = True,
     ) -> None:
         super().__init__()
         self.cache_dir = Path(cache_dir)
@@ -234,9 +289,12 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.in_memory = in_memory
         self.pin_memory = pin_memory
+        self.check = check
         self.split: Split | None = None
         self.class_names: list[str] = []
         self._train: tuple[PatchDataset, PatchDataset | None] | None = None
+        self.stream_seed: int | None = None  # set at the first train_dataloader, saved in ckpts
+        self.resume_batches = 0  # training batches already consumed (restored from a checkpoint)
 
     @property
     def num_classes(self) -> int:
@@ -266,6 +324,14 @@ class SemiSupervisedDataModule(L.LightningDataModule):
                 unlabeled_only=sorted(set(ids) - set(labeled_ids)),
             )
         self.split = split.validate(ids, labeled_ids, name=str(self.split_file or "drawn split"))
+        if self.check:
+            from scdl.data.checks import CheckReport, index_split_problems
+
+            found = index_split_problems(self.split, index, str(self.split_file or "drawn split"))
+            CheckReport(index.get("name", "data"), found).raise_on_errors(
+                f"{self.split_file or 'drawn split'} on {self.cache_dir}: ",
+                "Training did not start; data.check=false skips these checks.",
+            )
         return self.split
 
     def setup(self, stage: str | None = None) -> None:
@@ -300,19 +366,52 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=shuffle,
+            generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
+    def _stream_loader(self, dataset: PatchDataset, batch_size: int) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        dataset.seed = self.stream_seed
+        sampler = PatchStreamSampler(dataset, world, rank, start=self.resume_batches * batch_size)
+        return _StreamLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # own generator: creating an iterator draws a base seed, which from the global RNG
+            # would shift every later random number of a resumed run
+            generator=torch.Generator().manual_seed(int(self.stream_seed)),
+        )
+
     def train_dataloader(self):
         from lightning.pytorch.utilities import CombinedLoader
 
+        if self.stream_seed is None:  # after seed_everything: the run's seed fixes the stream
+            self.stream_seed = torch.initial_seed() % 2**32
         labeled, unlabeled = self._train
-        loaders = {"labeled": self._loader(labeled, self.labeled_bs, True)}
+        loaders = {"labeled": self._stream_loader(labeled, self.labeled_bs)}
         if unlabeled is not None:
-            loaders["unlabeled"] = self._loader(unlabeled, self.unlabeled_bs, True)
+            loaders["unlabeled"] = self._stream_loader(unlabeled, self.unlabeled_bs)
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the stream seed and the training batches consumed so far."""
+        trainer = self.trainer
+        consumed = 0
+        if trainer is not None:
+            consumed = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        return {"stream_seed": self.stream_seed, "batches_consumed": int(consumed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream_seed = state.get("stream_seed", self.stream_seed)
+        self.resume_batches = int(state.get("batches_consumed", 0))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(VolumeDataset(self.cache_dir, self.split.val), 1, False)

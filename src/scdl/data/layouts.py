@@ -17,12 +17,12 @@ Layouts (``data.layout``; exact folder trees in ``docs/real-data.md``):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scdl.data.errors import ERROR, DataCheckError, Problem, load_dataset_json
 from scdl.data.labels import AMOS_CLASSES, SYNAPSE_CLASSES
 from scdl.utils.files import repeated
 
@@ -76,7 +76,19 @@ def _check_unique(cases: list[RawCase], root: Path) -> None:
     ids = [c.case_id for c in cases]
     dup = repeated(ids)
     if dup:
-        raise ValueError(f"{root}: case id(s) listed twice: {dup}")
+        problems = [
+            Problem(
+                ERROR,
+                "duplicate id",
+                "case id listed twice: "
+                + ", ".join(str(c.image) for c in cases if c.case_id == case_id),
+                "rename or remove one of the files (case ids must be unique)",
+                case_id,
+                root,
+            )
+            for case_id in dup
+        ]
+        raise DataCheckError.from_problems(problems, f"{root}: ")
 
 
 def class_names_from_labels(labels: dict) -> list[str]:
@@ -101,6 +113,25 @@ def class_names_from_labels(labels: dict) -> list[str]:
     return [by_id[i] for i in ids]
 
 
+def _class_names(meta: dict, path: Path) -> list[str]:
+    """Cleaned class names of a ``dataset.json``; a bad ``labels`` map raises :class:`DataCheckError`
+    naming the file."""
+    try:
+        if not isinstance(meta["labels"], dict) or not meta["labels"]:
+            raise ValueError(f"'labels' must be a non-empty map, got {meta['labels']!r}")
+        return [clean_class_name(n) for n in class_names_from_labels(meta["labels"])]
+    except ValueError as e:
+        problem = Problem(
+            ERROR,
+            "dataset.json",
+            f"bad 'labels' map: {e}",
+            'give every class one integer id, 0..C-1 without gaps, e.g. {"background": 0, '
+            '"liver": 1}',
+            path=path,
+        )
+        raise DataCheckError(str(problem), [problem]) from e
+
+
 def read_nnunet_raw(
     root: str | Path, name: str | None = None, include_test: bool = True
 ) -> RawDataset:
@@ -114,9 +145,9 @@ def read_nnunet_raw(
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no dataset.json in {root}: not an nnU-Net raw data set")
-    meta = json.loads(meta_path.read_text())
+    meta = load_dataset_json(meta_path)
     ext = meta.get("file_ending", ".nii.gz")
-    class_names = [clean_class_name(n) for n in class_names_from_labels(meta["labels"])]
+    class_names = _class_names(meta, meta_path)
     channels = meta.get("channel_names", meta.get("modality", {"0": "CT"}))
     if len(channels) != 1:
         raise ValueError(f"{root}: only single-channel data sets are supported")
@@ -176,10 +207,8 @@ def read_amos22(root: str | Path, include_test: bool = False) -> RawDataset:
     Every case gets ``extra = {"modality": "CT"|"MRI", "subset": "Tr"|"Va"|"Ts"}``.
     """
     root = _find_dir_with(Path(root), "dataset.json", (".", "amos22"))
-    meta = json.loads((root / "dataset.json").read_text())
-    if "labels" not in meta:
-        raise ValueError(f"{root / 'dataset.json'} has no 'labels' map")
-    class_names = [clean_class_name(n) for n in class_names_from_labels(meta["labels"])]
+    meta = load_dataset_json(root / "dataset.json")
+    class_names = _class_names(meta, root / "dataset.json")
     subsets = [("Tr", "imagesTr", "labelsTr"), ("Va", "imagesVa", "labelsVa")]
     if include_test:
         subsets.append(("Ts", "imagesTs", None))

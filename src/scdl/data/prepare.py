@@ -10,11 +10,15 @@ Cache layout (``cache_dir``)::
     index.json               class names, protocol, its hash, the case list
     <case>_image.npy         float32 (X, Y, Z), RAS orientation
     <case>_label.npy         uint8   (X, Y, Z)   (absent for unlabeled cases)
-    <case>.json              meta: shapes, spacing, original affine/shape, protocol hash, extra flags
+    <case>.json              meta: shapes, spacing, original affine/shape, protocol hash, raw file
+                             stamps (sources), empty_label, extra flags
 
-A case is trusted only when its ``<case>.json`` exists and carries the current protocol hash; the
-meta file is written last, by atomic rename, so an interrupted run never leaves a half-written case
-that a later run believes (it is simply redone). Re-running with the same protocol is a no-op.
+A case is trusted only when its ``<case>.json`` exists, carries the current protocol hash and its
+raw files are those recorded in it (``sources``: size, mtime and blake2b; :func:`case_is_cached`);
+the meta file is written last, by atomic rename, so an interrupted run never leaves a half-written
+case that a later run believes (it is simply redone). Re-running with the same protocol and raw
+files is a no-op. Before writing, every case to be written is checked (:mod:`scdl.data.checks`):
+one bad case stops the run before any is written.
 
 Data-set level statistics that a protocol may need (``normalisation="ct"``: foreground intensity
 percentiles, mean and std; a median target spacing) are computed by :func:`foreground_intensity_stats`
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,11 +39,15 @@ from typing import Literal
 
 import numpy as np
 
+from scdl.data.errors import ERROR, DataCheckError, Problem
 from scdl.data.layouts import RawCase, RawDataset
 from scdl.utils.files import TMP_PREFIX, atomic_write
 from scdl.utils.progress import progress_iter
 
+log = logging.getLogger(__name__)
+
 Normalisation = Literal["window", "zscore", "ct", "none"]
+_GRID_FIX = "write the label on the image's grid (same shape and affine)"
 ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
 # fields added after the first release: left out of the hash while at their default, so caches
 # written before they existed stay valid
@@ -127,16 +136,19 @@ class PreprocessProtocol:
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def _transforms(protocol: PreprocessProtocol, labeled: bool, arrays: bool = False):
-    """MONAI pipeline: NIfTI paths -> (1, X, Y, Z) tensors, or (arrays) channel-first arrays in."""
+def _transforms(
+    protocol: PreprocessProtocol, labeled: bool, arrays: bool = False, load: bool = True
+):
+    """MONAI pipeline: NIfTI paths -> (1, X, Y, Z) tensors, or (arrays) channel-first arrays in.
+    ``load=False`` leaves out the loading steps (:func:`_load_transforms`)."""
     # Imported here: MONAI is slow to import and most callers only need the cache readers.
     from monai import transforms as T
 
     keys = ["image", "label"] if labeled else ["image"]
     modes = ("bilinear", "nearest") if labeled else ("bilinear",)
     steps: list = []
-    if not arrays:
-        steps += [T.LoadImaged(keys, image_only=False), T.EnsureChannelFirstd(keys)]
+    if not arrays and load:
+        steps += _load_transforms(labeled)
     steps.append(T.EnsureTyped(keys, dtype=np.float32, track_meta=not arrays))
     if protocol.orientation and not arrays:
         steps.append(T.Orientationd(keys, axcodes=protocol.orientation))
@@ -146,6 +158,30 @@ def _transforms(protocol: PreprocessProtocol, labeled: bool, arrays: bool = Fals
         rmodes = ("trilinear", "nearest-exact") if labeled else ("trilinear",)
         steps.append(T.Resized(keys, spatial_size=protocol.resize, mode=rmodes))
     return T.Compose(steps + _intensity_steps(protocol))
+
+
+def _load_transforms(labeled: bool) -> list:
+    from monai import transforms as T
+
+    keys = ["image", "label"] if labeled else ["image"]
+    return [T.LoadImaged(keys, image_only=False), T.EnsureChannelFirstd(keys)]
+
+
+def guard_nonfinite(image, case: RawCase, nonfinite: str = "error"):
+    """Raises :class:`DataCheckError` naming the case and file when ``image`` (array or tensor) has
+    NaN / Inf voxels; with ``nonfinite="repair"`` replaces them in place instead (NaN and -Inf by
+    the finite minimum, +Inf by the finite maximum) and logs a warning naming the case."""
+    from scdl.data.checks import nonfinite_problem, repair_nonfinite
+
+    array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
+    if array.dtype.kind not in "fc" or np.isfinite(array).all():
+        return image
+    problem, _ = nonfinite_problem(array, case.case_id, case.image, nonfinite)
+    if problem.is_error:
+        raise DataCheckError(str(problem), [problem])
+    log.warning("%s", problem)
+    array[...] = repair_nonfinite(array)  # shares memory with a (Meta)Tensor's numpy()
+    return image
 
 
 def _intensity_steps(protocol: PreprocessProtocol) -> list:
@@ -197,34 +233,108 @@ def _remove_stale_tmp(cache: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def case_is_cached(cache_dir: Path, case_id: str, protocol_hash: str) -> bool:
-    meta = cache_dir / f"{case_id}.json"
+def _file_stamp(path: str | Path, digest: bool = True) -> dict:
+    """Size, mtime and (``digest``) blake2b of a raw file: the cache's record of its source."""
+    from scdl.data.checks import file_digest
+
+    st = Path(path).stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if digest:
+        stamp["blake2b"] = file_digest(path)
+    return stamp
+
+
+def source_stamps(case: RawCase) -> dict:
+    """``{"image": stamp, "label": stamp | None}`` of a raw case (see :func:`_file_stamp`)."""
+    return {
+        "image": _file_stamp(case.image),
+        "label": _file_stamp(case.label) if case.label is not None else None,
+    }
+
+
+def _same_source(recorded: dict | None, path: Path | None) -> tuple[bool, dict | None]:
+    """Whether ``path`` still is the recorded file: same size and mtime, or (mtime changed, e.g.
+    after a copy) same content hash; second item: the refreshed stamp when only the mtime moved."""
+    if recorded is None or path is None:
+        return recorded is None and path is None, None
+    try:
+        now = _file_stamp(path, digest=False)
+    except OSError:
+        return False, None
+    if now["size"] != recorded.get("size"):
+        return False, None
+    if now["mtime_ns"] == recorded.get("mtime_ns"):
+        return True, None
+    if "blake2b" in recorded:
+        from scdl.data.checks import file_digest
+
+        if file_digest(path) == recorded["blake2b"]:
+            return True, {**recorded, "mtime_ns": now["mtime_ns"]}
+    return False, None
+
+
+def raw_is_unchanged(meta_path: Path, info: dict, case: RawCase) -> bool:
+    """True when the raw files of ``case`` are those the cached case was made from (caches written
+    before sources were recorded are trusted). A file whose mtime alone moved (same hash) gets its
+    new mtime recorded, so it is not hashed again."""
+    sources = info.get("sources")
+    if sources is None:
+        return True
+    refreshed = dict(sources)
+    for role, path in (("image", case.image), ("label", case.label)):
+        same, stamp = _same_source(sources.get(role), None if path is None else Path(path))
+        if not same:
+            return False
+        if stamp is not None:
+            refreshed[role] = stamp
+    if refreshed != sources:
+        _write_json_atomic(meta_path, {**info, "sources": refreshed})
+    return True
+
+
+def case_is_cached(
+    cache_dir: Path, case_id: str, protocol_hash: str, raw_case: RawCase | None = None
+) -> bool:
+    """True when ``case_id`` is complete in the cache under ``protocol_hash`` and (given
+    ``raw_case``) its raw files did not change since (:func:`raw_is_unchanged`)."""
+    meta = Path(cache_dir) / f"{case_id}.json"
     if not meta.is_file():
         return False
     try:
         info = json.loads(meta.read_text())
     except json.JSONDecodeError:
         return False
-    return info.get("protocol_hash") == protocol_hash and (
-        (cache_dir / f"{case_id}_image.npy").is_file()
-        and (not info.get("labeled") or (cache_dir / f"{case_id}_label.npy").is_file())
+    complete = info.get("protocol_hash") == protocol_hash and (
+        (Path(cache_dir) / f"{case_id}_image.npy").is_file()
+        and (not info.get("labeled") or (Path(cache_dir) / f"{case_id}_label.npy").is_file())
     )
+    return complete and (raw_case is None or raw_is_unchanged(meta, info, raw_case))
 
 
 def preprocess_case(
-    case: RawCase, protocol: PreprocessProtocol
+    case: RawCase, protocol: PreprocessProtocol, nonfinite: str = "error"
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Runs the protocol on one raw case.
+    """Runs the protocol on one raw case; NaN / Inf intensities raise or are repaired
+    (``nonfinite``, see :func:`guard_nonfinite`).
 
     Returns ``(image float32 (X, Y, Z), label uint8 (X, Y, Z) or None, meta dict)``.
     """
     if is_array_case(case):
-        return _preprocess_arrays(case, protocol)
+        return _preprocess_arrays(case, protocol, nonfinite)
+    from monai.transforms import Compose
+
     labeled = case.label is not None
     data = {"image": str(case.image)}
     if labeled:
         data["label"] = str(case.label)
-    out = _transforms(protocol, labeled)(data)
+    data = Compose(_load_transforms(labeled))(data)
+    data["image"] = guard_nonfinite(data["image"], case, nonfinite)
+    if labeled and tuple(data["label"].shape) != tuple(data["image"].shape):
+        raise ValueError(
+            f"label {case.label} has shape {tuple(data['label'].shape[1:])}, image "
+            f"{tuple(data['image'].shape[1:])}: {_GRID_FIX}"
+        )
+    out = _transforms(protocol, labeled, load=False)(data)
     image = np.ascontiguousarray(out["image"].numpy()[0], dtype=np.float32)
     src_meta = out["image"].meta
     original_affine = np.asarray(src_meta.get("original_affine", src_meta["affine"]))
@@ -285,7 +395,7 @@ def resolve_transpose(shape: Sequence[int], transpose) -> tuple[int, int, int]:
 
 
 def _preprocess_arrays(
-    case: RawCase, protocol: PreprocessProtocol
+    case: RawCase, protocol: PreprocessProtocol, nonfinite: str = "error"
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     if protocol.orientation or protocol.spacing:
         raise ValueError(
@@ -294,6 +404,7 @@ def _preprocess_arrays(
             "spacing=null (data/protocol=legacy_amos or legacy_synapse)"
         )
     image, label = load_array_case(case)
+    image = guard_nonfinite(np.asarray(image), case, nonfinite)
     if image.ndim != 3:
         raise ValueError(f"{case.case_id}: image has shape {image.shape}, expected 3 axes")
     if label is not None:
@@ -436,6 +547,31 @@ def median_spacing(
     return tuple(round(float(s), 4) for s in target)
 
 
+def _case_failed(case: RawCase, error: Exception) -> DataCheckError:
+    files = " / ".join(str(p) for p in (case.image, case.label) if p is not None)
+    problem = Problem(
+        ERROR,
+        "preprocessing",
+        f"preprocessing failed on {files}: {type(error).__name__}: {error}",
+        "run `python src/check_data.py data=<name> ...` for a report of every case, then repair "
+        "or remove this case",
+        case.case_id,
+    )
+    return DataCheckError(str(problem), [problem])
+
+
+def _index_case(cache: Path, case: RawCase) -> dict:
+    entry = {"case_id": case.case_id, "labeled": case.label is not None, **case.extra}
+    if case.label is not None:
+        try:
+            empty = json.loads((cache / f"{case.case_id}.json").read_text()).get("empty_label")
+        except (OSError, json.JSONDecodeError):
+            empty = None
+        if empty is not None:
+            entry["empty_label"] = empty
+    return entry
+
+
 def prepare_dataset(
     raw: RawDataset,
     protocol: PreprocessProtocol,
@@ -443,31 +579,60 @@ def prepare_dataset(
     progress: bool = True,
     case_ids: Sequence[str] | None = None,
     index_extra: dict | None = None,
+    check: bool = True,
+    nonfinite: str = "error",
 ) -> Path:
     """Preprocesses every case of ``raw`` (or only ``case_ids``) into ``cache_dir``; idempotent.
 
-    Returns the cache folder. Cases already cached under the same protocol hash are skipped.
-    ``index_extra`` adds keys to ``index.json`` (the catalog stores the unresolved config's hash).
+    Returns the cache folder. Cases already cached under the same protocol hash, from unchanged raw
+    files (size + mtime, else content hash; :func:`case_is_cached`), are skipped. With ``check``,
+    every case to be written is validated first (:func:`scdl.data.checks.check_cases`): any error
+    raises :class:`DataCheckError` before anything is written. ``nonfinite`` (``error`` | ``repair``)
+    treats NaN / Inf intensities. ``index_extra`` adds keys to ``index.json`` (the catalog stores the
+    unresolved config's hash).
     """
+    from scdl.data.checks import check_cases, find_duplicates
+
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache)
     wanted = None if case_ids is None else set(case_ids)
     cases = [c for c in raw.cases if wanted is None or c.case_id in wanted]
-    todo = [c for c in cases if not case_is_cached(cache, c.case_id, protocol.hash)]
+    todo = [c for c in cases if not case_is_cached(cache, c.case_id, protocol.hash, c)]
+    if check and todo:
+        report = check_cases(raw, todo, nonfinite, progress=progress)
+        # repaired intensities are reported by the preprocessing itself (once)
+        report.problems = [p for p in report.problems if p.is_error or p.check != "non-finite"]
+        report.raise_on_errors(f"{raw.name}: ")
+        duplicates = report.duplicates
+    else:
+        reuse = not todo and (cache / "index.json").is_file()  # nothing changed: keep the record
+        old = read_index(cache).get("duplicates") if reuse else None
+        duplicates = old if old is not None else find_duplicates(raw.cases)
+    options = {} if nonfinite == "error" else {"nonfinite": nonfinite}  # default: 2-argument call
     for case in progress_iter(
         todo, f"preprocess {raw.name} ({protocol.name})", progress and bool(todo)
     ):
-        image, label, meta = preprocess_case(case, protocol)
+        try:
+            image, label, meta = preprocess_case(case, protocol, **options)
+        except (DataCheckError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised naming the case and its files
+            raise _case_failed(case, e) from e
         if label is not None and label.max() >= raw.num_classes:
             raise ValueError(
-                f"{case.case_id}: label value {int(label.max())} >= {raw.num_classes} classes"
+                f"{case.case_id}: label value {int(label.max())} >= {raw.num_classes} classes "
+                f"({case.label})"
             )
         meta["protocol_hash"] = protocol.hash
+        meta["sources"] = source_stamps(case)
+        if label is not None:
+            meta["empty_label"] = not bool(label.any())
         _save_npy_atomic(cache / f"{case.case_id}_image.npy", image)
         if label is not None:
             _save_npy_atomic(cache / f"{case.case_id}_label.npy", label)
         _write_json_atomic(cache / f"{case.case_id}.json", meta)  # last: marks the case complete
+    ids = {c.case_id for c in cases}
     _write_json_atomic(
         cache / "index.json",
         {
@@ -476,9 +641,8 @@ def prepare_dataset(
             "protocol": protocol.to_dict(),
             "protocol_hash": protocol.hash,
             **(index_extra or {}),
-            "cases": [
-                {"case_id": c.case_id, "labeled": c.label is not None, **c.extra} for c in cases
-            ],
+            "duplicates": [g for g in duplicates if sum(i in ids for i in g) > 1],
+            "cases": [_index_case(cache, c) for c in cases],
         },
     )
     return cache
