@@ -7,6 +7,7 @@ from dotenv import load_dotenv
 from omegaconf import DictConfig
 
 from scdl.utils.config import project_root, register_resolvers
+from scdl.utils.config_checks import exit_if_missing_hydra_plugins
 
 load_dotenv(project_root() / ".env")  # secrets (WANDB_API_KEY, ...) never live in configs
 register_resolvers()
@@ -22,4 +23,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # Hydra fails on a missing launcher / sweeper plugin before main(): name the extra to install
+    exit_if_missing_hydra_plugins()
     main()

@@ -75,11 +75,41 @@ def test_class_balanced_sampling_oversamples_small_organs(phantom_cache):
 def test_crop_streams_differ_between_ranks(phantom_cache, monkeypatch):
     case = load_cached_case(phantom_cache, "phantom_000")
 
-    def draw(rank):
+    def draw(rank, positions=range(5)):
         monkeypatch.setenv("RANK", str(rank))
         torch.manual_seed(0)
         ds = PatchDataset([case], (32, 32, 32), length=5)
-        return torch.stack([ds[i]["image"] for i in range(5)])
+        return torch.stack([ds[i]["image"] for i in positions])
 
     assert torch.equal(draw(0), draw(0))  # reproducible
     assert not torch.equal(draw(0), draw(1))  # but not shared between ranks
+    # a position's patch does not depend on what was drawn before it (resume continues the stream)
+    assert torch.equal(draw(0)[3:], draw(0, positions=[3, 4]))
+
+
+def test_stream_sampler_resumes_mid_epoch_and_continues_the_stream():
+    from scdl.data.datamodule import PatchStreamSampler
+
+    ds = type("DS", (), {"__len__": lambda self: 8})()
+    s = PatchStreamSampler(ds, start=0)
+    assert list(s) == list(range(8)) and list(s) == list(range(8, 16))
+    resumed = PatchStreamSampler(ds, start=3 * 2)  # 3 batches of 2 consumed in epoch 0
+    assert list(resumed) == [6, 7] and list(resumed) == list(range(8, 16))
+    assert len(resumed) == 8  # Lightning counts a full epoch; the loop resumes at batch 3
+
+
+def test_cpu_precision_follows_native_bf16(monkeypatch):
+    from scdl.utils import hardware
+
+    hardware.native_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Linux")
+    choice = hardware.cpu_precision_choice()
+    assert (choice.precision, choice.channels_last) == ("32-true", False)
+    assert "no native bf16" in choice.reason
+    hardware.native_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    choice = hardware.cpu_precision_choice()
+    assert (choice.precision, choice.channels_last) == ("bf16-mixed", True)
+    assert "avx512_bf16" in choice.reason
+    hardware.native_bf16.cache_clear()

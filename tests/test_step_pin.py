@@ -47,9 +47,7 @@ def _module(framework: str, prior: str | None):
     torch.manual_seed(0)
     common = {"sup_loss": CEDiceLoss(), "unsup_loss": PseudoLabelLoss(CEDiceLoss())}
     if framework == "mean_teacher":
-        m = MeanTeacherModule(
-            backbone=VNet(num_classes=C, base_filters=4), num_classes=C, **common
-        )
+        m = MeanTeacherModule(backbone=VNet(num_classes=C, base_filters=4), num_classes=C, **common)
     else:
         m = CPSModule(
             backbone=VNet(num_classes=C, base_filters=4, init="kaiming"),

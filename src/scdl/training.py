@@ -14,7 +14,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scdl.data.catalog import ensure_prepared
 from scdl.data.splits import save_split_file
+from scdl.loggers import wandb_run_id
+from scdl.resume import ResumePlan, plan_resume, set_aside_orphans
 from scdl.utils.config import instantiate_dict, wandb_mode
+from scdl.utils.hardware import configure_cpu_math
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,17 @@ def _check_multirun_ddp(cfg: DictConfig) -> None:
         )
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """Loggers of ``cfg.logger``; W&B runs offline without an API key (``wandb sync`` later)."""
+def build_loggers(cfg: DictConfig, plan: ResumePlan | None = None) -> list:
+    """Loggers of ``cfg.logger``; W&B runs offline without an API key (``wandb sync`` later).
+
+    W&B gets the run folder's id (one W&B run however often the run is resumed); the CSV log is
+    continued from the resumed step (see :class:`scdl.loggers.ResumableCSVLogger`)."""
+    plan = plan or ResumePlan()
     loggers = []
     for name, lcfg in (cfg.get("logger") or {}).items():
         if "_target_" not in lcfg:
             continue
+        extra = {}
         if "WandbLogger" in lcfg._target_:
             mode = wandb_mode()
             if mode == "disabled":
@@ -53,7 +61,10 @@ def build_loggers(cfg: DictConfig) -> list:
             with open_dict(lcfg):
                 lcfg.offline = mode == "offline"
             Path(lcfg.save_dir).mkdir(parents=True, exist_ok=True)
-        loggers.append(instantiate(lcfg))
+            extra = {"id": wandb_run_id(cfg.paths.output_dir), "resume": "allow"}
+        if lcfg._target_.endswith("ResumableCSVLogger"):
+            extra = {"resume_step": plan.step if plan.same_run else None}
+        loggers.append(instantiate(lcfg, **extra))
         log.info("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers
 
@@ -96,19 +107,26 @@ def setup_data(cfg: DictConfig):
 
 def train(cfg: DictConfig) -> dict:
     """Fits and tests one experiment. Returns the final metrics (floats) plus ``best_ckpt``."""
+    from scdl.utils.config_checks import validate_config
+
+    validate_config(cfg)  # bad keys fail here, naming the key and the fix
     _check_multirun_ddp(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision("high")
+    _log_precision(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    plan = plan_resume(cfg, output_dir)
 
     datamodule = setup_data(cfg)
     module = build_module(cfg)
-    output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_split_file(datamodule.split, output_dir / "split.json")
+    if plan.same_run:
+        set_aside_orphans(output_dir / "checkpoints", plan.ckpt_path)
 
     callbacks = instantiate_dict(cfg.get("callbacks"))
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, plan)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -116,11 +134,11 @@ def train(cfg: DictConfig) -> dict:
     metrics: dict = {}
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if cfg.get("test", True):
             ckpt = _best_checkpoint(trainer, cfg)
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             metrics["best_ckpt"] = (
                 ckpt  # the module wrote test_dice.{json,csv} and printed the table
@@ -128,6 +146,27 @@ def train(cfg: DictConfig) -> dict:
     finally:
         _finish_wandb(loggers)
     return metrics
+
+
+def _log_precision(cfg: DictConfig) -> None:
+    """Flushes denormals on CPU and logs the precision in use, and why, at start-up."""
+    tcfg = cfg.trainer
+    if tcfg.get("accelerator") != "cpu":
+        return
+    from scdl.utils.hardware import cpu_precision_choice
+
+    configure_cpu_math()
+    auto = cpu_precision_choice()
+    precision, channels_last = str(tcfg.get("precision")), bool(cfg.get("channels_last"))
+    chosen = (precision, channels_last) == (auto.precision, auto.channels_last)
+    log.info(
+        "CPU precision %s, channels_last=%s, denormals flushed (%s)",
+        precision,
+        channels_last,
+        f"chosen for this CPU: {auto.reason}"
+        if chosen
+        else f"set by the config; this CPU would get {auto.precision}: {auto.reason}",
+    )
 
 
 def _best_checkpoint(trainer: L.Trainer, cfg: DictConfig) -> str | None:

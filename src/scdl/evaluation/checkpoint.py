@@ -35,21 +35,54 @@ log = logging.getLogger(__name__)
 RUN_CONFIG = Path(".hydra") / "config.yaml"
 
 
+def checkpoint_score(path: Path) -> tuple[float, str] | None:
+    """The monitored score a ``best-*.ckpt`` was saved with, and the mode (``max``/``min``), as the
+    checkpoint callback recorded it inside the file (memory-mapped read: cheap)."""
+    import math
+    import re
+
+    from scdl.resume import read_checkpoint
+
+    try:
+        states = read_checkpoint(path).get("callbacks") or {}
+    except Exception as err:  # noqa: BLE001 - unreadable: skipped with a warning
+        log.warning("cannot read %s (%s): skipped", path, err)
+        return None
+    for key, state in states.items():
+        if not isinstance(state, dict) or not state.get("monitor"):
+            continue
+        # the callback records each kept checkpoint's score by path; this file's own is in there
+        scores = {Path(str(k)).name: v for k, v in (state.get("best_k_models") or {}).items()}
+        if path.name not in scores:
+            continue
+        value = float(scores[path.name])
+        mode = m.group(1) if (m := re.search(r"'mode': '(\w+)'", key)) else "max"
+        return (value, mode) if math.isfinite(value) else None
+    return None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run folder / its ``checkpoints`` folder -> the best checkpoint there.
 
-    With several ``best-*.ckpt`` the most recent one wins; ``last.ckpt`` only when no best exists.
+    Among several ``best-*.ckpt`` the one with the best score recorded inside it wins (not the
+    newest file); checkpoints a resumed run set aside in ``checkpoints/discarded/`` are ignored.
+    ``last.ckpt`` only when no best exists.
     """
     p = Path(path).expanduser()
     if p.is_file():
         return p.resolve()
     if p.is_dir():
         folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-        best = sorted(folder.glob("best*.ckpt"), key=lambda f: f.stat().st_mtime)
-        if best:
-            return best[-1].resolve()
+        scored = [(f, checkpoint_score(f)) for f in sorted(folder.glob("best*.ckpt"))]
+        scored = [(f, s) for f, s in scored if s is not None]
+        if scored:
+            sign = -1.0 if scored[0][1][1] == "min" else 1.0
+            best = max(scored, key=lambda fs: sign * fs[1][0])[0]
+            if len(scored) > 1:
+                log.info("best of %d checkpoints by recorded score: %s", len(scored), best.name)
+            return best.resolve()
         if (folder / "last.ckpt").is_file():
-            log.warning("no best-*.ckpt in %s: using last.ckpt", folder)
+            log.warning("no best-*.ckpt with a recorded score in %s: using last.ckpt", folder)
             return (folder / "last.ckpt").resolve()
         raise FileNotFoundError(f"no checkpoint (*.ckpt) in {folder}")
     raise FileNotFoundError(f"checkpoint not found: {p}")
@@ -126,9 +159,19 @@ def load_run_config(
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint dict, on CPU. ``weights_only=False``: Lightning stores the hyper-parameters
-    (partial optimiser factories, ...) as pickled objects; only load checkpoints you trust."""
-    return torch.load(Path(ckpt_path), map_location="cpu", weights_only=False)
+    """The checkpoint dict, on CPU, loaded weights-only: the checkpoints this project writes hold
+    plain values only, and a checkpoint from elsewhere cannot run code when loaded."""
+    import pickle
+
+    try:
+        return torch.load(Path(ckpt_path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{ckpt_path} holds pickled Python objects, which are not loaded (weights-only). It "
+            "was written by an older scdl version or another tool: re-save its state_dict with "
+            "plain values, e.g. torch.save({'state_dict': ckpt['state_dict'], 'hyper_parameters': "
+            "{...}}, path), after loading it yourself if you trust it."
+        ) from err
 
 
 def _index_classes(data_cfg: DictConfig) -> list[str] | None:
@@ -140,13 +183,52 @@ def _index_classes(data_cfg: DictConfig) -> list[str] | None:
         return None
 
 
-def resolve_classes(cfg: DictConfig, hparams: Mapping[str, Any] | None) -> tuple[int, list[str]]:
+def normalise_class_name(name: Any) -> str:
+    """Class name for comparisons: case, ``_`` / ``-`` vs spaces and surrounding blanks ignored
+    (``Left_Kidney`` == ``left kidney``)."""
+    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+
+
+def class_map_table(ckpt_names: Sequence[str], data_names: Sequence[str], data_label: str) -> str:
+    """Side-by-side class lists, one line per index, ``<-`` where the two differ."""
+    rows = [("idx", "checkpoint", data_label, "")]
+    for i in range(max(len(ckpt_names), len(data_names))):
+        a = str(ckpt_names[i]) if i < len(ckpt_names) else "-"
+        b = str(data_names[i]) if i < len(data_names) else "-"
+        same = normalise_class_name(a) == normalise_class_name(b)
+        rows.append((str(i), a, b, "" if same else "<- differs"))
+    w0, w1, w2 = (max(len(r[k]) for r in rows) for k in range(3))
+    return "\n".join(f"  {r[0]:>{w0}}  {r[1]:<{w1}}  {r[2]:<{w2}}  {r[3]}".rstrip() for r in rows)
+
+
+def _class_error(message: str) -> Exception:
+    from scdl.utils.config_checks import ConfigError  # a ValueError Hydra prints without traceback
+
+    return ConfigError(message)
+
+
+def with_class_mismatch_flag(overrides: Mapping | None, entry_cfg: Mapping) -> Mapping | None:
+    """``overrides`` for :func:`load_module_from_checkpoint` carrying ``allow_class_mismatch=true``
+    of an ``eval.py`` / ``predict.py`` config into the run config read by :func:`resolve_classes`
+    (unchanged when the flag is off)."""
+    if not entry_cfg.get("allow_class_mismatch", False):
+        return overrides
+    return {**(dict(overrides) if overrides else {}), "allow_class_mismatch": True}
+
+
+def resolve_classes(
+    cfg: DictConfig, hparams: Mapping[str, Any] | None, allow_mismatch: bool | None = None
+) -> tuple[int, list[str]]:
     """Number of classes and class names for the module.
 
     Sources, in order: the checkpoint hyper-parameters (``num_classes`` / ``class_names``, what the
     weights were trained for), the cache index of ``cfg.data`` (what the data set has), the config.
-    When both checkpoint and cache are known they must agree (evaluating a 14-class model on a
-    16-class data set is an error, not a silent mismatch).
+    When both checkpoint and cache are known they must agree: the same number of classes (evaluating
+    a 14-class model on a 16-class data set is an error, not a silent mismatch), and the same names
+    in the same order, compared after :func:`normalise_class_name` (a data set whose spleen and
+    liver ids are swapped would be scored against the wrong organs). ``allow_mismatch`` (default:
+    ``cfg.allow_class_mismatch``, set by ``allow_class_mismatch=true`` of ``eval.py`` /
+    ``predict.py``) accepts different names / order with a warning; the checkpoint's names are used.
     """
     hp = dict(hparams or {})
     hp_n = hp.get("num_classes")
@@ -154,6 +236,8 @@ def resolve_classes(cfg: DictConfig, hparams: Mapping[str, Any] | None) -> tuple
     index_names = _index_classes(cfg.data) if "data" in cfg else None
     cfg_n = cfg.data.get("num_classes") if "data" in cfg else None
     cfg_names = cfg.data.get("class_names") if "data" in cfg else None
+    if allow_mismatch is None:
+        allow_mismatch = bool(cfg.get("allow_class_mismatch", False))
 
     n = hp_n or (len(hp_names) if hp_names else None)
     if n is None and index_names:
@@ -167,11 +251,40 @@ def resolve_classes(cfg: DictConfig, hparams: Mapping[str, Any] | None) -> tuple
             "set data.num_classes"
         )
     n = int(n)
+    data_label, data_source = "data set", "data set"
+    if index_names is not None:
+        data_source = f"data set at {cfg.data.cache_dir}"
     if index_names is not None and len(index_names) != n:
-        raise ValueError(
+        table = f"\n{class_map_table(hp_names, index_names, data_label)}" if hp_names else ""
+        raise _class_error(
             f"the checkpoint predicts {n} classes but the data set at {cfg.data.cache_dir} has "
-            f"{len(index_names)} ({index_names})"
+            f"{len(index_names)} ({index_names}){table}"
         )
+    data_names = index_names
+    if data_names is None and cfg_names:  # no cache index: the data config's names, if any
+        data_names = [str(x) for x in cfg_names]
+        data_label = data_source = "data.class_names"
+    if hp_names and data_names and len(hp_names) == len(data_names):
+        differ = [
+            i
+            for i, (a, b) in enumerate(zip(hp_names, data_names, strict=True))
+            if normalise_class_name(a) != normalise_class_name(b)
+        ]
+        if differ:
+            table = class_map_table(hp_names, data_names, data_label)
+            if not allow_mismatch:
+                raise _class_error(
+                    f"the class map of the checkpoint and of the {data_source} differ at index "
+                    f"{', '.join(map(str, differ))} (names or order): the scores would compare "
+                    f"the wrong organs.\n{table}\nEvaluate on the data the run was trained with, "
+                    "or pass allow_class_mismatch=true to go on with the checkpoint's names."
+                )
+            log.warning(
+                "class map of the checkpoint and the %s differ (allow_class_mismatch=true: "
+                "using the checkpoint's names):\n%s",
+                data_source,
+                table,
+            )
     names = hp_names or index_names or (list(cfg_names) if cfg_names else None)
     if names is None or len(names) != n:
         names = [f"class{i}" for i in range(n)]

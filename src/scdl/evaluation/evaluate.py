@@ -29,6 +29,7 @@ from scdl.evaluation.checkpoint import (
     load_module_from_checkpoint,
     resolve_checkpoint,
     select_device,
+    with_class_mismatch_flag,
 )
 from scdl.evaluation.metrics import (
     aggregate_metrics,
@@ -226,7 +227,9 @@ def evaluate(cfg: DictConfig) -> dict:
     split = str(cfg.get("split", "test"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     overrides = _data_override(cfg)
-    module, run_cfg = load_module_from_checkpoint(ckpt, overrides, inference=cfg.get("inference"))
+    module, run_cfg = load_module_from_checkpoint(
+        ckpt, with_class_mismatch_flag(overrides, cfg), inference=cfg.get("inference")
+    )
     run_dir = Path(run_cfg.run_dir)
     device = select_device(cfg.get("device", "auto"))
     module.to(device)

@@ -25,6 +25,7 @@ from scdl.evaluation.checkpoint import (
     load_module_from_checkpoint,
     resolve_checkpoint,
     select_device,
+    with_class_mismatch_flag,
 )
 from scdl.utils.files import repeated
 from scdl.utils.progress import progress_iter
@@ -191,7 +192,9 @@ def predict(cfg: DictConfig) -> list[Path]:
     overrides = (
         {"data": OmegaConf.to_container(cfg.data, resolve=True)} if cfg.get("data") else None
     )
-    module, run_cfg = load_module_from_checkpoint(ckpt, overrides, inference=cfg.get("inference"))
+    module, run_cfg = load_module_from_checkpoint(
+        ckpt, with_class_mismatch_flag(overrides, cfg), inference=cfg.get("inference")
+    )
     if str(run_cfg.data.get("layout")) in ARRAY_LAYOUTS:
         raise ValueError(
             f"the run trained on preprocessed arrays (data.layout={run_cfg.data.layout}) without "

@@ -1,15 +1,19 @@
 """What every semi-supervised framework shares: optimiser + poly schedule, sliding-window validation and
 test with per-class Dice, and the ``segment`` hook that inference calls.
 
-Subclasses implement :meth:`training_step`, :meth:`segment` (a patch -> logits, the path used at
-inference) and :meth:`parameter_groups`.
+Subclasses implement :meth:`training_loss`, :meth:`segment` (a patch -> logits, the path used at
+inference) and :meth:`parameter_groups`, and may override :meth:`after_optimizer_step` (EMA updates).
+:meth:`training_step` wraps :meth:`training_loss` in the non-finite guard.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Callable, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +23,12 @@ from scdl.frameworks.scdl_plugin import SCDLPlugin, SCDLTerms
 from scdl.losses.rampup import sigmoid_rampup
 from scdl.utils.reporting import dice_table, write_test_results
 from scdl.utils.schedules import poly_lr
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN/Inf for ``max_nonfinite_steps`` consecutive steps."""
 
 
 class SemiSupervisedModule(L.LightningModule):
@@ -35,6 +45,9 @@ class SemiSupervisedModule(L.LightningModule):
         channels_last: run convolutions in channels-last-3D memory format (faster on CPU).
         unsup_weight, rampup_steps: weight of the unsupervised term and the length of its sigmoid
             ramp-up in iterations (:meth:`unsup_weight_at`).
+        max_nonfinite_steps: a step whose loss is NaN/Inf is skipped (no optimiser or EMA update)
+            and counted (``train/nonfinite_steps``); after this many consecutive skipped steps the
+            run stops with :class:`NonFiniteLossError`. 0 = stop at the first one.
     """
 
     def __init__(
@@ -49,6 +62,7 @@ class SemiSupervisedModule(L.LightningModule):
         channels_last: bool = False,
         unsup_weight: float = 0.1,
         rampup_steps: int = 1000,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
@@ -67,6 +81,13 @@ class SemiSupervisedModule(L.LightningModule):
         self.channels_last = channels_last
         self.unsup_weight = unsup_weight
         self.rampup_steps = rampup_steps
+        if int(max_nonfinite_steps) < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.nonfinite_steps = 0  # skipped steps in total (restored on resume)
+        self._consecutive_nonfinite = 0
+        self._step_skipped = False
+        self._last_logs: dict = {}
         self.scdl: SCDLPlugin | None = None
         self.val_dice = PerCaseDice(self.num_classes, val_absent)
         self.test_dice = PerCaseDice(self.num_classes, "skip")
@@ -74,6 +95,15 @@ class SemiSupervisedModule(L.LightningModule):
         self.test_results: dict | None = None
 
     # --- to implement -------------------------------------------------------------------------
+    def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """The scalar loss of one iteration (labeled + unlabeled batch); logs its parts."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Runs right after every optimiser step that was not skipped (e.g. the EMA teacher
+        update), before any callback sees the step: a checkpoint written at the step's end holds
+        the updated teacher. ``step`` is the 0-based index of that optimiser step."""
+
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Inference path: a patch (N, 1, X, Y, Z) -> logits (N, C, X, Y, Z)."""
         raise NotImplementedError
@@ -127,8 +157,62 @@ class SemiSupervisedModule(L.LightningModule):
 
     def log_step(self, logs: dict, loss: torch.Tensor, batch_size: int) -> None:
         logs["train/loss"] = loss
+        self._last_logs = logs
         self.log_dict(logs, batch_size=batch_size)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch_size)
+
+    # --- non-finite guard ---------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        """:meth:`training_loss`, or None (Lightning then skips backward and the parameter update)
+        when the loss is NaN/Inf on any rank."""
+        self._last_logs = {}
+        loss = self.training_loss(batch, batch_idx)
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # every rank skips, or none (DDP)
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        self._step_skipped = bad
+        if not bad:
+            self._consecutive_nonfinite = 0
+        else:
+            self.nonfinite_steps += 1
+            self._consecutive_nonfinite += 1
+            parts = sorted(
+                k
+                for k, v in self._last_logs.items()
+                if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all())
+            )
+            message = (
+                f"non-finite loss at step {self.global_step} (non-finite terms: "
+                f"{', '.join(parts) or 'loss'}); step skipped, {self._consecutive_nonfinite} in a "
+                f"row, {self.nonfinite_steps} in total"
+            )
+            if self._consecutive_nonfinite > self.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"training stopped: {message}, more than framework.max_nonfinite_steps="
+                    f"{self.max_nonfinite_steps}. Check the data (python src/check_data.py "
+                    "data=...), lower optimizer.lr, or try trainer.precision=32-true. The last "
+                    "good state is <run>/checkpoints/last.ckpt."
+                )
+            log.warning(message)
+        if trainer is not None:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+        return None if bad else loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)  # runs training_step + backward in its closure
+        if not self._step_skipped:
+            # global_step is incremented after this hook: it is still this step's index
+            self.after_optimizer_step(self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
+        if "rng_states" in checkpoint:  # a resumed run continues the random streams
+            set_rng_states(checkpoint["rng_states"])
 
     @property
     def base_lr(self) -> float | None:
@@ -216,6 +300,42 @@ class SemiSupervisedModule(L.LightningModule):
         self.log(f"{stage}/dice", torch.nanmean(per_class), prog_bar=True)
         for name, value in zip(self.class_names[1:], per_class, strict=True):
             self.log(f"{stage}/dice_{name}", value)
+
+
+def rng_states() -> dict:
+    """torch (CPU and CUDA), numpy and Python RNG states as plain values (weights-only loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - global RNG
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": list(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(  # noqa: NPY002 - restores the global RNG
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _nanstd(rows: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,15 @@ class CPSModule(SemiSupervisedModule):
     ) -> None:
         super().__init__(unsup_weight=unsup_weight, rampup_steps=rampup_steps, **kwargs)
         self.save_hyperparameters(
-            ignore=["backbone", "backbone_b", "sup_loss", "sup_loss_b", "unsup_loss", "scdl"]
+            ignore=[
+                "backbone",
+                "backbone_b",
+                "sup_loss",
+                "sup_loss_b",
+                "unsup_loss",
+                "scdl",
+                "optimizer",  # plain values only: checkpoints load with weights_only=True
+            ]
         )
         self.net_a, self.net_b = backbone, backbone_b
         self.convert_memory_format(self.net_a, self.net_b)
@@ -75,7 +83,7 @@ class CPSModule(SemiSupervisedModule):
         ]
         return nets + self.scdl_parameter_groups()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
         unlabeled = batch.get("unlabeled")
         y = batch["labeled"]["label"]
         x, n_l = self.joint_input(batch)

@@ -51,7 +51,10 @@ class MeanTeacherModule(SemiSupervisedModule):
         **kwargs,
     ) -> None:
         super().__init__(unsup_weight=unsup_weight, rampup_steps=rampup_steps, **kwargs)
-        self.save_hyperparameters(ignore=["backbone", "sup_loss", "unsup_loss", "scdl"])
+        # plain values only (no optimizer partial): checkpoints load with weights_only=True
+        self.save_hyperparameters(
+            ignore=["backbone", "sup_loss", "unsup_loss", "scdl", "optimizer"]
+        )
         self.student = backbone
         self.convert_memory_format(self.student)
         self.teacher = EMATeacher(self.student, decay=ema_decay)
@@ -84,7 +87,7 @@ class MeanTeacherModule(SemiSupervisedModule):
         self.teacher.train(self.teacher_mode == "train")
         return self.teacher(x)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
         x, n_l = self.joint_input(batch)
         skips = self.student.encode(x)
@@ -117,6 +120,5 @@ class MeanTeacherModule(SemiSupervisedModule):
         self.log_step(logs, loss, x.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # global_step was already incremented by the optimiser step: the update index is step - 1
-        self.teacher.update(self.student, max(self.global_step - 1, 0))
+    def after_optimizer_step(self, step: int) -> None:
+        self.teacher.update(self.student, step)

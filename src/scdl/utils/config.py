@@ -21,9 +21,19 @@ def project_root() -> Path:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs)."""
+    """``${project_root:}``, ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs) and
+    ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("cpu_precision"):  # conf/trainer/cpu.yaml: by the CPU's bf16
+        from scdl.utils.hardware import cpu_precision_choice
+
+        OmegaConf.register_new_resolver(
+            "cpu_precision", lambda: cpu_precision_choice().precision, use_cache=True
+        )
+        OmegaConf.register_new_resolver(
+            "cpu_channels_last", lambda: cpu_precision_choice().channels_last, use_cache=True
+        )
     if not OmegaConf.has_resolver("eval"):
         safe = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
         OmegaConf.register_new_resolver(

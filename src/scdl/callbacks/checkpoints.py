@@ -1,0 +1,112 @@
+"""Checkpoints that mean what their names say.
+
+- :class:`BestCheckpoint` keeps the checkpoint with the best monitored score (``best-*.ckpt``) and
+  never saves weights that are NaN/Inf or a NaN score as "best".
+- :class:`LastCheckpoint` keeps ``last.ckpt`` the true latest state: written every
+  ``every_n_train_steps`` optimiser steps, after every validation and at the end of training.
+
+Both write through Lightning's ``trainer.save_checkpoint`` (atomic: a temporary file renamed over
+the target), so a run killed while writing leaves the previous ``last.ckpt`` intact. Lightning runs
+checkpoint callbacks after all others, in the order given: ``last.ckpt`` written after a validation
+records the best checkpoint chosen at that validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+def weights_are_finite(module: torch.nn.Module) -> bool:
+    """True when every parameter and floating-point buffer of ``module`` is finite."""
+    tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` that refuses non-finite weights and a
+    non-finite monitored value (Lightning would otherwise keep the first such checkpoint as best
+    while fewer than ``save_top_k`` exist)."""
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        score = monitor_candidates.get(self.monitor) if self.monitor else None
+        if score is not None and not math.isfinite(float(score)):
+            log.warning(
+                "%s is %s at step %d: no best checkpoint", self.monitor, score, trainer.global_step
+            )
+            return
+        if not weights_are_finite(trainer.lightning_module):
+            log.error("non-finite weights at step %d: no best checkpoint", trainer.global_step)
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` steps, after each validation
+    during fit, and when training ends (also when it stops early), unless the weights are
+    non-finite (then the previous ``last.ckpt`` stays, and an error is logged).
+
+    Args:
+        dirpath: the run's ``checkpoints`` folder.
+        every_n_train_steps: optimiser steps between saves (0 = only at validation and end).
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100) -> None:
+        super().__init__()
+        if int(every_n_train_steps) < 0:
+            raise ValueError(f"every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = int(every_n_train_steps)
+        self._saved_at: int | None = None
+        self._flush_logs = False
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / LAST
+
+    def save(self, trainer: L.Trainer) -> None:
+        if self._saved_at == trainer.global_step:
+            return
+        if not weights_are_finite(trainer.lightning_module):
+            log.error(
+                "non-finite weights at step %d: %s not updated (it keeps step %s)",
+                trainer.global_step,
+                self.path,
+                self._saved_at,
+            )
+            return
+        for logger in trainer.loggers:  # the logs up to this state are on disk before it
+            logger.save()
+        trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
+        self._flush_logs = True  # the step's own metrics are logged after on_train_batch_end
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step > 0:
+            self.save(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if self._flush_logs:
+            for logger in trainer.loggers:
+                logger.save()
+            self._flush_logs = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._saved_at = checkpoint.get("global_step")

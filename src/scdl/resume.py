@@ -1,0 +1,107 @@
+"""Resuming a run: which checkpoint, which step, and the checkpoints a killed run left behind.
+
+``python src/train.py experiment=... run_name=<name> resume=true`` continues the run folder of that
+name (the same folder Hydra resolves for that ``task_name`` / ``experiment_name`` / ``run_name``)
+from its ``checkpoints/last.ckpt``; ``ckpt_path=<run>/checkpoints/last.ckpt`` with the same
+``run_name`` is the explicit form. Every checkpoint the project writes holds plain values only and
+is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from scdl.callbacks.checkpoints import LAST
+
+log = logging.getLogger(__name__)
+
+DISCARDED = "discarded"
+
+
+class ResumeError(ValueError, CompactHydraException):
+    """A resume request that cannot be honoured; the message says why and what to run."""
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """``ckpt_path`` for ``trainer.fit`` (None: fresh start), the step it holds, and whether it is
+    this run folder's own checkpoint (then logs are continued, not restarted)."""
+
+    ckpt_path: str | None = None
+    step: int | None = None
+    same_run: bool = False
+
+
+def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
+    """A checkpoint dict loaded weights-only on CPU (memory-mapped: cheap for metadata)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(read_checkpoint(path).get("global_step", 0))
+
+
+def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
+    """What ``cfg.resume`` / ``cfg.ckpt_path`` ask for, checked against the run folder."""
+    ckpt = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        if OmegaConf.is_interpolation(cfg, "run_name"):
+            raise ResumeError(
+                "resume=true needs the name of the run to continue: add run_name=<folder name> "
+                f"(the folders of this experiment are in {output_dir.parent})"
+            )
+        last = output_dir / "checkpoints" / LAST
+        if ckpt is None and last.is_file():
+            ckpt = str(last)
+        elif ckpt is None:
+            log.warning("resume=true: no %s yet, starting run %s from scratch", last, output_dir)
+            return ResumePlan()
+    if ckpt is None:
+        return ResumePlan()
+    path = Path(str(ckpt)).expanduser()
+    if not path.is_file():
+        raise ResumeError(f"ckpt_path={ckpt}: no such checkpoint file")
+    try:
+        step = checkpoint_step(path)
+    except Exception as err:  # noqa: BLE001 - unreadable or pickled: say which file and why
+        raise ResumeError(
+            f"ckpt_path={path} cannot be read as a training checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Checkpoints written before this version hold "
+            "pickled objects: start a new run, or load only its weights with eval.py/predict.py."
+        ) from err
+    same_run = output_dir.resolve() in path.resolve().parents
+    log.info("resuming from %s (step %d)%s", path, step, "" if same_run else " into a new folder")
+    return ResumePlan(str(path), step, same_run)
+
+
+def set_aside_orphans(checkpoints_dir: Path, resume_ckpt: str | Path) -> list[Path]:
+    """Moves the ``best-*.ckpt`` that the resumed checkpoint does not know (written by the killed
+    run after its last ``last.ckpt``: a discarded timeline) to ``checkpoints/discarded/``, so
+    picking the best checkpoint by score never picks them. Returns the moved files."""
+    state = read_checkpoint(resume_ckpt)
+    known = set()
+    for key, cb_state in (state.get("callbacks") or {}).items():
+        if key.startswith("BestCheckpoint") or key.startswith("ModelCheckpoint"):
+            known |= {Path(p).name for p in (cb_state.get("best_k_models") or {})}
+    moved = []
+    for f in sorted(checkpoints_dir.glob("best*.ckpt")):
+        if f.name not in known:
+            target = checkpoints_dir / DISCARDED / f.name
+            target.parent.mkdir(exist_ok=True)
+            os.replace(f, target)
+            moved.append(target)
+    if moved:
+        log.warning(
+            "%d best checkpoint(s) written after %s (by the interrupted run) moved to %s",
+            len(moved),
+            Path(resume_ckpt).name,
+            checkpoints_dir / DISCARDED,
+        )
+    return moved

@@ -1,0 +1,486 @@
+"""Checks of a composed config that name the key, the bad value and the fix.
+
+:func:`validate_config` runs at the start of :func:`scdl.training.train` (and works on any partial
+config: sections that are absent are skipped), so a typo fails in a second with one line such as::
+
+    data.module.patch_size=[48, 48]: expected 3 positive integers (X, Y, Z), ...
+
+instead of a traceback from deep inside the data module or the optimiser. The errors are
+:class:`ConfigError`, a ``ValueError`` that Hydra prints without a traceback.
+
+:func:`missing_hydra_plugins` covers what Hydra itself fails on before any of our code runs: a
+launcher / sweeper whose plugin package is not installed (``src/train.py`` calls
+:func:`exit_if_missing_hydra_plugins` before ``main()``).
+
+Only omegaconf / hydra.errors are imported here: no torch, no lightning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import numbers
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from scdl.utils.config import project_root
+
+
+class ConfigError(ValueError, CompactHydraException):
+    """A config value that cannot work. Hydra prints only the message (no traceback)."""
+
+
+_MISSING = object()
+
+# Lightning 2.x precision flags (lightning.fabric.plugins.precision.precision._PRECISION_INPUT),
+# plus "auto" (chosen per accelerator by scdl.training) and null (Lightning's default, 32-true).
+PRECISIONS: tuple = (
+    "16-mixed",
+    "bf16-mixed",
+    "32-true",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "64",
+    "32",
+    "16",
+    "bf16",
+    64,
+    32,
+    16,
+    "auto",
+    None,
+)
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "hpu", "auto")
+
+# How many times a backbone halves the resolution (skip connections need exact halves), by the
+# class name of model._target_: the VNet has 4 stride-2 down-samplings -> multiples of 2**4.
+MODEL_DOWNSAMPLING = {"VNet": 4}
+
+SCDL_WEIGHTS = ("w_aux", "w_proxy", "w_sac", "w_kl", "lr_scale")
+SCDL_CHOICES = {
+    "prior_feedback": ("head", "bottleneck", "none"),
+    "ydist_mode": ("area", "trilinear"),
+}
+
+
+def conf_dir() -> Path:
+    return project_root() / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the configs of a group (``conf/<group>/*.yaml``)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in an override (``[48, 48]``, ``'abc'``, ``0.01``)."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+class _Checker:
+    """Collects problems of one config; every check skips keys the config does not have."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.problems: list[str] = []
+
+    def get(self, key: str) -> Any:
+        """The resolved value at ``key``; ``_MISSING`` when the key (or ``???``) is absent."""
+        try:
+            value = OmegaConf.select(self.cfg, key, default=_MISSING, throw_on_missing=True)
+        except MissingMandatoryValue:  # ???: reported by whatever needs the value
+            return _MISSING
+        except Exception as err:  # noqa: BLE001 - interpolation that cannot resolve
+            self.problems.append(f"{key}: cannot be resolved ({type(err).__name__}: {err})")
+            return _MISSING
+        if isinstance(value, DictConfig | ListConfig):
+            try:
+                value = OmegaConf.to_container(value, resolve=True)
+            except Exception as err:  # noqa: BLE001
+                self.problems.append(f"{key}: cannot be resolved ({type(err).__name__}: {err})")
+                return _MISSING
+        return value
+
+    def add(self, key: str, value: Any, expected: str, example: str | None = None) -> None:
+        fix = f"; e.g. {key}={example}" if example is not None else ""
+        self.problems.append(f"{key}={_show(value)}: expected {expected}{fix}")
+
+    # --- typed checks ---------------------------------------------------------------------------
+
+    def number(self, key: str, *, minimum: float = 0.0, strict: bool = False, example=None):
+        v = self.get(key)
+        if v is _MISSING or v is None:
+            return
+        if not _is_number(v) or (v <= minimum if strict else v < minimum):
+            self.add(key, v, f"a number {'>' if strict else '>='} {minimum:g}", example)
+
+    def integer(self, key: str, *, minimum: int = 1, allow_null: bool = True, example=None):
+        v = self.get(key)
+        if v is _MISSING or (v is None and allow_null):
+            return
+        if not _is_int(v) or v < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            self.add(key, v, what, example)
+
+    def boolean(self, key: str) -> None:
+        v = self.get(key)
+        if v is not _MISSING and v is not None and not isinstance(v, bool):
+            self.add(key, v, "true or false")
+
+    def choice(self, key: str, allowed: Iterable, example=None) -> None:
+        v = self.get(key)
+        allowed = tuple(allowed)
+        if v is _MISSING or v in allowed:
+            return
+        shown = " | ".join(dict.fromkeys(a if isinstance(a, str) else _show(a) for a in allowed))
+        self.add(key, v, f"one of {shown}", example)
+
+    def target(self, key: str, fix: str) -> None:
+        node = OmegaConf.select(self.cfg, key, default=_MISSING, throw_on_missing=False)
+        if node is _MISSING or node is None:
+            self.problems.append(f"{key}: missing; {fix}")
+        elif not isinstance(node, DictConfig) or "_target_" not in node:
+            shown = _show(node)
+            shown = shown if len(shown) <= 80 else shown[:76] + " ..."
+            self.problems.append(f"{key}: has no _target_ (got {shown}); {fix}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Section checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_multiple(cfg: DictConfig) -> tuple[int, str]:
+    """The factor every patch side must be a multiple of, and why."""
+    target = str(OmegaConf.select(cfg, "model._target_", default="") or "")
+    name = target.rsplit(".", 1)[-1]
+    downs = MODEL_DOWNSAMPLING.get(name)
+    if downs is None:
+        return 1, ""
+    return 2**downs, f"the {name} halves the resolution {downs} times"
+
+
+def _check_patch(c: _Checker, key: str, allow_null: bool = False) -> None:
+    v = c.get(key)
+    if v is _MISSING or (v is None and allow_null):
+        return
+    multiple, why = _model_multiple(c.cfg)
+    ok = (
+        isinstance(v, list | tuple)
+        and len(v) == 3
+        and all(_is_int(p) and p > 0 and p % multiple == 0 for p in v)
+    )
+    if not ok:
+        rule = f", each a multiple of {multiple} ({why})" if multiple > 1 else ""
+        example = (
+            f"[{3 * multiple},{3 * multiple},{3 * multiple}]" if multiple > 1 else "[64,64,64]"
+        )
+        c.add(key, v, f"3 positive integers (X, Y, Z){rule}", example)
+
+
+def _check_data(c: _Checker) -> None:
+    _check_patch(c, "data.module.patch_size")
+    c.integer("data.module.labeled_bs", allow_null=False, example=2)
+    c.integer("data.module.unlabeled_bs", minimum=0, allow_null=False, example=2)
+    c.integer("data.module.iters_per_epoch", allow_null=False, example=100)
+    c.integer("data.module.num_workers", minimum=0, allow_null=False, example=0)
+    c.integer("data.num_classes", minimum=2)
+
+
+def _check_optimizer(c: _Checker) -> None:
+    if "optimizer" not in c.cfg or c.cfg.optimizer is None:
+        return
+    c.target("optimizer", f"select one with optimizer={'|'.join(group_options('optimizer'))}")
+    c.number("optimizer.lr", strict=True, example=0.01)
+    c.number("optimizer.weight_decay", example=1.0e-4)
+    c.number("optimizer.momentum", example=0.9)
+
+
+def _check_trainer(c: _Checker) -> None:
+    if "trainer" not in c.cfg:
+        return
+    c.integer("trainer.max_steps", allow_null=False, example=1000)
+    c.choice("trainer.precision", PRECISIONS, example="bf16-mixed")
+    # CPU precision auto-selection (conf/trainer/cpu.yaml) may keep its choice in its own key
+    for key in ("trainer.cpu_precision", "cpu_precision"):
+        c.choice(key, PRECISIONS, example="bf16-mixed")
+    c.choice("trainer.accelerator", ACCELERATORS, example="cpu")
+    c.integer("trainer.log_every_n_steps", allow_null=False)
+
+
+def _check_parts(c: _Checker) -> None:
+    if "model" in c.cfg:
+        c.target("model", f"select one with model={'|'.join(group_options('model'))}")
+    if "framework" in c.cfg:
+        c.target("framework", f"select one with framework={'|'.join(group_options('framework'))}")
+        # the window follows the patch (${data.module.patch_size}): only a value of its own counts
+        if c.get("framework.inference.roi_size") != c.get("data.module.patch_size"):
+            _check_patch(c, "framework.inference.roi_size", allow_null=True)
+    if "loss" in c.cfg:
+        losses = c.cfg.loss
+        fix = f"select a loss group with loss={'|'.join(group_options('loss'))}"
+        if not isinstance(losses, DictConfig):
+            c.problems.append(f"loss={_show(losses)}: expected sup/unsup loss configs; {fix}")
+            return
+        for part in ("sup", "unsup"):
+            c.target(f"loss.{part}", fix)
+        if losses.get("sup_b") is not None:
+            c.target("loss.sup_b", fix)
+
+
+def _choice(group: str) -> str | None:
+    """The option Hydra selected for ``group`` (None outside Hydra / when unset)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        value = HydraConfig.get().runtime.choices.get(group)
+    except Exception:  # noqa: BLE001 - not composed by Hydra
+        return None
+    return None if value in (None, "null") else str(value)
+
+
+def scdl_variants(experiment: str) -> list[tuple[str, str]]:
+    """``(experiment, scdl option)`` of the ``conf/experiment`` configs that extend ``experiment``
+    with the SCDL plug-in (``phantom_mt`` -> ``[("phantom_scdl", "default")]``)."""
+    found = []
+    for path in sorted((conf_dir() / "experiment").glob("*.yaml")):
+        try:
+            defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+        except Exception:  # noqa: BLE001 - unreadable file: no suggestion from it
+            continue
+        names = {d for d in defaults if isinstance(d, str)}
+        scdl = [
+            d["override /scdl"] for d in defaults if isinstance(d, dict) and "override /scdl" in d
+        ]
+        if experiment in names and scdl and scdl[0]:
+            found.append((path.stem, str(scdl[0])))
+    return found
+
+
+def _check_scdl(c: _Checker) -> None:
+    cfg = c.cfg
+    node = cfg.get("scdl") if "scdl" in cfg else None
+    ablation = str(cfg.get("ablation_name", "none"))  # every conf/ablation config sets it
+    if not node:  # SCDL off: only an SCDL ablation is contradictory
+        if ablation not in ("none", "baseline", "None"):
+            c.problems.append(_no_scdl_message(cfg, ablation, node))
+        return
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        c.problems.append(_no_scdl_message(cfg, ablation, node))
+        return
+    for key in SCDL_WEIGHTS:
+        c.number(f"scdl.{key}", example=0.1)
+    for key, allowed in SCDL_CHOICES.items():
+        c.choice(f"scdl.{key}", allowed)
+    c.boolean("scdl.use_unlabeled")
+    c.boolean("scdl.detach_prior")
+    c.integer("scdl.token_grid", allow_null=False, example=8)
+    c.integer("scdl.bottleneck_channels")
+    if "scdl" in node:
+        c.target("scdl.scdl", "restore it with scdl=default (conf/scdl/)")
+        c.choice("scdl.scdl.p2e_axis", ("class", "token"))
+        for key in ("z_dim", "sample_num", "sample_num_emb"):
+            c.integer(f"scdl.scdl.{key}", allow_null=False)
+        for key in ("tau_e2p", "tau_p2e"):
+            c.number(f"scdl.scdl.{key}", strict=True, example=0.2)
+        for key in ("dist_weight", "sigma_emb_init"):
+            c.number(f"scdl.scdl.{key}")
+        dropout = c.get("scdl.scdl.dropout")
+        if dropout is not _MISSING and not (_is_number(dropout) and 0 <= dropout < 1):
+            c.add("scdl.scdl.dropout", dropout, "a number in [0, 1)", 0.2)
+        c.boolean("scdl.scdl.sac_include_background")
+
+
+def _no_scdl_message(cfg: DictConfig, ablation: str, node: Any) -> str:
+    try:
+        name = str(cfg.get("experiment_name", "default"))
+    except Exception:  # noqa: BLE001 - interpolation of another section
+        name = "default"
+    # the experiment config (amos_mt) behind its name (amos_mt_5p); a stale Hydra state of another
+    # config (tests, eval) is ignored
+    choice = _choice("experiment")
+    experiment = choice if choice and name.startswith(choice) else name
+    variants = scdl_variants(experiment)
+    if variants:
+        fix = " or ".join(f"experiment={v}" for v, _ in variants)
+        fix += f" (= {experiment} + SCDL), or add scdl={variants[0][1]} to experiment={experiment}"
+    else:
+        fix = (
+            f"pick an experiment with the plug-in (experiment=<...>_scdl, e.g. "
+            f"experiment={experiment}_scdl if it exists) or add scdl=default"
+        )
+    got = "scdl is null" if not node else f"the composed scdl section {_show(node)} has no _target_"
+    return (
+        f"ablation={ablation} switches parts of the SCDL plug-in, but experiment '{name}' runs "
+        f"without it ({got}). Fix: {fix}; ablation=baseline / no ablation for the plain framework"
+    )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks the main groups of a (training) config; raises :class:`ConfigError` listing every
+    problem with its key, value and fix. Absent sections are skipped, so run configs of
+    ``eval.py`` / ``predict.py`` can be checked too. Cheap: no model or data is built."""
+    c = _Checker(cfg)
+    _check_data(c)
+    _check_optimizer(c)
+    _check_trainer(c)
+    _check_parts(c)
+    _check_scdl(c)
+    if not c.problems:
+        return
+    if len(c.problems) == 1:
+        raise ConfigError(f"config error: {c.problems[0]}")
+    lines = "\n".join(f"  - {p}" for p in c.problems)
+    raise ConfigError(f"config errors ({len(c.problems)}):\n{lines}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Hydra launcher / sweeper plugins
+# ----------------------------------------------------------------------------------------------
+
+# (hydra group, option) -> (plugin module, pip package, extra of pyproject.toml)
+HYDRA_PLUGINS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("hydra/launcher", "submitit_slurm"): (
+        "hydra_plugins.hydra_submitit_launcher",
+        "hydra-submitit-launcher",
+        "slurm",
+    ),
+    ("hydra/launcher", "submitit_local"): (
+        "hydra_plugins.hydra_submitit_launcher",
+        "hydra-submitit-launcher",
+        "slurm",
+    ),
+    ("hydra/launcher", "joblib"): (
+        "hydra_plugins.hydra_joblib_launcher",
+        "hydra-joblib-launcher",
+        "hpo",
+    ),
+    ("hydra/sweeper", "optuna"): (
+        "hydra_plugins.hydra_optuna_sweeper",
+        "hydra-optuna-sweeper",
+        "hpo",
+    ),
+}
+# groups of conf/ whose configs may select a launcher / sweeper in their defaults list
+_SELECTING_GROUPS = ("launcher", "sweep", "experiment")
+
+
+def plugin_available(module: str) -> bool:
+    """Whether a Hydra plugin module can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # parent package (hydra_plugins) absent
+        return False
+
+
+def _parse_override(arg: str) -> tuple[str, list[str]] | None:
+    if arg.startswith("-") or "=" not in arg:
+        return None
+    key, _, value = arg.lstrip("+~").partition("=")
+    key = key.strip().strip("/")
+    if key.startswith("override "):
+        key = key[len("override ") :].strip("/ ")
+    values = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "null"]
+    return key, values
+
+
+def _selections_of(group: str, option: str, depth: int = 0) -> list[tuple[str, str, str]]:
+    """(hydra group, option, how it was selected) of a ``conf/<group>/<option>.yaml``'s defaults."""
+    if depth > 4:
+        return []
+    path = conf_dir() / group / f"{option}.yaml"
+    try:
+        defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+    except Exception:  # noqa: BLE001 - unknown option: Hydra reports it
+        return []
+    found = []
+    for entry in defaults:
+        if isinstance(entry, str):  # same-group parent (experiment: phantom_scdl -> phantom_mt)
+            found += _selections_of(group, entry, depth + 1)
+            continue
+        if not isinstance(entry, dict):
+            continue
+        for raw_key, value in entry.items():
+            key = raw_key.replace("override", "").strip().strip("/")
+            if value is None:
+                continue
+            if key in ("hydra/launcher", "hydra/sweeper"):
+                found.append((key, str(value), f"{group}={option}"))
+            elif key in _SELECTING_GROUPS:
+                found += [
+                    (g, o, f"{group}={option}")
+                    for g, o, _ in _selections_of(key, str(value), depth + 1)
+                ]
+    return found
+
+
+def missing_hydra_plugins(argv: Sequence[str] | None = None) -> list[str]:
+    """Messages for the launcher / sweeper plugins that the command line selects (directly with
+    ``hydra/launcher=...`` / ``hydra/sweeper=...``, or through ``launcher=slurm``, a ``sweep=`` or
+    an ``experiment=`` config) but that are not installed."""
+    argv = sys.argv[1:] if argv is None else argv
+    wanted: list[tuple[str, str, str]] = []
+    for arg in argv:
+        parsed = _parse_override(arg)
+        if parsed is None:
+            continue
+        key, values = parsed
+        for value in values:
+            if key in ("hydra/launcher", "hydra/sweeper"):
+                wanted.append((key, value, f"{key}={value}"))
+            elif key in _SELECTING_GROUPS:
+                wanted += [(g, o, f"{key}={value}") for g, o, _ in _selections_of(key, value)]
+    messages = []
+    for group, option, how in wanted:
+        plugin = HYDRA_PLUGINS.get((group, option))
+        if plugin is None or plugin_available(plugin[0]):
+            continue
+        module, package, extra = plugin
+        msg = (
+            f"{how} needs the Hydra plugin {package} ({group}={option}), which is not installed "
+            f'(no module {module}). Install it with: pip install -e ".[{extra}]"'
+        )
+        if msg not in messages:
+            messages.append(msg)
+    return messages
+
+
+def exit_if_missing_hydra_plugins(argv: Sequence[str] | None = None) -> None:
+    """Prints the install hint and exits with status 2 when a selected plugin is missing (Hydra
+    would otherwise fail with ``Could not find 'hydra/launcher/submitit_slurm'``)."""
+    messages = missing_hydra_plugins(argv)
+    if messages:
+        for msg in messages:
+            print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,84 @@
+"""What the CPU can do fast, and the training precision chosen from it.
+
+bf16 autocast is fast on a CPU only with native bf16 instructions (AVX512-BF16 or AMX on x86, the
+BF16 extension on Arm); elsewhere oneDNN emulates it and a VNet step was measured 3x slower than
+float32 (AVX2-only AMD EPYC). Denormal floats cost float32 another 4x there, so they are always
+flushed to zero on CPU (:func:`configure_cpu_math`). ``bench/bench_cpu_precision.py`` measures the
+variants on the machine at hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """``precision`` (a Lightning precision string), ``channels_last`` and why."""
+
+    precision: str
+    channels_last: bool
+    reason: str
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@lru_cache(maxsize=1)
+def native_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and the evidence (CPU flag or sysctl)."""
+    flags = _cpu_flags()
+    found = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if found:
+        return True, f"CPU flags {', '.join(found)}"
+    if "bf16" in flags:  # Arm (Features line of /proc/cpuinfo)
+        return True, "CPU feature bf16"
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out == "1":
+            return True, "hw.optional.arm.FEAT_BF16"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return False, f"no native bf16 (capability {capability}, no amx_bf16/avx512_bf16 flag)"
+
+
+def cpu_precision_choice() -> PrecisionChoice:
+    """bf16 autocast + channels-last where the CPU has native bf16, else float32 (both with
+    denormals flushed, see :func:`configure_cpu_math`)."""
+    native, why = native_bf16()
+    if native:
+        return PrecisionChoice("bf16-mixed", True, f"native bf16: {why}")
+    return PrecisionChoice("32-true", False, why)
+
+
+def configure_cpu_math(flush_denormal: bool = True) -> None:
+    """Flushes denormal floats to zero on CPU (no effect on results that matter for training: values
+    below 1e-38; 4x faster float32 convolutions where denormals occur)."""
+    if flush_denormal and not torch.set_flush_denormal(True):
+        log.info("this CPU cannot flush denormals (no SSE3 DAZ/FTZ)")

@@ -1,0 +1,75 @@
+"""Callbacks that break a training run on purpose (used by tests/test_resume.py through
+``+callbacks.<name>._target_=fault_injection.<Class>`` with ``PYTHONPATH=tests``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+
+
+class KillAfterCheckpoint(Checkpoint):
+    """SIGKILLs the process when training step ``step`` starts: right after the checkpoint written
+    at the end of the previous step (and the log flush that follows it; Lightning runs Checkpoint
+    callbacks last, in the order given)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SaveTeacherAtStart(Checkpoint):
+    """Writes the module's teacher weights to ``path`` when training (re)starts."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        torch.save({k: v.clone() for k, v in pl_module.teacher.state_dict().items()}, self.path)
+
+
+class NaNLossAtStep(Checkpoint):
+    """Makes the supervised loss NaN at training step ``step`` and writes to ``report`` whether
+    the student and teacher weights stayed unchanged across that step."""
+
+    def __init__(self, step: int, report: str) -> None:
+        self.step, self.report = int(step), report
+        self._before: list | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        self._before = [p.detach().clone() for p in pl_module.parameters()]
+        loss = pl_module.sup_loss
+        original = loss.forward
+
+        def nan_once(*a, **k):
+            loss.forward = original
+            return original(*a, **k) * float("nan")
+
+        loss.forward = nan_once
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if self._before is not None:
+            after = list(pl_module.parameters())
+            same = all(torch.equal(a, b) for a, b in zip(self._before, after, strict=True))
+            with open(self.report, "w") as f:
+                f.write(f"{int(same)}\n")
+            self._before = None
+
+
+class NaNWeightsAfterStep(Checkpoint):
+    """Sets one student weight to NaN at the end of training step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = int(step)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.student.parameters()).view(-1)[0] = float("nan")

@@ -1,0 +1,181 @@
+"""Fault injection for :mod:`scdl.utils.config_checks`: each bad config fails before anything is built,
+with one message naming the key, the bad value and the fix; every shipped experiment passes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import CompactHydraException
+
+from conftest import CONF_DIR, compose_cfg
+from scdl.utils import config_checks
+from scdl.utils.config import project_root
+from scdl.utils.config_checks import (
+    ConfigError,
+    exit_if_missing_hydra_plugins,
+    missing_hydra_plugins,
+    validate_config,
+)
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+ABLATIONS = sorted(p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml"))
+
+
+def _cfg(tmp_path, *overrides: str):
+    return compose_cfg([*overrides, f"paths.log_dir={tmp_path}"], output_dir=tmp_path)
+
+
+def _error(tmp_path, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(_cfg(tmp_path, *overrides))
+    assert isinstance(info.value, ValueError) and isinstance(info.value, CompactHydraException)
+    return str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every shipped config passes
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_passes(experiment, tmp_path):
+    validate_config(_cfg(tmp_path, f"experiment={experiment}"))
+    validate_config(_cfg(tmp_path, f"experiment={experiment}", "debug=fast"))
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_ablation_on_phantom_scdl_passes(ablation, tmp_path):
+    validate_config(_cfg(tmp_path, "experiment=phantom_scdl", f"ablation={ablation}"))
+
+
+def test_default_and_sweep_configs_pass(tmp_path):
+    validate_config(_cfg(tmp_path))
+    validate_config(_cfg(tmp_path, "sweep=phantom_ablation"))
+    validate_config(_cfg(tmp_path, "experiment=phantom_mt", "ablation=baseline"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad configs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ablation_without_scdl_names_the_experiment_and_the_fix(tmp_path):
+    msg = _error(tmp_path, "experiment=phantom_mt", "ablation=no_sac")
+    assert "ablation=no_sac" in msg and "experiment 'phantom_mt'" in msg
+    assert "experiment=phantom_scdl" in msg and "scdl=default" in msg
+    # a CPS experiment gets its own SCDL variant and scdl option
+    msg = _error(tmp_path, "experiment=phantom_cps", "ablation=no_cdba")
+    assert "experiment=phantom_cps_scdl" in msg and "scdl=cps" in msg
+    # ablation=full on a plain experiment would silently train without SCDL
+    msg = _error(tmp_path, "experiment=phantom_mt", "ablation=full")
+    assert "ablation=full" in msg and "scdl is null" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "hint"),
+    [
+        ("data.module.patch_size=[48,48]", "data.module.patch_size=[48, 48]", "multiple of 16"),
+        ("data.module.patch_size=[48,48,40]", "data.module.patch_size", "VNet halves"),
+        ("optimizer.lr=abc", "optimizer.lr='abc'", "a number > 0"),
+        ("optimizer.lr=0", "optimizer.lr=0", "a number > 0"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1", ">= 0"),
+        ("optimizer.momentum=fast", "optimizer.momentum='fast'", ">= 0"),
+        ("trainer.precision=bf17", "trainer.precision='bf17'", "bf16-mixed"),
+        ("trainer.max_steps=0", "trainer.max_steps=0", "positive integer"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5", "positive integer"),
+        ("data.module.labeled_bs=0", "data.module.labeled_bs=0", "positive integer"),
+        ("data.module.unlabeled_bs=-2", "data.module.unlabeled_bs=-2", "integer >= 0"),
+        ("framework.inference.roi_size=[40,40,40]", "framework.inference.roi_size", "16"),
+        ("~framework._target_", "framework: has no _target_", "framework=cps|mean_teacher"),
+        ("~loss.sup._target_", "loss.sup", "_target_"),
+    ],
+)
+def test_bad_value_names_the_key(override, key, hint, tmp_path):
+    msg = _error(tmp_path, override)
+    assert msg.startswith("config error: ") and "\n" not in msg  # one problem, one line
+    assert key in msg and hint in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("scdl.w_sac=-0.1", "scdl.w_sac=-0.1"),
+        ("scdl.w_proxy=abc", "scdl.w_proxy='abc'"),
+        ("scdl.token_grid=0", "scdl.token_grid=0"),
+        ("scdl.prior_feedback=decoder", "scdl.prior_feedback='decoder'"),
+        ("scdl.scdl.p2e_axis=voxel", "scdl.scdl.p2e_axis='voxel'"),
+        ("scdl.scdl.tau_e2p=0", "scdl.scdl.tau_e2p=0"),
+    ],
+)
+def test_bad_scdl_value_names_the_key(override, key, tmp_path):
+    assert key in _error(tmp_path, "experiment=phantom_scdl", override)
+
+
+def test_several_problems_are_listed_together(tmp_path):
+    msg = _error(tmp_path, "optimizer.lr=abc", "trainer.max_steps=-1")
+    assert msg.startswith("config errors (2):")
+    assert "optimizer.lr='abc'" in msg and "trainer.max_steps=-1" in msg
+
+
+def test_auto_precision_is_accepted(tmp_path):
+    validate_config(_cfg(tmp_path, "trainer.precision=auto"))
+    validate_config(_cfg(tmp_path, "trainer.precision=32"))  # Lightning's int alias
+    assert "cpu_precision" in _error(tmp_path, "+trainer.cpu_precision=fp8")
+
+
+def test_train_refuses_a_bad_config_before_building_anything(tmp_path):
+    from scdl.training import train
+
+    with pytest.raises(ConfigError, match="data.module.patch_size"):
+        train(_cfg(tmp_path, "data.module.patch_size=[48,48]", "data.cache_dir=/nonexistent"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hydra launcher / sweeper plugins
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra", "package"),
+    [
+        (["launcher=slurm"], ".[slurm]", "hydra-submitit-launcher"),
+        (["-m", "+launcher=slurm", "seed=1,2"], ".[slurm]", "hydra-submitit-launcher"),
+        (["launcher=joblib"], ".[hpo]", "hydra-joblib-launcher"),
+        (["hydra/launcher=submitit_slurm"], ".[slurm]", "hydra-submitit-launcher"),
+        (["hydra/sweeper=optuna"], ".[hpo]", "hydra-optuna-sweeper"),
+    ],
+)
+def test_missing_launcher_plugin_names_the_extra(argv, extra, package, monkeypatch, capsys):
+    monkeypatch.setattr(config_checks, "plugin_available", lambda module: False)
+    (msg,) = missing_hydra_plugins(argv)
+    assert f'pip install -e "{extra}"' in msg and package in msg
+    with pytest.raises(SystemExit) as info:
+        exit_if_missing_hydra_plugins(argv)
+    assert info.value.code == 2
+    assert f'pip install -e "{extra}"' in capsys.readouterr().err
+
+
+def test_installed_or_unselected_plugins_pass(monkeypatch):
+    monkeypatch.setattr(config_checks, "plugin_available", lambda module: True)
+    assert missing_hydra_plugins(["launcher=slurm", "hydra/sweeper=optuna"]) == []
+    monkeypatch.setattr(config_checks, "plugin_available", lambda module: False)
+    assert missing_hydra_plugins(["experiment=phantom_mt", "launcher=null", "-m"]) == []
+    exit_if_missing_hydra_plugins(["experiment=phantom_scdl", "sweep=phantom_ablation"])
+
+
+def test_train_script_exits_2_with_the_install_hint():
+    if config_checks.plugin_available("hydra_plugins.hydra_submitit_launcher"):
+        pytest.skip("hydra-submitit-launcher is installed here")
+    root = project_root()
+    proc = subprocess.run(
+        [sys.executable, str(root / "src" / "train.py"), "launcher=slurm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+    assert proc.returncode == 2
+    assert 'pip install -e ".[slurm]"' in proc.stderr and "Traceback" not in proc.stderr

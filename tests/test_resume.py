@@ -1,0 +1,176 @@
+"""Resume: a run SIGKILLed right after a checkpoint write continues where that checkpoint left it,
+with a continuous CSV log, one W&B run id, and the same weights as a run never interrupted."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_cfg, tiny_train_overrides
+from scdl.utils.config import project_root
+
+ROOT = project_root()
+
+
+def _train(cache: Path, tmp_path: Path, run: str, *extra: str) -> subprocess.CompletedProcess:
+    overrides = [
+        "experiment=phantom_mt",
+        *tiny_train_overrides(cache, tmp_path),
+        f"run_name={run}",
+        "trainer.max_steps=8",
+        "checkpoint_every_n_steps=3",
+        "test=false",
+        "logger=wandb",  # CSV + W&B (offline)
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONPATH": str(ROOT / "tests"),
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+
+def test_sigkill_after_checkpoint_then_resume(phantom_cache, tmp_path):
+    runs = tmp_path / "logs" / "debug" / "runs" / "phantom_mt"
+    killed = _train(
+        phantom_cache,
+        tmp_path,
+        "interrupted",
+        "+callbacks.kill._target_=fault_injection.KillAfterCheckpoint",
+        "+callbacks.kill.step=3",
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run = runs / "interrupted"
+    saved = _state(run / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 3  # written right before the kill (mid-epoch: 2 steps/epoch)
+    saved_teacher = {
+        k[len("teacher.") :]: v for k, v in saved["state_dict"].items() if k.startswith("teacher.")
+    }
+    logged_before_resume = _rows(run)
+
+    resumed = _train(
+        phantom_cache,
+        tmp_path,
+        "interrupted",
+        "resume=true",
+        "+callbacks.probe._target_=fault_injection.SaveTeacherAtStart",
+        f"+callbacks.probe.path={tmp_path / 'teacher_at_start.pt'}",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = _state(run / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == 8
+    # the resumed run started from the saved teacher
+    restored = torch.load(tmp_path / "teacher_at_start.pt", weights_only=True)
+    assert set(restored) == set(saved_teacher)
+    assert all(torch.equal(restored[k], saved_teacher[k]) for k in restored)
+
+    # CSV: the rows written before the kill are kept and continued, one train row per step
+    rows = _rows(run)
+    assert rows[: len(logged_before_resume)] == logged_before_resume or all(
+        r in rows for r in logged_before_resume
+    )
+    train_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert train_steps == sorted(set(train_steps)) and len(train_steps) == 8, train_steps
+    # W&B: both processes logged to the run id recorded in the folder
+    run_id = (run / "wandb_run_id").read_text().strip()
+    offline = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(run_id) for name in offline), offline
+
+    # the same run without interruption ends with the same weights, teacher and optimiser state
+    straight = _train(phantom_cache, tmp_path, "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    ref = _state(runs / "straight" / "checkpoints" / "last.ckpt")
+    assert ref["global_step"] == 8
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+
+
+def test_resume_needs_a_run_name(phantom_cache, tmp_path):
+    from scdl.resume import ResumeError
+    from scdl.training import train
+
+    cfg = compose_cfg(
+        ["experiment=phantom_mt", *tiny_train_overrides(phantom_cache, tmp_path), "resume=true"],
+        output_dir=tmp_path / "run",
+    )
+    with pytest.raises(ResumeError, match="run_name=<folder name>"):
+        train(cfg)
+
+
+def test_pickled_checkpoint_is_refused_with_the_file_named(phantom_cache, tmp_path):
+    from functools import partial
+
+    from scdl.resume import ResumeError
+    from scdl.training import train
+
+    bad = tmp_path / "old.ckpt"
+    torch.save({"global_step": 1, "hyper_parameters": {"optimizer": partial(torch.optim.SGD)}}, bad)
+    cfg = compose_cfg(
+        [
+            "experiment=phantom_mt",
+            *tiny_train_overrides(phantom_cache, tmp_path),
+            f"ckpt_path={bad}",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    with pytest.raises(ResumeError, match="old.ckpt cannot be read"):
+        train(cfg)
+
+
+def _fake_best(path: Path, score: float, step: int) -> None:
+    key = "BestCheckpoint{'monitor': 'val/dice', 'mode': 'max', 'every_n_train_steps': 0}"
+    state = {"monitor": "val/dice", "best_k_models": {str(path): torch.tensor(score)}}
+    torch.save({"global_step": step, "callbacks": {key: state}, "state_dict": {}}, path)
+
+
+def test_best_checkpoint_is_chosen_by_recorded_score_not_time(tmp_path):
+    from scdl.evaluation.checkpoint import resolve_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    _fake_best(ckpts / "best-step000200-dice0.6000.ckpt", 0.6, 200)
+    _fake_best(ckpts / "best-step000300-dice0.4000.ckpt", 0.4, 300)  # newer, worse
+    os.utime(ckpts / "best-step000200-dice0.6000.ckpt", (1, 1))
+    assert resolve_checkpoint(tmp_path / "run").name == "best-step000200-dice0.6000.ckpt"
+
+
+def test_resume_sets_aside_best_checkpoints_of_the_discarded_timeline(tmp_path):
+    from scdl.evaluation.checkpoint import resolve_checkpoint
+    from scdl.resume import set_aside_orphans
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    _fake_best(ckpts / "best-step000100-dice0.3000.ckpt", 0.3, 100)
+    # written by the killed run after its last.ckpt: a state the resumed run never had
+    _fake_best(ckpts / "best-step000150-dice0.9000.ckpt", 0.9, 150)
+    last = ckpts / "last.ckpt"
+    key = "BestCheckpoint{'monitor': 'val/dice', 'mode': 'max', 'every_n_train_steps': 0}"
+    known = {str(ckpts / "best-step000100-dice0.3000.ckpt"): torch.tensor(0.3)}
+    torch.save({"global_step": 120, "callbacks": {key: {"best_k_models": known}}}, last)
+    moved = set_aside_orphans(ckpts, last)
+    assert [p.name for p in moved] == ["best-step000150-dice0.9000.ckpt"]
+    assert (ckpts / "discarded" / "best-step000150-dice0.9000.ckpt").is_file()
+    assert resolve_checkpoint(tmp_path).name == "best-step000100-dice0.3000.ckpt"
