@@ -86,7 +86,7 @@ class LastCheckpoint(Checkpoint):
             return
         for logger in trainer.loggers:  # the logs up to this state are on disk before it
             logger.save()
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
         self._saved_at = trainer.global_step
         self._flush_logs = True  # the step's own metrics are logged after on_train_batch_end
 
