@@ -4,7 +4,7 @@ Measures the median time of one optimisation step (batch 4 = 2 labeled + 2 unlab
 
 * ``vnet``: VNet forward (``forward_features``), CE on the labeled half, backward, SGD step;
 * ``vnet+scdl (bf16 encoder, default)``: the same plus SCDL exactly as training runs it without a
-  prior (``SCDLPlugin.training_terms``, scdl-method.md §3.5): tokens from ``x9`` on a ``grid**3``
+  prior (``SCDLPlugin.training_terms``, docs/method.md §3.5): tokens from ``x9`` on a ``grid**3``
   grid, area soft labels and class tokens for the labeled half, one SCDL call for the labeled half
   (y_dist + SAC) and one for the unlabeled half (bi_sim weights), the weighted aux loss added
   before the backward, SCDL parameters in the same SGD step; ``SCDL(encoder_autocast=True)`` (the default:
@@ -28,9 +28,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from scdl.frameworks.scdl_plugin import SCDLPlugin
 from scdl.models.scdl import SCDL, class_tokens_from_token_dist, labels_to_token_dist
 from scdl.models.vnet import VNet
+from scdl.plugins.scdl_plugin import SCDLPlugin
 
 NUM_CLASSES = 14
 LABELED = 2

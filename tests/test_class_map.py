@@ -79,7 +79,7 @@ def test_entry_configs_default_to_refusing(tmp_path):
 
 def test_loader_threads_the_flag(tmp_path):
     """A run folder with a tiny VNet checkpoint trained on CKPT, loaded on a cache with SWAPPED."""
-    from scdl.training import build_module
+    from scdl.build import build_module
 
     cache = tmp_path / "cache"
     cache.mkdir()

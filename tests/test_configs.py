@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from conftest import CONF_DIR, compose_cfg
-from scdl.training import build_module
+from scdl.build import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 

@@ -36,9 +36,9 @@ def test_ddp_two_cpu_processes(phantom_cache, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 was launched
-    results = json.loads((run_dir / "test_dice.json").read_text())
+    results = json.loads((run_dir / "test_metrics.json").read_text())
     # each rank evaluated one of the two test cases; rank 0 reports both
-    assert sorted(results["case_ids"]) == sorted(
+    assert sorted(c["case"] for c in results["per_case"]) == sorted(
         json.loads((run_dir / "split.json").read_text())["test"]
     )
     assert len(results["per_case"]) == 2

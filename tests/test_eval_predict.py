@@ -88,13 +88,17 @@ def test_eval_standard_matches_training_test_dice(trained_run):
     _check_ranges(summary, float(np.sqrt((shape_mm**2).sum())) * 1.2)
     # same weights, split, window and Dice rule (every organ is present in every phantom case, so
     # the standard rules equal the training test's 'skip' rule)
-    train_test = json.loads((run_dir / "test_dice.json").read_text())
-    assert [c["case"] for c in summary["per_case"]] == train_test["case_ids"]
+    # one results schema: the training test wrote test_metrics.json as eval.py writes metrics.json
+    train_test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert train_test["classes"] == summary["classes"]
+    assert [c["case"] for c in summary["per_case"]] == [c["case"] for c in train_test["per_case"]]
     assert summary["overall"]["dice"]["mean"] == pytest.approx(
         trained_run["metrics"]["test/dice"], abs=1e-6
     )
     per_class = [summary["per_class"][n]["dice"]["mean"] for n in summary["classes"]]
-    assert per_class == pytest.approx(train_test["mean"], abs=1e-6)
+    assert per_class == pytest.approx(
+        [train_test["per_class"][n]["dice"]["mean"] for n in summary["classes"]], abs=1e-6
+    )
     # the trained sliding window (debug=fast: 32^3, no overlap, 4 windows per batch) is reused
     assert summary["inference"] == {
         "roi_size": [32, 32, 32],
@@ -276,3 +280,49 @@ def test_inversion_of_exact_cache_labels(tmp_path, resize, rotate):
     back = labels_to_original_grid(cached, meta)
     for c in (1, 2):
         assert _dice(back, label, c) >= 0.9, c
+
+
+def test_a_lone_checkpoint_evaluates_and_predicts_from_another_folder(
+    trained_run, phantom_raw, tmp_path
+):
+    """A checkpoint copied out of its run folder carries its config, classes and split."""
+    import shutil
+
+    from scdl.evaluation.evaluate import evaluate
+    from scdl.evaluation.predict import predict
+
+    lone = tmp_path / "elsewhere" / "model.ckpt"
+    lone.parent.mkdir()
+    shutil.copy(trained_run["metrics"]["best_ckpt"], lone)
+    summary = evaluate(
+        compose_cfg(
+            [
+                f"ckpt_path={lone}",
+                f"paths.log_dir={tmp_path}/logs",
+                "logger=csv",
+                "progress=false",
+                "protocol=standard",
+                "split=test",
+            ],
+            config_name="eval",
+        )
+    )
+    assert summary["overall"]["dice"]["mean"] == pytest.approx(
+        trained_run["metrics"]["test/dice"], abs=1e-6
+    )
+    assert (lone.parent / "split.json").is_file()  # the embedded split, written beside it
+    image = sorted((phantom_raw / "imagesTr").glob("*_0000.nii.gz"))[0]
+    written = predict(
+        compose_cfg(
+            [
+                f"ckpt_path={lone}",
+                f"input={image}",
+                f"output={tmp_path / 'pred'}",
+                f"paths.log_dir={tmp_path}/logs",
+                "progress=false",
+                "inference.overlap=0",
+            ],
+            config_name="predict",
+        )
+    )
+    assert nib.load(written[0]).shape == nib.load(image).shape

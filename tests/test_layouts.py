@@ -135,7 +135,7 @@ def test_read_raw_gives_a_clear_error_for_missing_or_wrong_folders(tmp_path, amo
     cfg = data_cfg("btcv", amos_root, tmp_path / "cache", {})  # AMOS folder given as BTCV
     with pytest.raises(DataNotFoundError, match="data.layout=btcv"):
         read_raw(cfg)
-    with pytest.raises(ValueError, match="unknown data layout 'amos23'"):
+    with pytest.raises(ValueError, match="unknown data.layout 'amos23'"):
         read_raw(data_cfg("amos23", amos_root, tmp_path, {}))
 
 

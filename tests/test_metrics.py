@@ -1,4 +1,4 @@
-"""Evaluation metrics on hand-made masks: empty rules, exact plane/cube geometry, brute force."""
+"""Evaluation metrics on hand-made masks: empty rules, exact plane/cube geometry, brute force,\nequality with MONAI's distance metrics."""
 
 from __future__ import annotations
 
@@ -12,17 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scdl.evaluation import (
+from scdl.evaluation.protocols import (
     PAPER_SHAPE,
-    aggregate_metrics,
     compute_case_metrics,
-    format_metrics_table,
     paper_case_metrics,
     resize_labels_nearest,
-    save_metrics,
     standard_case_metrics,
     surface_distances,
 )
+from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
 
 # ----------------------------------------------------------------------------------------------
 # Independent brute force: surface by explicit 6-neighbour test (outside = background), then all
@@ -49,12 +47,18 @@ def _brute_distances(p: np.ndarray, g: np.ndarray, spacing) -> tuple[np.ndarray,
 
 
 def _brute_metrics(p, g, spacing, tol, symmetric):
+    """``symmetric``: the standard protocol (ASSD, HD95 = max of the directed 95th percentiles, as
+    MONAI); else the paper's medpy way (ASD pred -> GT, HD95 of the pooled distances)."""
     d_pg, d_gp = _brute_distances(p, g, spacing)
     both = np.concatenate([d_pg, d_gp])
     return {
         "dice": 2 * (p & g).sum() / (p.sum() + g.sum()),
         "asd": both.mean() if symmetric else d_pg.mean(),
-        "hd95": np.percentile(both, 95),
+        "hd95": (
+            max(np.percentile(d_pg, 95), np.percentile(d_gp, 95))
+            if symmetric
+            else np.percentile(both, 95)
+        ),
         "nsd": ((d_pg <= tol).sum() + (d_gp <= tol).sum()) / both.size,
     }
 
@@ -292,3 +296,48 @@ def test_full_size_case_is_fast() -> None:
     compute_case_metrics(pred, gt, 14, protocol="standard", spacing=(0.8, 0.8, 2.5))
     compute_case_metrics(pred, gt, 14, protocol="paper")
     assert time.perf_counter() - start < 10.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Standard protocol == MONAI's metric classes
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    t = torch.from_numpy(labels).long()
+    return F.one_hot(t, num_classes).movedim(-1, 0)[None].float()  # (1, C, X, Y, Z)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.9, 1.1, 2.3)])
+def test_standard_distances_equal_monai_metrics(spacing) -> None:
+    from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDistanceMetric
+
+    rng = np.random.default_rng(3)
+    shape = (18, 15, 11)
+    gt = np.zeros(shape, dtype=np.int64)
+    gt[2:10, 3:12, 2:8] = 1  # a box
+    gt[11:17, 1:6, 4:11] = 2  # touches the volume border
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    gt[((zz - 6) ** 2 + (yy - 10) ** 2 + (xx - 5) ** 2) <= 9] = 3  # a ball
+    pred = np.roll(gt, 1, axis=0)
+    pred[rng.random(shape) < 0.02] = 2  # scattered false positives
+    pred[8:10, 8:10, 8:10] = 0
+    tau = 1.6
+    ours = standard_case_metrics(pred, gt, 4, spacing=spacing, nsd_tolerance=tau)
+    y_pred, y = _one_hot(pred, 4), _one_hot(gt, 4)
+    monai = {
+        "hd95": HausdorffDistanceMetric(include_background=False, percentile=95),
+        "asd": SurfaceDistanceMetric(include_background=False, symmetric=True),
+        "nsd": SurfaceDiceMetric([tau] * 3, include_background=False),
+    }
+    for m, metric in monai.items():
+        ref = metric(y_pred, y, spacing=list(spacing))[0].numpy()
+        np.testing.assert_allclose(ours[m], ref, rtol=1e-5, atol=1e-6, err_msg=m)
+
+
+def test_standard_empty_rules_where_monai_has_none() -> None:
+    # MONAI: inf / NaN for a class missing on one side; ours: the documented penalty / 0 / NaN.
+    pred, gt = _rule_case()
+    res = standard_case_metrics(pred, gt, 5)
+    assert np.isfinite(res["hd95"][1]) and np.isfinite(res["asd"][2])
+    assert np.isnan(res["dice"][3]) and np.isnan(res["nsd"][3])

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import CompactHydraException
-from hydra.utils import instantiate
 
 from conftest import CONF_DIR, compose_cfg
 from real_data_fixtures import write_amos22, write_btcv, write_nnunet, write_split
+from scdl.build import build_backbone
 from scdl.data.catalog import DataNotFoundError
 from scdl.data.layouts import amos_modality
 from scdl.data.splits import SplitError, SplitFileNotFoundError, load_split_file
 from scdl.training import setup_data, train
 
 SPLITS = Path(CONF_DIR) / "data" / "splits"
-# (labeled, unlabeled, val, test) per committed split file (scdl-method.md §1.1, §1.2)
+# (labeled, unlabeled, val, test) per committed split file (docs/method.md §1.1, §1.2)
 SIZES = {
     "amos/2p": (4, 212, 24, 120),
     "amos/5p": (10, 206, 24, 120),
@@ -263,7 +263,7 @@ def test_nnunet_data_set_reads_classes_and_draws_the_split(tmp_path):
     assert list(cfg.data.class_names) == ["background", "left_lobe", "right_lobe"]
     assert len(dm.split.labeled) == 3 and len(dm.split.unlabeled) == 3 + 2  # + imagesTs
     assert {"tiny_008", "tiny_009"} <= set(dm.split.unlabeled)
-    model = instantiate(cfg.model)
+    model = build_backbone(cfg.model)
     assert model is not None  # num_classes interpolated from the cache index
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from scdl.frameworks.mean_teacher import MeanTeacherModule
-from scdl.frameworks.scdl_plugin import SCDLPlugin
 from scdl.losses import CEDiceLoss
 from scdl.losses.consistency import PseudoLabelLoss
 from scdl.models.scdl import SCDL
 from scdl.models.vnet import VNet
+from scdl.plugins.scdl_plugin import SCDLPlugin
 
 C = 4
 
@@ -33,7 +33,7 @@ def _module(prior="head", **plugin_kw):
         sup_loss=CEDiceLoss(),
         unsup_loss=PseudoLabelLoss(CEDiceLoss()),
         num_classes=C,
-        scdl=plugin,
+        plugin=plugin,
     )
 
 
@@ -59,9 +59,9 @@ def test_head_prior_changes_logits_and_gets_gradient():
     assert logits.shape == plain.shape
     assert not torch.allclose(logits, plain)  # the prior is added before the classifier
     logits.sum().backward()
-    assert m.scdl.prior_to_feat.weight.grad is not None
-    assert m.scdl.prior_to_feat.weight.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in m.scdl.scdl.proxies.parameters())  # prior uses mu
+    assert m.plugin.prior_to_feat.weight.grad is not None
+    assert m.plugin.prior_to_feat.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in m.plugin.scdl.proxies.parameters())  # prior uses mu
 
 
 def test_without_prior_inference_is_the_plain_backbone():
@@ -69,7 +69,7 @@ def test_without_prior_inference_is_the_plain_backbone():
     x = torch.randn(1, 1, 16, 16, 16)
     m.eval()
     torch.testing.assert_close(m.segment(x), m.student(x))
-    assert m.scdl.prior_to_feat is None
+    assert m.plugin.prior_to_feat is None
 
 
 @pytest.mark.parametrize("prior", ["head", "bottleneck", "none"])
@@ -81,12 +81,12 @@ def test_training_step_adds_scdl_terms_and_trains_every_scdl_part(prior):
     loss = m.training_step(_batch(), 0)
     assert torch.isfinite(loss)
     loss.backward()
-    scdl = m.scdl.scdl
+    scdl = m.plugin.scdl
     assert scdl.encoder[0].weight.grad is not None  # CDBA reaches the token encoder
     assert all(p.grad is not None for p in scdl.proxies.parameters())
     assert all(p.grad is None for p in m.teacher.parameters())
     if prior == "bottleneck":
-        assert m.scdl.prior_to_bottleneck.weight.grad.abs().sum() > 0
+        assert m.plugin.prior_to_bottleneck.weight.grad.abs().sum() > 0
     # DDP's condition: every trainable parameter takes part in the loss
     unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []
@@ -131,15 +131,15 @@ def test_scdl_has_its_own_parameter_group_and_is_in_the_checkpoint():
     groups = m.parameter_groups()
     assert [g["name"] for g in groups] == ["backbone", "scdl"]
     assert groups[1]["lr"] == pytest.approx(0.005)
-    scdl_ids = {id(p) for p in m.scdl.parameters() if p.requires_grad}
+    scdl_ids = {id(p) for p in m.plugin.parameters() if p.requires_grad}
     assert scdl_ids == {id(p) for p in groups[1]["params"]}
     assert not scdl_ids & {id(p) for p in groups[0]["params"]}
     state = m.state_dict()
-    assert any(k.startswith("scdl.scdl.proxies") for k in state)
-    assert any(k.startswith("scdl.prior_to_feat") for k in state)
+    assert any(k.startswith("plugin.scdl.proxies") for k in state)
+    assert any(k.startswith("plugin.prior_to_feat") for k in state)
     m2 = _module("head")
     m2.load_state_dict(state)
-    torch.testing.assert_close(m2.scdl.scdl.proxies.mean, m.scdl.scdl.proxies.mean)
+    torch.testing.assert_close(m2.plugin.scdl.proxies.mean, m.plugin.scdl.proxies.mean)
 
 
 def test_detached_prior_trains_only_the_projection_through_the_head():
@@ -147,5 +147,5 @@ def test_detached_prior_trains_only_the_projection_through_the_head():
     x = torch.randn(2, 1, 16, 16, 16)
     m.train()
     m.segment(x).sum().backward()
-    assert m.scdl.prior_to_feat.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in m.scdl.scdl.parameters())  # proxies / encoder untouched
+    assert m.plugin.prior_to_feat.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.plugin.scdl.parameters())  # proxies / encoder untouched

@@ -1,4 +1,4 @@
-"""SCDL module: losses against hand-written formulas (scdl-method.md §3.2-3.3), gradients, shapes."""
+"""SCDL module: losses against hand-written formulas (docs/method.md §3.2-3.3), gradients, shapes."""
 
 from __future__ import annotations
 

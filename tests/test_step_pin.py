@@ -15,11 +15,11 @@ import torch
 
 from scdl.frameworks.cps import CPSModule
 from scdl.frameworks.mean_teacher import MeanTeacherModule
-from scdl.frameworks.scdl_plugin import SCDLPlugin
 from scdl.losses import CEDiceLoss
 from scdl.losses.consistency import PseudoLabelLoss
 from scdl.models.scdl import SCDL
 from scdl.models.vnet import VNet
+from scdl.plugins.scdl_plugin import SCDLPlugin
 
 PIN = Path(__file__).parent / "step_pin.json"
 C = 4
@@ -56,7 +56,7 @@ def _module(framework: str, prior: str | None):
             rampup_steps=0,
             **common,
         )
-    m.attach_scdl(_plugin(prior))
+    m.attach_plugin(_plugin(prior))
     m.log_dict = lambda *a, **k: None  # no trainer attached
     m.log = lambda *a, **k: None
     return m.train()
@@ -84,8 +84,8 @@ def _step(framework, prior) -> dict[str, str]:
     loss.backward()
     out = {"loss": _digest(loss)}
     for name, p in m.named_parameters():
-        if p.grad is not None:
-            out[f"grad.{name}"] = _digest(p.grad)
+        if p.grad is not None:  # the plug-in was the attribute `scdl` when the pin was written
+            out[f"grad.{name.replace('plugin.', 'scdl.', 1)}"] = _digest(p.grad)
     return out
 
 

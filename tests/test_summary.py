@@ -4,9 +4,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from scdl.evaluation.summary import collect, markdown_table, paper_table
+from scdl.metrics import TRAIN_TEST_STEM, aggregate_metrics, save_metrics
 
 
-def _run(root, name, ablation, seed, means, cache):
+def _run(root, name, ablation, seed, means, cache, legacy=False):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(
@@ -22,9 +23,15 @@ def _run(root, name, ablation, seed, means, cache):
     (run / "split.json").write_text(
         json.dumps({"labeled": ["a"], "unlabeled": [], "val": [], "test": []})
     )
-    (run / "test_dice.json").write_text(
-        json.dumps({"class_names": ["big", "tiny", "mid"], "mean": means, "std": [0, 0, 0]})
-    )
+    if legacy:  # the pre-schema file of older run folders
+        (run / "test_dice.json").write_text(
+            json.dumps({"class_names": ["big", "tiny", "mid"], "mean": means, "std": [0, 0, 0]})
+        )
+    else:  # the training test's file in the one results schema
+        results = aggregate_metrics(
+            [{"dice": means}], ["big", "tiny", "mid"], ["t1"], protocol="train_test"
+        )
+        save_metrics(results, run, stem=TRAIN_TEST_STEM)
 
 
 def test_summary_groups_seeds_and_finds_the_smallest_classes(tmp_path):
@@ -35,8 +42,9 @@ def test_summary_groups_seeds_and_finds_the_smallest_classes(tmp_path):
     np.save(cache / "a_label.npy", label)
     _run(tmp_path, "r1", "full", 1, [0.9, 0.2, 0.5], cache)
     _run(tmp_path, "r2", "full", 2, [0.7, 0.4, 0.4], cache)
-    _run(tmp_path, "r3", "baseline", 1, [0.9, 0.0, 0.3], cache)
+    _run(tmp_path, "r3", "baseline", 1, [0.9, 0.0, 0.3], cache, legacy=True)
     records = collect([tmp_path], k=1)
+    assert len(records) == 3
     assert {r["small_classes"][0] for r in records} == {"tiny"}
     table = markdown_table(records)
     assert "| exp | full | 1,2 | 51.7 ± 1.7 | 30.0 ± 10.0 |" in table

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from conftest import compose_cfg, tiny_train_overrides
@@ -20,10 +21,14 @@ def test_tiny_fit_then_test(phantom_cache, tmp_path):
     assert {p.name for p in ckpts} >= {"last.ckpt"} and any(
         p.name.startswith("best") for p in ckpts
     )
-    results = json.loads((out / "test_dice.json").read_text())
-    assert len(results["class_names"]) == 13 and len(results["per_case"]) == 1
-    assert (out / "test_dice.csv").read_text().startswith("class,dice_mean")
-    assert json.loads((out / "split.json").read_text())["test"] == results["case_ids"]
+    results = json.loads((out / "test_metrics.json").read_text())  # scdl.metrics.results schema
+    assert len(results["classes"]) == 13 and len(results["per_case"]) == 1
+    assert results["protocol"] == "train_test" and results["metrics"] == ["dice"]
+    assert results["overall"]["dice"]["mean"] == pytest.approx(metrics["test/dice"], abs=1e-6)
+    assert (out / "test_metrics.csv").read_text().startswith("class,dice_mean,dice_std")
+    assert (out / "test_metrics_per_case.csv").read_text().startswith("case,class,dice")
+    case_ids = [c["case"] for c in results["per_case"]]
+    assert json.loads((out / "split.json").read_text())["test"] == case_ids
     # the checkpoint holds the EMA teacher, so resuming restores it
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert any(k.startswith("teacher.module.") for k in state)

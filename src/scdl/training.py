@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from scdl.build import build_module
 from scdl.data.catalog import ensure_prepared
 from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
@@ -69,25 +70,6 @@ def build_loggers(cfg: DictConfig, plan: ResumePlan | None = None) -> list:
     return loggers
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The framework LightningModule with its backbone and losses (``cfg.data.num_classes`` set)."""
-    backbone = instantiate(cfg.model)
-    losses = {k: instantiate(v) for k, v in cfg.loss.items()}
-    extra = {"scdl": instantiate(cfg.scdl)} if cfg.get("scdl") else {}
-    if "backbone_b" in cfg.framework:  # two-network frameworks (CPS): B = model + overrides
-        extra["backbone_b"] = instantiate(OmegaConf.merge(cfg.model, cfg.framework.backbone_b))
-    if "sup_loss_b" in cfg.framework and "sup_b" in losses:
-        extra["sup_loss_b"] = losses["sup_b"]
-    return instantiate(
-        cfg.framework,
-        backbone=backbone,
-        sup_loss=losses["sup"],
-        unsup_loss=losses["unsup"],
-        _convert_="all",
-        **extra,
-    )
-
-
 def setup_data(cfg: DictConfig):
     """Prepares the cache if allowed, builds the data module and fills ``data.num_classes`` /
     ``data.class_names`` from the cache index."""
@@ -122,6 +104,10 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_split_file(datamodule.split, output_dir / "split.json")
+    module.run_config = {
+        **OmegaConf.to_container(cfg, resolve=True),
+        "split": datamodule.split.to_dict(),
+    }
     if plan.same_run:
         set_aside_orphans(output_dir / "checkpoints", plan.ckpt_path)
 
@@ -141,7 +127,7 @@ def train(cfg: DictConfig) -> dict:
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             metrics["best_ckpt"] = (
-                ckpt  # the module wrote test_dice.{json,csv} and printed the table
+                ckpt  # the module wrote test_metrics.{json,csv} and printed the table
             )
     finally:
         _finish_wandb(loggers)

@@ -58,7 +58,7 @@ class ProxyEmbeddingPlot(L.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        if batch_idx == 0 and getattr(pl_module, "scdl", None) is not None:
+        if batch_idx == 0 and hasattr(getattr(pl_module, "plugin", None), "scdl"):
             self._batch = {
                 "image": batch["image"][:1].detach(),
                 "label": batch["label"][:1].detach(),
@@ -70,11 +70,11 @@ class ProxyEmbeddingPlot(L.Callback):
             return
         if trainer.current_epoch % self.every_n_epochs:
             return
-        plugin = pl_module.scdl
+        plugin = pl_module.plugin  # an SCDLPlugin (checked in on_validation_batch_end)
         roi = pl_module.inference_cfg.roi_size
         image = centre_crop(self._batch["image"], roi).to(pl_module.device)
         label = centre_crop(self._batch["label"], roi).to(pl_module.device)
-        features = pl_module.scdl_features(pl_module.to_memory_format(image)).float()
+        features = pl_module.plugin_features(pl_module.to_memory_format(image)).float()
         tokens = plugin.tokens(features)
         y_dist = labels_to_token_dist(
             label, plugin.num_classes, plugin.token_grid, plugin.ydist_mode

@@ -2,8 +2,9 @@
 resolve the protocol's data-dependent values, preprocess once. Used by ``src/prepare_data.py`` and
 by ``train`` itself (``data.auto_prepare``).
 
-``data.layout`` picks the reader (:data:`READERS`); ``data.reader`` holds its keyword options (e.g.
-``{include_test: true}``). A protocol may leave values to the data set: ``spacing: median`` (nnU-Net
+``data.layout`` picks the reader (:data:`READERS`, or the dotted path of any function
+``(raw_dir, **options) -> RawDataset``, e.g. ``my_project.layouts.read_my_data``); ``data.reader``
+holds its keyword options (e.g. ``{include_test: true}``). A protocol may leave values to the data set: ``spacing: median`` (nnU-Net
 target spacing from the NIfTI headers), ``normalisation: auto`` (``ct`` for a CT channel, else
 ``zscore``) and ``normalisation: ct`` with ``intensity_stats: null`` (foreground percentiles, mean and
 std of the labeled cases). They are resolved once, saved in ``<cache>/plan.json`` (so an interrupted
@@ -134,8 +135,7 @@ def read_raw(data_cfg: DictConfig) -> RawDataset:
     """Lists the raw data set of ``data_cfg`` (``layout``, ``raw_dir``, ``reader`` options)."""
     _require_root(data_cfg)
     layout = data_cfg.layout
-    if layout not in READERS:
-        raise ValueError(f"unknown data layout {layout!r}; known: {sorted(READERS)}")
+    reader = reader_of(layout)
     raw_dir = Path(data_cfg.raw_dir)
     if layout == "phantom" and not (raw_dir / "dataset.json").is_file():
         from scdl.data.phantom import write_phantom
@@ -150,11 +150,28 @@ def read_raw(data_cfg: DictConfig) -> RawDataset:
     options = data_cfg.get("reader")
     options = OmegaConf.to_container(options, resolve=True) if options else {}
     try:
-        return READERS[layout](raw_dir, **options)
+        return reader(raw_dir, **options)
     except FileNotFoundError as e:
         raise DataNotFoundError(
             f"{data_cfg.name}: {e} (data.layout={layout}; expected layouts in {DOCS})"
         ) from e
+
+
+def reader_of(layout: str) -> Callable[..., RawDataset]:
+    """The raw-data reader of ``data.layout``: a name of :data:`READERS` or a dotted import path."""
+    if layout in READERS:
+        return READERS[layout]
+    if "." in layout:
+        from hydra.utils import get_method
+
+        try:
+            return get_method(layout)
+        except Exception as err:  # noqa: BLE001 - name the key and what was tried
+            raise ValueError(f"data.layout={layout!r}: cannot import that reader ({err})") from err
+    raise ValueError(
+        f"unknown data.layout {layout!r}; known: {sorted(READERS)}, or the dotted path of a reader "
+        "function (raw_dir, **options) -> RawDataset"
+    )
 
 
 def _check_layout_protocol(layout: str, spec: dict) -> None:

@@ -1,18 +1,20 @@
-"""evaluation."""
+"""evaluation: eval.py protocols and distances, folder scoring, run summaries.
 
-from scdl.evaluation.metrics import (
+The Dice metric and the results schema / writer live one level lower, in :mod:`scdl.metrics`
+(shared with the training test); they are re-exported here.
+"""
+
+from scdl.evaluation.protocols import (
     METRICS,
     PAPER_PENALTY,
     PAPER_SHAPE,
-    aggregate_metrics,
     compute_case_metrics,
-    format_metrics_table,
     paper_case_metrics,
     resize_labels_nearest,
-    save_metrics,
     standard_case_metrics,
     surface_distances,
 )
+from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
 
 __all__ = [
     "METRICS",

@@ -2,7 +2,7 @@
 
 Shared by ``src/eval.py`` (:mod:`scdl.evaluation.evaluate`) and ``src/predict.py``
 (:mod:`scdl.evaluation.predict`). The loader is framework-agnostic: it composes the module exactly as
-training did (:func:`scdl.training.build_module` on the run's config), so any framework that
+training did (:func:`scdl.build.build_module` on the run's config), so any framework that
 training can build (mean teacher, CPS, SCDL plug-ins, ...) loads here, with ``strict=True``.
 
 A run folder (``paths.output_dir`` of ``src/train.py``) looks like::
@@ -100,6 +100,26 @@ def find_run_dir(ckpt_path: str | Path) -> Path:
     )
 
 
+def _embedded_run_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
+    from scdl.data.splits import Split, save_split_file
+    from scdl.resume import read_checkpoint as read_meta
+
+    ckpt = Path(ckpt_path).resolve()
+    embedded = read_meta(ckpt).get("run_config")
+    if not embedded:
+        raise FileNotFoundError(
+            f"{ckpt} carries no run config (written before checkpoints were self-contained) and "
+            f"no {RUN_CONFIG} is above it: keep it inside its run folder (<run>/checkpoints/)"
+        )
+    embedded = dict(embedded)
+    split = embedded.pop("split", None)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if split and not (run_dir / "split.json").is_file():
+        save_split_file(Split(**split), run_dir / "split.json")
+    log.info("config from the checkpoint itself (no %s above %s)", RUN_CONFIG, ckpt)
+    return OmegaConf.create(embedded), run_dir
+
+
 def _apply_overrides(cfg: DictConfig, overrides: Mapping | DictConfig | Sequence[str] | None):
     if not overrides:
         return cfg
@@ -133,8 +153,14 @@ def load_run_config(
 ) -> tuple[DictConfig, Path]:
     """The training config of the run that wrote ``ckpt_path``, with ``overrides`` merged in.
 
+    The config comes from the run folder's ``.hydra/config.yaml`` when the checkpoint sits in its
+    run folder, else from the resolved config embedded in the checkpoint (``run_config``, written
+    by training): a checkpoint copied anywhere is enough. For a lone checkpoint the "run folder" is
+    the folder holding it (its parent when that is named ``checkpoints``); the split embedded in
+    the checkpoint is written there as ``split.json`` if missing.
+
     Args:
-        ckpt_path: a ``.ckpt`` inside ``<run>/checkpoints``.
+        ckpt_path: a ``.ckpt`` file.
         overrides: a (nested) mapping merged over the run config, e.g. ``{"data": {...}}``, or
             dot-list strings (``["data.cache_dir=/x"]``).
 
@@ -142,8 +168,11 @@ def load_run_config(
     the Hydra-only ``${hydra:runtime.output_dir}``) and ``run_name`` is the folder name.
     """
     register_resolvers()
-    run_dir = find_run_dir(ckpt_path)
-    cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    try:
+        run_dir = find_run_dir(ckpt_path)
+        cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    except FileNotFoundError:
+        cfg, run_dir = _embedded_run_config(ckpt_path)
     _pin_inference(cfg)
     cfg = _apply_overrides(cfg, overrides)
     with open_dict(cfg):
@@ -334,7 +363,7 @@ def load_module_from_checkpoint(
     Returns ``(module in eval mode on CPU, cfg)``; ``cfg.data.num_classes`` / ``class_names`` are
     filled and ``cfg.ckpt_path`` / ``cfg.run_dir`` record where the weights came from.
     """
-    from scdl.training import build_module
+    from scdl.build import build_module
 
     ckpt_path = resolve_checkpoint(ckpt_path)
     cfg, run_dir = load_run_config(ckpt_path, overrides)

@@ -3,15 +3,16 @@
 
 Steps: rebuild the module from the run config (:mod:`scdl.evaluation.checkpoint`), run
 sliding-window inference on every case of the split (preprocessed cache), score each case with
-:mod:`scdl.evaluation.metrics` (Dice, ASD, HD95, NSD per foreground class) in the chosen protocol,
-then aggregate (mean ± std over cases), print, save ``metrics.{json,csv}`` (+ per-case CSV) and log
-to W&B. Protocols (``docs/scdl-method.md`` §5):
+:mod:`scdl.evaluation.protocols` (Dice, ASD, HD95, NSD per foreground class) in the chosen protocol,
+then aggregate (mean ± std over cases), print, save ``metrics.{json,csv}`` (+ per-case CSV) in the
+one results schema of :mod:`scdl.metrics.results` and log to W&B. Protocols
+(``docs/method.md`` §5):
 
 * ``paper``: prediction and label resized to 160 x 160 x 80 (nearest), distances in voxels of that
   grid, 128 penalty for a class missing on one side, both-empty = Dice 1 / ASD 0, all-empty
   prediction = all 0 — the numbers of the published tables.
-* ``standard``: the cache's native spacing, distances in mm, ASD = symmetric ASSD, classes absent
-  from both maps excluded (NaN); Dice equals the training ``test/dice`` when every class is present.
+* ``standard``: the cache's native spacing, distances in mm (ASD = symmetric ASSD, HD95 and NSD as
+  MONAI's metrics compute them), classes absent from both maps excluded (NaN); Dice equals the training ``test/dice`` when every class is present.
 """
 
 from __future__ import annotations
@@ -31,13 +32,9 @@ from scdl.evaluation.checkpoint import (
     select_device,
     with_class_mismatch_flag,
 )
-from scdl.evaluation.metrics import (
-    aggregate_metrics,
-    compute_case_metrics,
-    format_metrics_table,
-    save_metrics,
-)
 from scdl.evaluation.predict import labels_to_original_grid, save_label_nifti, segment_volume
+from scdl.evaluation.protocols import compute_case_metrics
+from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
 from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)

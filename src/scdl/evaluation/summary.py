@@ -2,8 +2,9 @@
 
 ``python -m scdl.evaluation.summary logs/train/multiruns/phantom_scdl/<time> [more dirs...]``
 
-Every folder below the given ones that holds a ``test_dice.json`` is a run; runs are grouped by
-experiment and ablation (from their ``.hydra/config.yaml``) and reported as mean +- std over seeds
+Every folder below the given ones that holds the training test's results (``test_metrics.json``,
+the schema of :mod:`scdl.metrics.results`; or the legacy ``test_dice.json`` of older runs) is a
+run; runs are grouped by experiment and ablation (from their ``.hydra/config.yaml``) and reported as mean +- std over seeds
 of the mean test Dice and of the mean Dice of the ``k`` smallest classes. "Smallest" is measured on
 the data, not assumed: the classes with the fewest voxels in the run's labeled training cases.
 Prints a Markdown table (paste-able into the README). With ``--paper`` it also prints the papers'
@@ -22,6 +23,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
+from scdl.metrics.results import (
+    LEGACY_TRAIN_TEST_JSON,
+    TRAIN_TEST_STEM,
+    class_means,
+    load_metrics,
+)
 from scdl.utils.config import register_resolvers
 
 
@@ -47,11 +54,20 @@ def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, st
     return sorted(groups.items())
 
 
+def _result_files(roots: list[Path]) -> list[Path]:
+    """The training-test results file of every run below ``roots`` (new schema preferred)."""
+    found: dict[Path, Path] = {}
+    for name in (LEGACY_TRAIN_TEST_JSON, f"{TRAIN_TEST_STEM}.json"):  # the new one wins
+        for p in (p for root in roots for p in Path(root).rglob(name)):
+            found[p.parent] = p
+    return [found[run] for run in sorted(found)]
+
+
 def collect(roots: list[Path], k: int = 4) -> list[dict]:
     """One record per finished run below ``roots``."""
     register_resolvers()
     records = []
-    for result in sorted(p for root in roots for p in Path(root).rglob("test_dice.json")):
+    for result in _result_files(roots):
         run = result.parent
         cfg_path = run / ".hydra" / "config.yaml"
         if not cfg_path.is_file():
@@ -59,11 +75,11 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
         cfg = OmegaConf.load(cfg_path)
         with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
             cfg.paths.output_dir = str(run)
-        res = json.loads(result.read_text())
+        res = load_metrics(result)
         split = json.loads((run / "split.json").read_text())
-        names = res["class_names"]
+        names = res["classes"]
         small = smallest_classes(Path(cfg.data.cache_dir), split["labeled"], len(names) + 1, k)
-        mean = np.asarray(res["mean"], dtype=float)
+        mean = np.asarray(class_means(res, "dice"), dtype=float)
         records.append(
             {
                 "run": str(run),
@@ -146,7 +162,7 @@ def paper_table(roots: list[Path], split: str = "test") -> str:
         run = path.parents[2]
         cfg_path = run / ".hydra" / "config.yaml"
         cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create()
-        m = json.loads(path.read_text())
+        m = load_metrics(path)
         names = names or m["classes"]
         if m["classes"] != names:
             raise SystemExit(f"{path}: classes differ from the other runs, cannot share one table")
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     records = collect(args.roots, args.smallest)
     if not records:
-        raise SystemExit(f"no finished runs (test_dice.json) below {args.roots}")
+        raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
     print(markdown_table(records))
     if args.per_class:
         print()

@@ -17,11 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from scdl.evaluation.dice import AbsentPolicy, PerCaseDice
-from scdl.evaluation.inference import SlidingWindowConfig, sliding_window_probs
-from scdl.frameworks.scdl_plugin import SCDLPlugin, SCDLTerms
+from scdl.frameworks.plugin import FrameworkPlugin, PluginStep
+from scdl.inference import SlidingWindowConfig, sliding_window_probs
 from scdl.losses.rampup import sigmoid_rampup
-from scdl.utils.reporting import dice_table, write_test_results
+from scdl.metrics import (
+    TRAIN_TEST_STEM,
+    AbsentPolicy,
+    PerCaseDice,
+    aggregate_metrics,
+    format_metrics_table,
+    save_metrics,
+)
+from scdl.models.contracts import SegmentationBackbone
 from scdl.utils.schedules import poly_lr
 
 log = logging.getLogger(__name__)
@@ -88,7 +95,10 @@ class SemiSupervisedModule(L.LightningModule):
         self._consecutive_nonfinite = 0
         self._step_skipped = False
         self._last_logs: dict = {}
-        self.scdl: SCDLPlugin | None = None
+        self.plugin: FrameworkPlugin | None = None
+        # the resolved run config (plain values: model, plug-in, data classes and protocol,
+        # split), set by training and embedded in every checkpoint
+        self.run_config: dict | None = None
         self.val_dice = PerCaseDice(self.num_classes, val_absent)
         self.test_dice = PerCaseDice(self.num_classes, "skip")
         self.test_case_ids: list[str] = []
@@ -112,35 +122,52 @@ class SemiSupervisedModule(L.LightningModule):
         """Optimiser parameter groups (dicts with ``params`` and optional per-group settings)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    # --- helpers ------------------------------------------------------------------------------
-    def attach_scdl(self, scdl: SCDLPlugin | None) -> None:
-        """Plugs SCDL in (None = off); its classes must be the model's."""
-        if scdl is not None and scdl.num_classes != self.num_classes:
-            raise ValueError(f"SCDL has {scdl.num_classes} classes, the model {self.num_classes}")
-        self.scdl = scdl
-        if scdl is not None:
-            self.convert_memory_format(scdl)
-
+    # --- plug-in hooks ------------------------------------------------------------------------
     @property
-    def head_prior(self) -> bool:
-        return self.scdl is not None and self.scdl.prior_feedback == "head"
+    def plugin_host(self) -> SegmentationBackbone:
+        """The backbone a plug-in attaches to (the student, CPS's network A, ...)."""
+        raise NotImplementedError
 
-    def scdl_parameter_groups(self) -> list[dict]:
-        return [] if self.scdl is None else [self.scdl.parameter_group(self.base_lr)]
+    def attach_plugin(self, plugin: FrameworkPlugin | None) -> None:
+        """Plugs a plug-in (e.g. SCDL) into :attr:`plugin_host` (None = off); its classes must be
+        the model's."""
+        if plugin is not None and plugin.num_classes != self.num_classes:
+            raise ValueError(
+                f"the plug-in has {plugin.num_classes} classes, the model {self.num_classes}"
+            )
+        self.plugin = plugin
+        if plugin is not None:
+            self.convert_memory_format(plugin)
 
-    def head_logits(self, features: torch.Tensor, head: Callable) -> torch.Tensor:
-        """Inference logits of ``head`` on decoder ``features`` (with the SCDL prior if configured)."""
-        return head(features) if self.scdl is None else self.scdl.logits(features, head)
+    def plugin_parameter_groups(self) -> list[dict]:
+        return [] if self.plugin is None else [self.plugin.parameter_group(self.base_lr)]
 
-    def logits_and_scdl_terms(
-        self, features: torch.Tensor, labels: torch.Tensor, head: Callable
-    ) -> tuple[torch.Tensor, SCDLTerms | None]:
-        """Training logits of ``head`` on ``features`` (B, D, X, Y, Z), labeled samples first, and
-        the SCDL terms of the batch (None without SCDL)."""
-        if self.scdl is None:
-            return head(features), None
-        terms = self.scdl.training_terms(features, labels, need_prior=self.head_prior)
-        return self.scdl.logits(features, head, terms.prior_tokens), terms
+    def plugin_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder features (B, F, X, Y, Z) of :attr:`plugin_host`, which the plug-in reads."""
+        host = self.plugin_host
+        return host.decode(host.encode(x))
+
+    def host_inference_logits(
+        self, net: SegmentationBackbone, features: torch.Tensor
+    ) -> torch.Tensor:
+        """Inference logits of ``net`` on its decoder ``features`` (through the plug-in when it
+        changes inference)."""
+        if self.plugin is None or not self.plugin.changes_inference:
+            return net.head(features)
+        return self.plugin.inference_logits(net, features)
+
+    def host_train_step(
+        self,
+        net: SegmentationBackbone,
+        skips: list[torch.Tensor],
+        features: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> PluginStep:
+        """Training logits of ``net`` for the batch (labeled first) plus the plug-in's loss and
+        logs; without a plug-in just ``net.head(features)``."""
+        if self.plugin is None:
+            return PluginStep(logits=net.head(features))
+        return self.plugin.train_step(net, skips, features, labels, self.sup_loss)
 
     def unsup_weight_at(self, step: int) -> float:
         return self.unsup_weight * sigmoid_rampup(step, self.rampup_steps)
@@ -207,6 +234,8 @@ class SemiSupervisedModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
+        if self.run_config is not None:  # a checkpoint copied anywhere evaluates on its own
+            checkpoint["run_config"] = self.run_config
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -275,22 +304,26 @@ class SemiSupervisedModule(L.LightningModule):
         rows = self.test_dice.compute()
         self.test_case_ids = self._gathered_case_ids()
         self._log_dice("test", rows)
-        names = self.class_names[1:]
-        self.test_results = {
-            "class_names": names,
-            "per_case": rows.cpu().tolist(),
-            "mean": torch.nanmean(rows, dim=0).cpu().tolist(),
-            "std": _nanstd(rows).cpu().tolist(),
-            "mean_dice": float(torch.nanmean(torch.nanmean(rows, dim=0))),
-            "case_ids": self.test_case_ids,
-            "ckpt": getattr(self.trainer, "ckpt_path", None),
-        }
         self.test_dice.reset()
+        if rows.numel() == 0:
+            self.test_results = None
+            return
+        # the one results schema of scdl.metrics.results, as src/eval.py writes it
+        self.test_results = aggregate_metrics(
+            [{"dice": row} for row in rows.cpu().double().numpy()],
+            class_names=self.class_names[1:],
+            case_ids=self.test_case_ids,
+            protocol="train_test",
+        )
+        self.test_results["dice_absent"] = self.test_dice.absent
+        self.test_results["ckpt"] = getattr(self.trainer, "ckpt_path", None)
         if self.trainer.is_global_zero:
             # written here, not by the caller: under ddp_spawn the caller never sees this module
             out_dir = self.trainer.default_root_dir
-            write_test_results(self.test_results, out_dir)
-            print(dice_table(self.test_results, title=f"test Dice ({out_dir})"))
+            paths = save_metrics(self.test_results, out_dir, stem=TRAIN_TEST_STEM)
+            self.test_results["files"] = {k: str(v) for k, v in paths.items()}
+            title = f"test Dice ({out_dir})"
+            print(format_metrics_table(self.test_results, use_rich=True, title=title))
 
     def _log_dice(self, stage: str, rows: torch.Tensor) -> None:
         if rows.numel() == 0:
@@ -336,10 +369,3 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _nanstd(rows: torch.Tensor) -> torch.Tensor:
-    """Std over cases (dim 0) ignoring NaN; 0 for a single case."""
-    mean = torch.nanmean(rows, dim=0, keepdim=True)
-    valid = (~rows.isnan()).sum(0).clamp_min(1)
-    return (torch.nansum((rows - mean) ** 2, dim=0) / valid).sqrt()

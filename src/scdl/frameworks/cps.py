@@ -1,4 +1,4 @@
-"""Cross pseudo supervision (GA-CPS, scdl-method.md §4.2): two VNets with different initialisations
+"""Cross pseudo supervision (GA-CPS, docs/method.md §4.2): two VNets with different initialisations
 supervise each other with their detached argmax predictions."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from scdl.frameworks.base import SemiSupervisedModule
-from scdl.frameworks.scdl_plugin import SCDLPlugin
+from scdl.frameworks.plugin import FrameworkPlugin
+from scdl.models.contracts import SegmentationBackbone, check_backbone
 
 
 class CPSModule(SemiSupervisedModule):
@@ -21,16 +22,17 @@ class CPSModule(SemiSupervisedModule):
     averages the logits of A and B.
 
     Args:
-        backbone: network A (Kaiming init in GA-CPS); ``forward_features`` / ``encode`` / ``decode``
-            / ``head`` as :class:`~scdl.models.vnet.VNet`.
+        backbone: network A (Kaiming init in GA-CPS), a
+            :class:`~scdl.models.contracts.SegmentationBackbone`.
         backbone_b: network B (Xavier init), same architecture.
         sup_loss, sup_loss_b: supervised losses of A and B (``sup_loss_b`` defaults to ``sup_loss``;
             DHC uses difficulty-weighted for A and distribution-weighted for B).
         unsup_loss: cross pseudo-label loss ``(student_logits, other_logits) -> scalar``.
         unsup_weight, rampup_steps: CPS weight (0.1) and its sigmoid ramp-up (all iterations).
         cps_on_labeled: the CPS term also covers the labeled samples (GA-CPS: True).
-        scdl: optional SCDL plug-in on A's decoder features (GA-CPS + SCDL: train-time only, i.e.
-            ``prior_feedback="none"``; with ``head`` A's logits use the prior at inference too).
+        plugin: optional plug-in on network A (:class:`~scdl.frameworks.plugin.FrameworkPlugin`;
+            GA-CPS + SCDL is train-time only, i.e. SCDL's ``prior_feedback="none"``; with ``head``
+            A's logits use the prior at inference too).
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class CPSModule(SemiSupervisedModule):
         unsup_weight: float = 0.1,
         rampup_steps: int = 17000,
         cps_on_labeled: bool = True,
-        scdl: SCDLPlugin | None = None,
+        plugin: FrameworkPlugin | None = None,
         **kwargs,
     ) -> None:
         super().__init__(unsup_weight=unsup_weight, rampup_steps=rampup_steps, **kwargs)
@@ -54,26 +56,24 @@ class CPSModule(SemiSupervisedModule):
                 "sup_loss",
                 "sup_loss_b",
                 "unsup_loss",
-                "scdl",
+                "plugin",
                 "optimizer",  # plain values only: checkpoints load with weights_only=True
             ]
         )
-        self.net_a, self.net_b = backbone, backbone_b
+        self.net_a, self.net_b = check_backbone(backbone), check_backbone(backbone_b)
         self.convert_memory_format(self.net_a, self.net_b)
         self.sup_loss = sup_loss
         self.sup_loss_b = sup_loss_b if sup_loss_b is not None else sup_loss
         self.unsup_loss = unsup_loss
         self.cps_on_labeled = cps_on_labeled
-        if scdl is not None and scdl.prior_feedback == "bottleneck":
-            raise ValueError("CPS supports SCDL prior_feedback head|none, not bottleneck")
-        self.attach_scdl(scdl)
+        self.attach_plugin(plugin)
 
-    def scdl_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder features (B, D, X, Y, Z) of network A, which SCDL tokenises."""
-        return self.net_a.decode(self.net_a.encode(x))
+    @property
+    def plugin_host(self) -> SegmentationBackbone:
+        return self.net_a
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        logits_a = self.head_logits(self.scdl_features(x), self.net_a.head)
+        logits_a = self.host_inference_logits(self.net_a, self.plugin_features(x))
         return 0.5 * (logits_a + self.net_b(x))
 
     def parameter_groups(self) -> list[dict]:
@@ -81,19 +81,21 @@ class CPSModule(SemiSupervisedModule):
             {"params": list(self.net_a.parameters()), "name": "net_a"},
             {"params": list(self.net_b.parameters()), "name": "net_b"},
         ]
-        return nets + self.scdl_parameter_groups()
+        return nets + self.plugin_parameter_groups()
 
     def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
         unlabeled = batch.get("unlabeled")
         y = batch["labeled"]["label"]
         x, n_l = self.joint_input(batch)
-        features = self.scdl_features(x)
+        skips = self.net_a.encode(x)
+        features = self.net_a.decode(skips)
         logs: dict[str, torch.Tensor | float] = {}
         loss = features.new_zeros((), dtype=torch.float32)
-        logits_a, terms = self.logits_and_scdl_terms(features, y, self.net_a.head)
-        if terms is not None:
-            loss = loss + terms.aux_loss
-            logs.update(self.scdl.log_values(terms))
+        step = self.host_train_step(self.net_a, skips, features, y)
+        logits_a = step.logits
+        if step.loss is not None:
+            loss = loss + step.loss
+        logs.update(step.logs)
         logits_b = self.net_b(x)
         loss_sup = self.sup_loss(logits_a[:n_l], y) + self.sup_loss_b(logits_b[:n_l], y)
         loss = loss + loss_sup

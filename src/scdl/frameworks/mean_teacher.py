@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from scdl.frameworks.base import SemiSupervisedModule
-from scdl.frameworks.scdl_plugin import SCDLPlugin
+from scdl.frameworks.plugin import FrameworkPlugin
+from scdl.models.contracts import SegmentationBackbone, check_backbone
 from scdl.models.ema import EMATeacher
 
 
@@ -22,7 +23,7 @@ class MeanTeacherModule(SemiSupervisedModule):
     ``teacher <- a * teacher + (1 - a) * student`` (:class:`EMATeacher`).
 
     Args:
-        backbone: the student network; must provide ``forward_features(x) -> (logits, features)``.
+        backbone: the student network (:class:`~scdl.models.contracts.SegmentationBackbone`).
         sup_loss: ``(logits (B, C, P, P, P), labels (B, P, P, P)) -> scalar``.
         unsup_loss: ``(student_logits, teacher_logits) -> scalar`` (e.g. :class:`PseudoLabelLoss`).
         ema_decay: teacher EMA decay.
@@ -30,10 +31,10 @@ class MeanTeacherModule(SemiSupervisedModule):
             in iterations.
         teacher_noise: std of the Gaussian noise on the teacher input (clipped at +-2 std).
         teacher_mode: ``train`` (batch statistics in BatchNorm, as GA-MagicNet) or ``eval``.
-        scdl: optional :class:`SCDLPlugin` on the student's decoder features (None = plain mean
-            teacher). Its auxiliary loss joins the total; with ``prior_feedback="head"`` the student's
-            logits (training and inference) come from the prior-conditioned head. The teacher stays
-            a plain EMA backbone without prior (there is no EMA of SCDL).
+        plugin: optional plug-in on the student (:class:`~scdl.frameworks.plugin.FrameworkPlugin`,
+            e.g. SCDL; None = plain mean teacher): its loss joins the total and it may change the
+            student's logits (training and inference). The teacher stays a plain EMA backbone
+            (there is no EMA of the plug-in).
         **kwargs: see :class:`SemiSupervisedModule`.
     """
 
@@ -47,15 +48,15 @@ class MeanTeacherModule(SemiSupervisedModule):
         rampup_steps: int = 1000,
         teacher_noise: float = 0.1,
         teacher_mode: Literal["train", "eval"] = "train",
-        scdl: SCDLPlugin | None = None,
+        plugin: FrameworkPlugin | None = None,
         **kwargs,
     ) -> None:
         super().__init__(unsup_weight=unsup_weight, rampup_steps=rampup_steps, **kwargs)
         # plain values only (no optimizer partial): checkpoints load with weights_only=True
         self.save_hyperparameters(
-            ignore=["backbone", "sup_loss", "unsup_loss", "scdl", "optimizer"]
+            ignore=["backbone", "sup_loss", "unsup_loss", "plugin", "optimizer"]
         )
-        self.student = backbone
+        self.student = check_backbone(backbone)
         self.convert_memory_format(self.student)
         self.teacher = EMATeacher(self.student, decay=ema_decay)
         self.sup_loss = sup_loss
@@ -64,20 +65,20 @@ class MeanTeacherModule(SemiSupervisedModule):
         if teacher_mode not in ("train", "eval"):
             raise ValueError(f"teacher_mode must be train|eval, got {teacher_mode!r}")
         self.teacher_mode = teacher_mode
-        self.attach_scdl(scdl)
+        self.attach_plugin(plugin)
 
-    def scdl_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder features (B, D, X, Y, Z) that SCDL tokenises (the student's x9)."""
-        return self.student.decode(self.student.encode(x))
+    @property
+    def plugin_host(self) -> SegmentationBackbone:
+        return self.student
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.head_prior:
+        if self.plugin is None or not self.plugin.changes_inference:
             return self.student(x)
-        return self.head_logits(self.scdl_features(x), self.student.head)
+        return self.host_inference_logits(self.student, self.plugin_features(x))
 
     def parameter_groups(self) -> list[dict]:
         backbone = {"params": list(self.student.parameters()), "name": "backbone"}
-        return [backbone, *self.scdl_parameter_groups()]
+        return [backbone, *self.plugin_parameter_groups()]
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher prediction on a noised copy of ``x`` (no gradient)."""
@@ -94,20 +95,11 @@ class MeanTeacherModule(SemiSupervisedModule):
         features = self.student.decode(skips)
         logs: dict[str, torch.Tensor | float] = {}
         loss = features.new_zeros((), dtype=torch.float32)
-        logits, terms = self.logits_and_scdl_terms(features, labeled["label"], self.student.head)
-        if terms is not None:
-            loss = loss + terms.aux_loss
-            if self.scdl.prior_feedback == "bottleneck":
-                # Prior5: auxiliary prior-conditioned decoder pass on the labeled samples
-                x5 = skips[-1][:n_l]
-                prior = self.scdl.bottleneck_prior(
-                    terms.prior_tokens[:n_l], terms.mean_embedding_samples[:n_l], x5.shape[2:]
-                )
-                aux_feats = self.student.decode([s[:n_l] for s in skips[:-1]] + [x5 + prior])
-                loss_prior = self.sup_loss(self.student.head(aux_feats), labeled["label"])
-                loss = loss + loss_prior
-                logs["train/loss_prior_branch"] = loss_prior
-            logs.update(self.scdl.log_values(terms))
+        step = self.host_train_step(self.student, skips, features, labeled["label"])
+        logits = step.logits
+        if step.loss is not None:
+            loss = loss + step.loss
+        logs.update(step.logs)
         loss_sup = self.sup_loss(logits[:n_l], labeled["label"])
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup

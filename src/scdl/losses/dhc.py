@@ -2,7 +2,7 @@
 
 Both weighters are stateful ``nn.Module``s whose state lives in registered buffers, so Lightning
 checkpoints save and restore it. Their ``update`` methods return per-class weights ``(C,)`` to be
-passed to :class:`WeightedCEDiceLoss`. See ``docs/scdl-method.md`` §4.4.
+passed to :class:`WeightedCEDiceLoss`. See ``docs/method.md`` §4.4.
 """
 
 from __future__ import annotations

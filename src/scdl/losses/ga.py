@@ -1,7 +1,7 @@
 """Gradient-aware losses of GALoss (ECCV 2024): top-k class-equilibrium CE and GA soft Dice.
 
 Both losses take raw logits ``(B, C, *spatial)`` and an integer label map ``(B, *spatial)`` and are
-computed in float32 (also under bf16/fp16 autocast). See ``docs/scdl-method.md`` §4.1.
+computed in float32 (also under bf16/fp16 autocast). See ``docs/method.md`` §4.1.
 """
 
 from __future__ import annotations

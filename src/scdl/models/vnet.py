@@ -1,4 +1,4 @@
-"""VNet backbone in the UA-MT / DHC / GALoss style (scdl-method.md §2.1).
+"""VNet backbone in the UA-MT / DHC / GALoss style (docs/method.md §2.1).
 
 Encoder: 5 stages of 3x3x3 conv blocks (1, 2, 3, 3, 3 convs) with 16, 32, 64, 128, 256 channels
 (for ``base_filters=16``), stride-2 2x2x2 conv down-sampling. Decoder: stride-2 transposed-conv
@@ -89,6 +89,10 @@ class VNet(nn.Module):
         super().__init__()
         f = base_filters
         self.num_classes = num_classes
+        # the SegmentationBackbone contract (scdl.models.contracts): read by the builder
+        self.feature_channels = f
+        self.bottleneck_channels = 16 * f
+        self.size_divisor = 16
         self.block1 = ConvBlock(1, in_channels, f, normalization)
         self.down1 = DownBlock(f, 2 * f, normalization)
         self.block2 = ConvBlock(2, 2 * f, 2 * f, normalization)

@@ -12,7 +12,9 @@ instead of a traceback from deep inside the data module or the optimiser. The er
 launcher / sweeper whose plugin package is not installed (``src/train.py`` calls
 :func:`exit_if_missing_hydra_plugins` before ``main()``).
 
-Only omegaconf / hydra.errors are imported here: no torch, no lightning.
+Only omegaconf / hydra.errors are imported at module level: no torch, no lightning. The patch check
+imports the class of ``model._target_`` (not the network: nothing is built) to read its
+``size_divisor`` class attribute.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ PRECISIONS: tuple = (
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "hpu", "auto")
 
 # How many times a backbone halves the resolution (skip connections need exact halves), by the
-# class name of model._target_: the VNet has 4 stride-2 down-samplings -> multiples of 2**4.
+# class name of model._target_, for backbones without a ``size_divisor`` class attribute (the VNet
+# sets it per instance): the VNet has 4 stride-2 down-samplings -> multiples of 2**4.
 MODEL_DOWNSAMPLING = {"VNet": 4}
 
 SCDL_WEIGHTS = ("w_aux", "w_proxy", "w_sac", "w_kl", "lr_scale")
@@ -76,8 +79,9 @@ def conf_dir() -> Path:
 
 
 def group_options(group: str) -> list[str]:
-    """Names of the configs of a group (``conf/<group>/*.yaml``)."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    """Names of the selectable configs of a group (``conf/<group>/*.yaml``; ``common.yaml`` holds
+    shared keys and is not an option on its own)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if p.stem != "common")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,14 +183,35 @@ class _Checker:
 # ----------------------------------------------------------------------------------------------
 
 
+def _size_divisor(target: str) -> int | None:
+    """The ``size_divisor`` class attribute of the ``_target_`` class (imported by name, nothing
+    is built); None when the class cannot be imported or declares none."""
+    module, _, attr = target.rpartition(".")
+    try:
+        divisor = getattr(importlib.import_module(module), attr).size_divisor
+    except Exception:  # noqa: BLE001 - unknown / unimportable target: the builder reports it
+        return None
+    return divisor if _is_int(divisor) and divisor > 0 else None
+
+
 def _model_multiple(cfg: DictConfig) -> tuple[int, str]:
-    """The factor every patch side must be a multiple of, and why."""
+    """The factor every patch side must be a multiple of, and why: the ``size_divisor`` class
+    attribute of ``model._target_`` (SegmentationBackbone), else :data:`MODEL_DOWNSAMPLING`,
+    else 16 (four 2x down-samplings) for a model that declares nothing."""
     target = str(OmegaConf.select(cfg, "model._target_", default="") or "")
-    name = target.rsplit(".", 1)[-1]
-    downs = MODEL_DOWNSAMPLING.get(name)
-    if downs is None:
+    if not target:
         return 1, ""
-    return 2**downs, f"the {name} halves the resolution {downs} times"
+    name = target.rsplit(".", 1)[-1]
+    divisor = _size_divisor(target)
+    if divisor is None and name in MODEL_DOWNSAMPLING:
+        divisor = 2 ** MODEL_DOWNSAMPLING[name]
+    if divisor is None:
+        return 16, f"model {name} declares no size_divisor; 16 assumed"
+    why = f"model {name}: size_divisor {divisor}"
+    downs = divisor.bit_length() - 1
+    if divisor == 2**downs:
+        why += f", the {name} halves the resolution {downs} times"
+    return divisor, why
 
 
 def _check_patch(c: _Checker, key: str, allow_null: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""SCDL: Semantic Class Distribution Learning (scdl-method.md §3), pure PyTorch.
+"""SCDL: Semantic Class Distribution Learning (docs/method.md §3), pure PyTorch.
 
 Shapes: ``B`` batch, ``D`` = ``x_dim`` token size (VNet ``x9`` channels, 16), ``t`` token grid per
 axis (12), ``L = t**3`` tokens, ``C`` classes incl. background, ``z`` embedding size (256), ``S`` proxy

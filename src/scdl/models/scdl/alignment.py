@@ -1,4 +1,4 @@
-"""CDBA: class distribution bidirectional alignment (scdl-method.md §3.2 steps 5, 6, 8, 9).
+"""CDBA: class distribution bidirectional alignment (docs/method.md §3.2 steps 5, 6, 8, 9).
 
 All tensors use the token-major layout (B, L, C): ``B`` batch, ``L`` tokens, ``C`` classes, ``z``
 embedding size, ``S`` proxy samples per class. Inputs ``z_hat``/``mu_hat`` are L2-normalised.

@@ -1,4 +1,4 @@
-"""SAC: semantic anchor constraint (scdl-method.md §3.2 step 2, §3.3)."""
+"""SAC: semantic anchor constraint (docs/method.md §3.2 step 2, §3.3)."""
 
 from __future__ import annotations
 

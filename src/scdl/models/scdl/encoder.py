@@ -1,4 +1,4 @@
-"""Token encoder f of SCDL (scdl-method.md §3.1).
+"""Token encoder f of SCDL (docs/method.md §3.1).
 
 The MLP is the released ``[Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear]`` (state-dict keys
 ``0``, ``3``, ``6``). Its forward computes every ReLU + Dropout pair as ``relu(x) * mask`` with a

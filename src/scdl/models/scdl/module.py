@@ -1,4 +1,4 @@
-"""The SCDL module (scdl-method.md §3): encoder + Gaussian class proxies + CDBA + SAC + prior."""
+"""The SCDL module (docs/method.md §3): encoder + Gaussian class proxies + CDBA + SAC + prior."""
 
 from __future__ import annotations
 

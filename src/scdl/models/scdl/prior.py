@@ -1,4 +1,4 @@
-"""Prior tokens fed back to the segmentation network (scdl-method.md §3.2 step 7)."""
+"""Prior tokens fed back to the segmentation network (docs/method.md §3.2 step 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learnable Gaussian class proxies (scdl-method.md §3.1, §3.2 step 3)."""
+"""Learnable Gaussian class proxies (docs/method.md §3.1, §3.2 step 3)."""
 
 from __future__ import annotations
 

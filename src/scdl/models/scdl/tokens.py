@@ -1,4 +1,4 @@
-"""Token construction for SCDL (scdl-method.md §3.5): feature maps and label maps -> token grids.
+"""Token construction for SCDL (docs/method.md §3.5): feature maps and label maps -> token grids.
 
 Token order everywhere is the row-major flattening of the ``t x t x t`` grid (x slowest, z fastest), so
 :func:`feature_map_to_tokens` and :func:`tokens_to_grid` are inverse layouts of each other.

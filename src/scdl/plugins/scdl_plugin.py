@@ -1,7 +1,7 @@
 """SCDL as a plug-in of a segmentation framework: token plumbing, loss weighting and prior feedback.
 
 Given the decoder feature map of a VNet-style backbone (``x9``, (B, D, X, Y, Z)) and the labels of the
-first ``Bl`` samples, :meth:`SCDLPlugin.training_terms` builds the SCDL inputs (scdl-method.md §3.5):
+first ``Bl`` samples, :meth:`SCDLPlugin.training_terms` builds the SCDL inputs (docs/method.md §3.5):
 
 * tokens: adaptive average pooling of the features to a t^3 grid -> (B, L = t^3, D);
 * soft token labels of the labeled samples: one-hot labels pooled to the grid (``area`` = exact
@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scdl.frameworks.plugin import PluginStep
+from scdl.models.contracts import SegmentationBackbone
 from scdl.models.scdl import (
     SCDL,
     class_tokens_from_token_dist,
@@ -72,7 +74,7 @@ class SCDLPlugin(nn.Module):
         lr_scale: learning rate of the SCDL parameter group relative to the backbone's.
         detach_prior: stop the segmentation loss at the prior tokens, so the proxies and the token
             encoder learn from the SCDL losses only (the prior projection still learns). Not known
-            for the released training (scdl-method.md §8.6); default False (not detached).
+            for the released training (docs/method.md §8.6); default False (not detached).
     """
 
     def __init__(
@@ -121,6 +123,46 @@ class SCDLPlugin(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.scdl.num_classes
+
+    @property
+    def changes_inference(self) -> bool:
+        """Only the ``head`` prior changes the inference logits."""
+        return self.prior_feedback == "head"
+
+    # --- the plug-in contract (scdl.frameworks.plugin.FrameworkPlugin) ------------------------
+    def train_step(
+        self,
+        backbone: SegmentationBackbone,
+        skips: list[torch.Tensor],
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        sup_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> PluginStep:
+        """SCDL terms of the batch, the host's logits (with the ``head`` prior if configured) and,
+        for the ``bottleneck`` prior, the auxiliary prior-conditioned decoder pass on the labeled
+        samples supervised with ``sup_loss`` (Prior5)."""
+        terms = self.training_terms(features, labels, need_prior=self.changes_inference)
+        logits = self.logits(features, backbone.head, terms.prior_tokens)
+        loss = terms.aux_loss
+        logs: dict[str, torch.Tensor] = {}
+        if self.prior_feedback == "bottleneck":
+            n_l = labels.shape[0]
+            x5 = skips[-1][:n_l]
+            prior = self.bottleneck_prior(
+                terms.prior_tokens[:n_l], terms.mean_embedding_samples[:n_l], x5.shape[2:]
+            )
+            aux_feats = backbone.decode([s[:n_l] for s in skips[:-1]] + [x5 + prior])
+            loss_prior = sup_loss(backbone.head(aux_feats), labels)
+            loss = loss + loss_prior
+            logs["train/loss_prior_branch"] = loss_prior
+        logs.update(self.log_values(terms))
+        return PluginStep(logits=logits, loss=loss, logs=logs)
+
+    def inference_logits(
+        self, backbone: SegmentationBackbone, features: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits with the ``head`` prior from the features alone (as the released inference)."""
+        return self.logits(features, backbone.head)
 
     def tokens(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, X, Y, Z) -> (B, t^3, D)."""

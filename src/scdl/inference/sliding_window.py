@@ -17,7 +17,7 @@ class SlidingWindowConfig:
         roi_size: window (X, Y, Z), normally the training patch.
         overlap: fraction of the window shared by neighbours, one value or one per axis (MONAI
             computes the stride as ``int(roi * (1 - overlap))``: 0.5 with a 96 window is stride 48;
-            the papers' test stride xy 32 / z 16 is ``[0.667, 0.667, 0.834]``).
+            the papers' test stride xy 32 / z 16 is ``[0.66666, 0.66666, 0.83333]``).
         mode: ``gaussian`` or ``constant`` blending of overlapping windows.
         sw_batch_size: windows per forward pass.
         average: ``probs`` averages softmax probabilities (SCDL / GALoss evaluation) or ``logits``.

@@ -1,0 +1,27 @@
+"""Score predicted NIfTI label maps against references, no model (like nnU-Net's evaluate_folder):
+``python src/eval_folder.py pred_dir=<folder> ref_dir=<folder> [dataset_json=<dataset.json> |
+class_names=[background,liver,...]] [protocol=standard|paper]``.
+
+Writes ``<output_dir>/metrics.{json,csv}`` + ``metrics_per_case.csv`` (default
+``<pred_dir>/eval_<protocol>``; see :mod:`scdl.evaluation.folder`)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from scdl.utils.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval_folder")
+def main(cfg: DictConfig) -> float | None:
+    from scdl.evaluation.folder import evaluate_folder_from_config
+
+    summary = evaluate_folder_from_config(OmegaConf.to_container(cfg, resolve=True))
+    return summary["overall"]["dice"]["mean"]
+
+
+if __name__ == "__main__":
+    main()
