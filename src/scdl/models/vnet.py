@@ -77,6 +77,8 @@ class VNet(nn.Module):
     Input spatial sizes must be divisible by 16 (four down-samplings).
     """
 
+    size_divisor = 16  # four 2x down-samplings (SegmentationBackbone contract)
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -92,7 +94,6 @@ class VNet(nn.Module):
         # the SegmentationBackbone contract (scdl.models.contracts): read by the builder
         self.feature_channels = f
         self.bottleneck_channels = 16 * f
-        self.size_divisor = 16
         self.block1 = ConvBlock(1, in_channels, f, normalization)
         self.down1 = DownBlock(f, 2 * f, normalization)
         self.block2 = ConvBlock(2, 2 * f, 2 * f, normalization)
