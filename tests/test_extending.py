@@ -70,3 +70,15 @@ def test_a_framework_gets_the_plugin_through_the_hooks_alone():
     assert m.plugin.scdl.proxies.weight.grad.abs().sum() > 0
     m.eval()
     assert m.segment(batch["labeled"]["image"]).shape == (2, 4, 16, 16, 16)
+
+
+def test_frameworks_are_plugin_hosts():
+    from custom_framework import SupervisedOnly
+    from scdl.frameworks.cps import CPSModule
+    from scdl.frameworks.mean_teacher import MeanTeacherModule
+    from scdl.frameworks.plugin import PluginHost
+
+    hooks = ("plugin_host", "plugin_features", "host_train_step", "host_inference_logits")
+    assert all(hasattr(PluginHost, name) for name in hooks)
+    for cls in (MeanTeacherModule, CPSModule, SupervisedOnly):
+        assert all(hasattr(cls, name) for name in hooks), cls

@@ -66,3 +66,36 @@ class FrameworkPlugin(Protocol):
     def parameter_group(self, base_lr: float | None = None) -> dict:
         """The plug-in's optimiser parameter group."""
         ...
+
+
+@runtime_checkable
+class PluginHost(Protocol):
+    """What a framework offers a plug-in (implemented once by
+    :class:`~scdl.frameworks.base.SemiSupervisedModule`; a framework only names its host)."""
+
+    plugin: FrameworkPlugin | None
+
+    @property
+    def plugin_host(self) -> SegmentationBackbone:
+        """The backbone the plug-in attaches to (mean teacher: the student; CPS: network A)."""
+        ...
+
+    def plugin_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, X, Y, Z) -> the host's decoder features (B, F, X, Y, Z)."""
+        ...
+
+    def host_train_step(
+        self,
+        net: SegmentationBackbone,
+        skips: list[torch.Tensor],
+        features: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> PluginStep:
+        """The logits the framework supervises (labeled first) plus the plug-in's loss and logs."""
+        ...
+
+    def host_inference_logits(
+        self, net: SegmentationBackbone, features: torch.Tensor
+    ) -> torch.Tensor:
+        """Inference logits (B, C, X, Y, Z), with the plug-in where it changes inference."""
+        ...
