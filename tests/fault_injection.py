@@ -73,3 +73,18 @@ class NaNWeightsAfterStep(Checkpoint):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.student.parameters()).view(-1)[0] = float("nan")
+
+
+class NaNGradAtStep(NaNLossAtStep):
+    """Makes one gradient NaN after the backward of training step ``step`` (the loss stays
+    finite) and reports, like :class:`NaNLossAtStep`, whether the weights stayed unchanged."""
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:
+            self._before = [p.detach().clone() for p in pl_module.parameters()]
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float(
+                "nan"
+            )

@@ -81,3 +81,22 @@ def test_nan_weights_are_never_checkpointed(phantom_cache, tmp_path):
         assert all(
             torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
         )
+
+
+def test_nan_gradient_with_a_finite_loss_is_skipped_and_counted(phantom_cache, tmp_path):
+    report = tmp_path / "unchanged.txt"
+    cfg = _cfg(
+        phantom_cache,
+        tmp_path,
+        "NaNGradAtStep",
+        "+callbacks.fault.step=1",
+        f"+callbacks.fault.report={report}",
+    )
+    metrics = train(cfg)
+    assert report.read_text().strip() == "1"  # no parameter (or EMA) update at that step
+    assert metrics["train/nonfinite_steps"] == 1.0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["nonfinite_steps"] == 1
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )

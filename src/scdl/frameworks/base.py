@@ -199,9 +199,7 @@ class SemiSupervisedModule(L.LightningModule):
         if trainer is not None and trainer.world_size > 1:  # every rank skips, or none (DDP)
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         self._step_skipped = bad
-        if not bad:
-            self._consecutive_nonfinite = 0
-        else:
+        if bad:
             self.nonfinite_steps += 1
             self._consecutive_nonfinite += 1
             parts = sorted(
@@ -226,9 +224,37 @@ class SemiSupervisedModule(L.LightningModule):
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
         return None if bad else loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss can still give NaN/Inf gradients (e.g. an overflow under bf16 autocast):
+        then the step is skipped as well (gradients dropped, no parameter or EMA update) and
+        counted. Gradients are already all-reduced here, so every DDP rank decides alike. Under
+        fp16 mixed precision the GradScaler does this itself."""
+        if self._step_skipped or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        grads = [g for g in grads if g is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        optimizer.zero_grad(set_to_none=True)  # optimisers skip parameters without a gradient
+        self._step_skipped = True
+        self.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        message = (
+            f"non-finite gradients at step {self.global_step} (finite loss); step skipped, "
+            f"{self._consecutive_nonfinite} in a row, {self.nonfinite_steps} in total"
+        )
+        if self._consecutive_nonfinite > self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"training stopped: {message}, more than framework.max_nonfinite_steps="
+                f"{self.max_nonfinite_steps}. Try trainer.precision=32-true or a lower "
+                "optimizer.lr. The last good state is <run>/checkpoints/last.ckpt."
+            )
+        log.warning(message)
+
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)  # runs training_step + backward in its closure
         if not self._step_skipped:
+            self._consecutive_nonfinite = 0
             # global_step is incremented after this hook: it is still this step's index
             self.after_optimizer_step(self.global_step)
 
