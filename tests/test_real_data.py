@@ -16,11 +16,11 @@ from hydra.errors import CompactHydraException
 
 from conftest import CONF_DIR, compose_cfg
 from real_data_fixtures import write_amos22, write_btcv, write_nnunet, write_split
-from scdl.build import build_backbone
+from scdl.build import build_backbone, setup_data
 from scdl.data.catalog import DataNotFoundError
 from scdl.data.layouts import amos_modality
 from scdl.data.splits import SplitError, SplitFileNotFoundError, load_split_file
-from scdl.training import setup_data, train
+from scdl.training import train
 
 SPLITS = Path(CONF_DIR) / "data" / "splits"
 # (labeled, unlabeled, val, test) per committed split file (docs/method.md §1.1, §1.2)

@@ -1,4 +1,4 @@
-"""One builder: config -> backbone, losses, plug-in, framework. Used by training, ``eval.py``,
+"""One builder: config -> data module, backbone, losses, plug-in, framework. Used by training, ``eval.py``,
 ``predict.py`` and the tests, so a run is rebuilt exactly as it was trained.
 
 The backbone's channel counts come from its attributes
@@ -65,3 +65,22 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         _convert_="all",
         **extra,
     )
+
+
+def setup_data(cfg: DictConfig):
+    """Prepares the cache if allowed, builds the data module and fills ``data.num_classes`` /
+    ``data.class_names`` from the cache index."""
+    from scdl.data.catalog import ensure_prepared
+
+    ensure_prepared(cfg.data)
+    datamodule = instantiate(cfg.data.module, _convert_="all")
+    datamodule.prepare_split()
+    with open_dict(cfg):
+        if cfg.data.get("num_classes") not in (None, datamodule.num_classes):
+            raise ValueError(
+                f"data.num_classes={cfg.data.num_classes} but the data set has "
+                f"{datamodule.num_classes} classes ({datamodule.class_names})"
+            )
+        cfg.data.num_classes = datamodule.num_classes
+        cfg.data.class_names = list(datamodule.class_names)
+    return datamodule

@@ -12,8 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from scdl.build import build_module
-from scdl.data.catalog import ensure_prepared
+from scdl.build import build_module, setup_data
 from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
 from scdl.resume import ResumePlan, plan_resume, set_aside_orphans
@@ -68,23 +67,6 @@ def build_loggers(cfg: DictConfig, plan: ResumePlan | None = None) -> list:
         loggers.append(instantiate(lcfg, **extra))
         log.info("logger %s: %s", name, type(loggers[-1]).__name__)
     return loggers
-
-
-def setup_data(cfg: DictConfig):
-    """Prepares the cache if allowed, builds the data module and fills ``data.num_classes`` /
-    ``data.class_names`` from the cache index."""
-    ensure_prepared(cfg.data)
-    datamodule = instantiate(cfg.data.module, _convert_="all")
-    datamodule.prepare_split()
-    with open_dict(cfg):
-        if cfg.data.get("num_classes") not in (None, datamodule.num_classes):
-            raise ValueError(
-                f"data.num_classes={cfg.data.num_classes} but the data set has "
-                f"{datamodule.num_classes} classes ({datamodule.class_names})"
-            )
-        cfg.data.num_classes = datamodule.num_classes
-        cfg.data.class_names = list(datamodule.class_names)
-    return datamodule
 
 
 def train(cfg: DictConfig) -> dict:

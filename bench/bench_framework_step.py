@@ -1,0 +1,102 @@
+"""Benchmark: one training step of each framework on the phantom settings, interleaved.
+
+Builds the modules of the given experiments with the project's builder (the phantom data set must
+be prepared: ``make data``), then times ``training_step`` + backward + AdamW step on one fixed batch
+(2 labeled + 2 unlabeled patches of the experiment's size), the variants interleaved step by step so
+that load drifts hit all alike. All variants run at one precision (``--precision``) so the ratio
+compares the frameworks, not their CPU precision.
+
+Usage: ``python bench/bench_framework_step.py [--experiments phantom_mt phantom_magicnet]
+[--steps 5] [--warmup 1] [--precision 32|bf16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from scdl.build import build_module, setup_data
+from scdl.utils.config import project_root, register_resolvers
+
+
+def compose_experiment(name: str):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = "/tmp/bench_framework_step"
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def make_step(name: str, bf16: bool):
+    cfg = compose_experiment(name)
+    with open_dict(cfg):
+        cfg.channels_last = False
+    datamodule = setup_data(cfg)
+    torch.manual_seed(0)
+    module = build_module(cfg).train()
+    module.log_dict = lambda *a, **k: None  # no trainer attached
+    module.log = lambda *a, **k: None
+    p = list(datamodule.patch_size)
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "labeled": {
+            "image": torch.randn(2, 1, *p, generator=g),
+            "label": torch.randint(0, datamodule.num_classes, (2, *p), generator=g),
+        },
+        "unlabeled": {"image": torch.randn(2, 1, *p, generator=g)},
+    }
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = module.training_loss(batch, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--experiments", nargs="+", default=["phantom_mt", "phantom_magicnet"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    steps = {name: make_step(name, args.precision == "bf16") for name in args.experiments}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(args.warmup + args.steps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times[args.experiments[0]])
+    print(
+        f"\ntraining step (2 + 2 patches), {args.precision}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+        f"median of {args.steps} (interleaved)"
+    )
+    print(f"| experiment | s / step | vs {args.experiments[0]} |\n|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.2f} | {med / ref:.2f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

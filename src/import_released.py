@@ -1,0 +1,23 @@
+"""Import the authors' released weights: ``python src/import_released.py
+experiment=synapse_magicnet_scdl data.root=... released=<.pth> output=<file.ckpt>``, then
+``python src/eval.py ckpt_path=<file.ckpt>``. See :mod:`scdl.evaluation.released`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from scdl.utils.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="import_released")
+def main(cfg: DictConfig) -> None:
+    from scdl.evaluation.released import import_released
+
+    print(f"wrote {import_released(cfg)}")
+
+
+if __name__ == "__main__":
+    main()
