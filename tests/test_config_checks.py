@@ -89,7 +89,11 @@ def test_ablation_without_scdl_names_the_experiment_and_the_fix(tmp_path):
         ("data.module.labeled_bs=0", "data.module.labeled_bs=0", "positive integer"),
         ("data.module.unlabeled_bs=-2", "data.module.unlabeled_bs=-2", "integer >= 0"),
         ("framework.inference.roi_size=[40,40,40]", "framework.inference.roi_size", "16"),
-        ("~framework._target_", "framework: has no _target_", "framework=cps|magicnet|mean_teacher"),
+        (
+            "~framework._target_",
+            "framework: has no _target_",
+            "framework=cps|magicnet|mean_teacher",
+        ),
         ("~loss.sup._target_", "loss.sup", "_target_"),
     ],
 )
