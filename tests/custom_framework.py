@@ -29,9 +29,6 @@ class SupervisedOnly(SemiSupervisedModule):
     def plugin_host(self) -> SegmentationBackbone:
         return self.net
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        return self.host_inference_logits(self.net, self.plugin_features(x))
-
     def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labeled = batch["labeled"]
         x = self.to_memory_format(labeled["image"])

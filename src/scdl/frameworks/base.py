@@ -115,8 +115,11 @@ class SemiSupervisedModule(L.LightningModule):
         the updated teacher. ``step`` is the 0-based index of that optimiser step."""
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference path: a patch (N, 1, X, Y, Z) -> logits (N, C, X, Y, Z)."""
-        raise NotImplementedError
+        """Inference path: a patch (N, 1, X, Y, Z) -> logits (N, C, X, Y, Z). Default: the
+        :attr:`plugin_host` (through the plug-in when it changes inference)."""
+        if self.plugin is None or not self.plugin.changes_inference:
+            return self.plugin_host(x)
+        return self.host_inference_logits(self.plugin_host, self.plugin_features(x))
 
     def parameter_groups(self) -> list[dict]:
         """Optimiser parameter groups (dicts with ``params`` and optional per-group settings)."""
@@ -200,26 +203,17 @@ class SemiSupervisedModule(L.LightningModule):
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         self._step_skipped = bad
         if bad:
-            self.nonfinite_steps += 1
-            self._consecutive_nonfinite += 1
             parts = sorted(
                 k
                 for k, v in self._last_logs.items()
                 if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all())
             )
-            message = (
+            self._skip_step(
                 f"non-finite loss at step {self.global_step} (non-finite terms: "
-                f"{', '.join(parts) or 'loss'}); step skipped, {self._consecutive_nonfinite} in a "
-                f"row, {self.nonfinite_steps} in total"
+                f"{', '.join(parts) or 'loss'})",
+                "Check the data (python src/check_data.py data=...), lower optimizer.lr, or try "
+                "trainer.precision=32-true.",
             )
-            if self._consecutive_nonfinite > self.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"training stopped: {message}, more than framework.max_nonfinite_steps="
-                    f"{self.max_nonfinite_steps}. Check the data (python src/check_data.py "
-                    "data=...), lower optimizer.lr, or try trainer.precision=32-true. The last "
-                    "good state is <run>/checkpoints/last.ckpt."
-                )
-            log.warning(message)
         if trainer is not None:
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
         return None if bad else loss
@@ -236,18 +230,26 @@ class SemiSupervisedModule(L.LightningModule):
         if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             return
         optimizer.zero_grad(set_to_none=True)  # optimisers skip parameters without a gradient
+        self._skip_step(
+            f"non-finite gradients at step {self.global_step} (finite loss)",
+            "Try trainer.precision=32-true or a lower optimizer.lr.",
+        )
+
+    def _skip_step(self, what: str, fix: str) -> None:
+        """Marks this step skipped and counts it; warns, or raises :class:`NonFiniteLossError`
+        after more than ``max_nonfinite_steps`` skipped steps in a row."""
         self._step_skipped = True
         self.nonfinite_steps += 1
         self._consecutive_nonfinite += 1
         message = (
-            f"non-finite gradients at step {self.global_step} (finite loss); step skipped, "
-            f"{self._consecutive_nonfinite} in a row, {self.nonfinite_steps} in total"
+            f"{what}; step skipped, {self._consecutive_nonfinite} in a row, "
+            f"{self.nonfinite_steps} in total"
         )
         if self._consecutive_nonfinite > self.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"training stopped: {message}, more than framework.max_nonfinite_steps="
-                f"{self.max_nonfinite_steps}. Try trainer.precision=32-true or a lower "
-                "optimizer.lr. The last good state is <run>/checkpoints/last.ckpt."
+                f"{self.max_nonfinite_steps}. {fix} The last good state is "
+                "<run>/checkpoints/last.ckpt."
             )
         log.warning(message)
 

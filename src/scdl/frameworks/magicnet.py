@@ -136,11 +136,6 @@ class MagicNetModule(SemiSupervisedModule):
     def plugin_host(self) -> SegmentationBackbone:
         return self.student
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plugin is None or not self.plugin.changes_inference:
-            return self.student(x)
-        return self.host_inference_logits(self.student, self.plugin_features(x))
-
     def parameter_groups(self) -> list[dict]:
         backbone = {"params": list(self.student.parameters()), "name": "backbone"}
         return [backbone, *self.plugin_parameter_groups()]
@@ -174,11 +169,7 @@ class MagicNetModule(SemiSupervisedModule):
         return loss_loc, merged
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.teacher_noise > 0:
-            noise = torch.randn_like(x) * self.teacher_noise
-            x = x + noise.clamp(-2 * self.teacher_noise, 2 * self.teacher_noise)
-        self.teacher.train()  # MagicNet keeps the teacher in train mode
-        return self.teacher(x)
+        return self.teacher.noisy_forward(x, self.teacher_noise, train=True)  # MagicNet: train mode
 
     def consistency_weight(self, step: int) -> float:
         return magicnet_consistency_weight(

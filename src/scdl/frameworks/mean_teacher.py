@@ -71,22 +71,13 @@ class MeanTeacherModule(SemiSupervisedModule):
     def plugin_host(self) -> SegmentationBackbone:
         return self.student
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plugin is None or not self.plugin.changes_inference:
-            return self.student(x)
-        return self.host_inference_logits(self.student, self.plugin_features(x))
-
     def parameter_groups(self) -> list[dict]:
         backbone = {"params": list(self.student.parameters()), "name": "backbone"}
         return [backbone, *self.plugin_parameter_groups()]
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher prediction on a noised copy of ``x`` (no gradient)."""
-        if self.teacher_noise > 0:
-            noise = torch.randn_like(x) * self.teacher_noise
-            x = x + noise.clamp(-2 * self.teacher_noise, 2 * self.teacher_noise)
-        self.teacher.train(self.teacher_mode == "train")
-        return self.teacher(x)
+        return self.teacher.noisy_forward(x, self.teacher_noise, self.teacher_mode == "train")
 
     def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")

@@ -48,3 +48,13 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
+
+    @torch.no_grad()
+    def noisy_forward(self, x: torch.Tensor, noise_std: float, train: bool = True) -> torch.Tensor:
+        """Teacher logits on ``x + clamp(N(0, noise_std^2), +-2 noise_std)`` (UA-MT / MagicNet),
+        with BatchNorm in train (batch statistics) or eval mode."""
+        if noise_std > 0:
+            noise = torch.randn_like(x) * noise_std
+            x = x + noise.clamp(-2 * noise_std, 2 * noise_std)
+        self.train(train)
+        return self.module(x)
