@@ -18,11 +18,10 @@ Usage: ``python bench/bench_cpu_precision.py [--patch 48] [--steps 5] [--warmup 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from interleaved import print_ratio_table, time_interleaved
 
 from scdl.models.vnet import VNet
 from scdl.utils.hardware import cpu_precision_choice
@@ -71,20 +70,10 @@ def main() -> None:
         f"threads; trainer=cpu picks {choice.precision} ({choice.reason})"
     )
     steps = {name: make_step(v, args.patch) for name, v in VARIANTS.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(args.warmup + args.steps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+    medians = time_interleaved(steps, args.steps, args.warmup)
     torch.set_flush_denormal(False)
-    ref = statistics.median(times["fp32+ftz"])
     print(f"\nVNet step, batch 4 x {args.patch}^3, median of {args.steps} (interleaved)")
-    print("| variant | s / step | vs fp32+ftz |\n|---|---|---|")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"| {name} | {med:.2f} | {med / ref:.2f} |")
+    print_ratio_table(medians, "fp32+ftz", "variant")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ Usage: ``python bench/bench_framework_step.py [--experiments phantom_mt phantom_
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from interleaved import print_ratio_table, time_interleaved
 from omegaconf import open_dict
 
 from scdl.build import build_module, setup_data
@@ -79,23 +78,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     steps = {name: make_step(name, args.precision == "bf16") for name in args.experiments}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(args.warmup + args.steps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
-    ref = statistics.median(times[args.experiments[0]])
+    medians = time_interleaved(steps, args.steps, args.warmup)
     print(
         f"\ntraining step (2 + 2 patches), {args.precision}, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
         f"median of {args.steps} (interleaved)"
     )
-    print(f"| experiment | s / step | vs {args.experiments[0]} |\n|---|---|---|")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"| {name} | {med:.2f} | {med / ref:.2f} |")
+    print_ratio_table(medians, args.experiments[0], "experiment")
 
 
 if __name__ == "__main__":

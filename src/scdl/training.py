@@ -86,10 +86,8 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_split_file(datamodule.split, output_dir / "split.json")
-    module.run_config = {
-        **OmegaConf.to_container(cfg, resolve=True),
-        "split": datamodule.split.to_dict(),
-    }
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = {**resolved, "split": datamodule.split.to_dict()}
     if plan.same_run:
         set_aside_orphans(output_dir / "checkpoints", plan.ckpt_path)
 
@@ -97,7 +95,7 @@ def train(cfg: DictConfig) -> dict:
     loggers = build_loggers(cfg, plan)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(resolved)
 
     metrics: dict = {}
     try:
