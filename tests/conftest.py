@@ -75,3 +75,19 @@ def tiny_train_overrides(cache: Path, tmp_path: Path) -> list[str]:
         "data.module.num_labeled=2",
         "model.base_filters=4",
     ]
+
+
+def semi_batch(num_classes: int, size: int, seed: int, n_labeled: int = 2, n_unlabeled: int = 2):
+    """A random training batch in the data module's layout: ``labeled`` image (Bl, 1, S, S, S) and
+    label (Bl, S, S, S), ``unlabeled`` image (Bu, 1, S, S, S), drawn in that order from ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    shape = (size, size, size)
+    return {
+        "labeled": {
+            "image": torch.randn(n_labeled, 1, *shape, generator=g),
+            "label": torch.randint(0, num_classes, (n_labeled, *shape), generator=g),
+        },
+        "unlabeled": {"image": torch.randn(n_unlabeled, 1, *shape, generator=g)},
+    }

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import semi_batch
 from scdl.frameworks.cps import CPSModule
 from scdl.losses.consistency import PseudoLabelLoss
 from scdl.losses.dhc_weighted import DHCWeightedLoss
@@ -41,14 +42,7 @@ def _cps(**kw):
 
 
 def _batch():
-    g = torch.Generator().manual_seed(2)
-    return {
-        "labeled": {
-            "image": torch.randn(2, 1, 16, 16, 16, generator=g),
-            "label": torch.randint(0, C, (2, 16, 16, 16), generator=g),
-        },
-        "unlabeled": {"image": torch.randn(2, 1, 16, 16, 16, generator=g)},
-    }
+    return semi_batch(C, 16, seed=2)
 
 
 def test_each_net_is_trained_on_the_others_detached_argmax():

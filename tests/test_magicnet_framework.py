@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose_cfg, tiny_train_overrides
+from conftest import compose_cfg, semi_batch, tiny_train_overrides
 
 
 def _overrides(cache, tmp_path):
@@ -28,14 +28,7 @@ def _module(cache, tmp_path, *extra):
 
 
 def _batch(c=14):
-    g = torch.Generator().manual_seed(0)
-    return {
-        "labeled": {
-            "image": torch.randn(2, 1, 48, 48, 48, generator=g),
-            "label": torch.randint(0, c, (2, 48, 48, 48), generator=g),
-        },
-        "unlabeled": {"image": torch.randn(2, 1, 48, 48, 48, generator=g)},
-    }
+    return semi_batch(c, 48, seed=0)
 
 
 @pytest.mark.parametrize("mix_pl_from", ["labeled", "unlabeled"])

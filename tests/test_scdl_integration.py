@@ -5,6 +5,7 @@ from functools import partial
 import pytest
 import torch
 
+from conftest import semi_batch
 from scdl.frameworks.mean_teacher import MeanTeacherModule
 from scdl.losses import CEDiceLoss
 from scdl.losses.consistency import PseudoLabelLoss
@@ -38,14 +39,7 @@ def _module(prior="head", **plugin_kw):
 
 
 def _batch():
-    g = torch.Generator().manual_seed(1)
-    return {
-        "labeled": {
-            "image": torch.randn(2, 1, 16, 16, 16, generator=g),
-            "label": torch.randint(0, C, (2, 16, 16, 16), generator=g),
-        },
-        "unlabeled": {"image": torch.randn(2, 1, 16, 16, 16, generator=g)},
-    }
+    return semi_batch(C, 16, seed=1)
 
 
 def test_head_prior_changes_logits_and_gets_gradient():

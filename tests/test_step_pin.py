@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import semi_batch
 from scdl.frameworks.cps import CPSModule
 from scdl.frameworks.mean_teacher import MeanTeacherModule
 from scdl.losses import CEDiceLoss
@@ -63,14 +64,7 @@ def _module(framework: str, prior: str | None):
 
 
 def _batch():
-    g = torch.Generator().manual_seed(1)
-    return {
-        "labeled": {
-            "image": torch.randn(2, 1, 16, 16, 16, generator=g),
-            "label": torch.randint(0, C, (2, 16, 16, 16), generator=g),
-        },
-        "unlabeled": {"image": torch.randn(2, 1, 16, 16, 16, generator=g)},
-    }
+    return semi_batch(C, 16, seed=1)
 
 
 def _digest(t: torch.Tensor) -> str:

@@ -122,8 +122,23 @@ class SemiSupervisedModule(L.LightningModule):
         return self.host_inference_logits(self.plugin_host, self.plugin_features(x))
 
     def parameter_groups(self) -> list[dict]:
-        """Optimiser parameter groups (dicts with ``params`` and optional per-group settings)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """Optimiser parameter groups (dicts with ``params`` and optional per-group settings).
+        Default: the :attr:`plugin_host` (``backbone``) and the plug-in's group; a framework with
+        other trainable parameters overrides this (checked: none may be left out)."""
+        groups = [
+            {"params": list(self.plugin_host.parameters()), "name": "backbone"},
+            *self.plugin_parameter_groups(),
+        ]
+        grouped = {id(p) for g in groups for p in g["params"]}
+        missing = [
+            n for n, p in self.named_parameters() if p.requires_grad and id(p) not in grouped
+        ]
+        if missing:
+            raise NotImplementedError(
+                f"{type(self).__name__} has trainable parameters outside its plug-in host and "
+                f"plug-in ({missing[:4]}...): override parameter_groups()"
+            )
+        return groups
 
     # --- plug-in hooks ------------------------------------------------------------------------
     @property

@@ -136,10 +136,6 @@ class MagicNetModule(SemiSupervisedModule):
     def plugin_host(self) -> SegmentationBackbone:
         return self.student
 
-    def parameter_groups(self) -> list[dict]:
-        backbone = {"params": list(self.student.parameters()), "name": "backbone"}
-        return [backbone, *self.plugin_parameter_groups()]
-
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update(self.student, step)
 

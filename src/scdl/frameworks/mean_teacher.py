@@ -71,10 +71,6 @@ class MeanTeacherModule(SemiSupervisedModule):
     def plugin_host(self) -> SegmentationBackbone:
         return self.student
 
-    def parameter_groups(self) -> list[dict]:
-        backbone = {"params": list(self.student.parameters()), "name": "backbone"}
-        return [backbone, *self.plugin_parameter_groups()]
-
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher prediction on a noised copy of ``x`` (no gradient)."""
         return self.teacher.noisy_forward(x, self.teacher_noise, self.teacher_mode == "train")
