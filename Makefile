@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# launchers and the Optuna sweeper too: their configs are tested (tests/test_sweeps.py)
+	$(BIN)/pip install -q -e ".[dev,slurm,hpo]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -9,8 +9,10 @@ is read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from scdl.callbacks.checkpoints import LAST
 log = logging.getLogger(__name__)
 
 DISCARDED = "discarded"
+FINISHED = "finished.json"  # written when a run has trained, tested (and post-evaluated)
 
 
 class ResumeError(ValueError, CompactHydraException):
@@ -37,6 +40,37 @@ class ResumePlan:
     ckpt_path: str | None = None
     step: int | None = None
     same_run: bool = False
+    finished: dict | None = None  # the finished run's record: nothing left to do
+
+
+def in_multirun() -> bool:
+    """Whether this process runs one job of a Hydra multirun (its folder is fixed by the sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return False
+
+
+def mark_finished(output_dir: Path, metrics: dict) -> Path:
+    """Writes ``<run>/finished.json`` (the final metrics, plain floats/strings): a resumed sweep
+    skips this run from now on."""
+    record = {
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+    }
+    path = Path(output_dir) / FINISHED
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def finished_record(output_dir: Path) -> dict | None:
+    path = Path(output_dir) / FINISHED
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
@@ -52,11 +86,23 @@ def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
     """What ``cfg.resume`` / ``cfg.ckpt_path`` ask for, checked against the run folder."""
     ckpt = cfg.get("ckpt_path")
     if cfg.get("resume"):
-        if OmegaConf.is_interpolation(cfg, "run_name"):
+        # in a multirun the sweep_name + job fix the folder; a single run needs its run_name
+        if OmegaConf.is_interpolation(cfg, "run_name") and not in_multirun():
             raise ResumeError(
                 "resume=true needs the name of the run to continue: add run_name=<folder name> "
                 f"(the folders of this experiment are in {output_dir.parent})"
             )
+        done = finished_record(output_dir)
+        if done is not None:
+            log.warning(
+                "resume=true: run %s finished at %s: nothing to do (%s)",
+                output_dir,
+                done.get("finished_at", "?"),
+                "a new sweep_name starts a new sweep"
+                if in_multirun()
+                else "resume=false or a new run_name starts a new run",
+            )
+            return ResumePlan(finished=done)
         last = output_dir / "checkpoints" / LAST
         if ckpt is None and last.is_file():
             ckpt = str(last)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from scdl.build import build_module, setup_data
 from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
-from scdl.resume import ResumePlan, plan_resume, set_aside_orphans
+from scdl.resume import ResumePlan, in_multirun, mark_finished, plan_resume, set_aside_orphans
 from scdl.utils.config import instantiate_dict, wandb_mode
 from scdl.utils.hardware import configure_cpu_math
 
@@ -25,13 +25,7 @@ log = logging.getLogger(__name__)
 def _check_multirun_ddp(cfg: DictConfig) -> None:
     """Lightning's ``ddp`` re-launches the script with the same argv: inside a local Hydra multirun
     every child would run the whole sweep again (Lightning #11300, hydra #2070)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - not under Hydra
-        return
+    multirun = in_multirun()
     strategy = str(cfg.trainer.get("strategy", "auto"))
     devices = cfg.trainer.get("devices", 1)
     many = devices not in (1, "1", [0]) and devices is not None
@@ -75,12 +69,15 @@ def train(cfg: DictConfig) -> dict:
 
     validate_config(cfg)  # bad keys fail here, naming the key and the fix
     _check_multirun_ddp(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    plan = plan_resume(cfg, output_dir)
+    if plan.finished is not None:  # resume=true on a finished run (a rerun sweep): nothing to do
+        return dict(plan.finished.get("metrics") or {})
+    pin_job_gpu(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision("high")
     _log_precision(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    plan = plan_resume(cfg, output_dir)
 
     datamodule = setup_data(cfg)
     module = build_module(cfg)
@@ -102,6 +99,7 @@ def train(cfg: DictConfig) -> dict:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            metrics.update(best_validation(output_dir, trainer))
         if cfg.get("test", True):
             ckpt = _best_checkpoint(trainer, cfg)
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
@@ -111,7 +109,77 @@ def train(cfg: DictConfig) -> dict:
             )
     finally:
         _finish_wandb(loggers)
+    if trainer.is_global_zero:
+        for protocol in cfg.get("post_eval") or []:
+            summary = post_evaluate(metrics.get("best_ckpt"), str(protocol), output_dir)
+            if summary is not None:
+                metrics[f"eval/test_{protocol}/dice"] = summary["overall"]["dice"]["mean"]
+        if cfg.get("train", True):
+            mark_finished(output_dir, metrics)
     return metrics
+
+
+def best_validation(output_dir: Path, trainer: L.Trainer) -> dict[str, float]:
+    """``best/val/<metric>``: the best value of every validation metric over the whole run, resumed
+    parts included (from the CSV log), and ``best/step`` of the best ``val/dice``: what a sweep
+    optimises (the last validation may not be the best)."""
+    import csv
+    import math
+
+    best: dict[str, float] = {}
+    path = output_dir / "csv" / "metrics.csv"
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    for row in rows:
+        for key, text in row.items():
+            if key and key.startswith("val/") and text not in (None, ""):
+                value = float(text)
+                if math.isfinite(value) and value > best.get(f"best/{key}", -math.inf):
+                    best[f"best/{key}"] = value
+                    if key == "val/dice":
+                        best["best/step"] = float(row.get("step") or "nan")
+    cb = trainer.checkpoint_callback
+    score = getattr(cb, "best_model_score", None)
+    if "best/val/dice" not in best and score is not None and math.isfinite(float(score)):
+        best["best/val/dice"] = float(score)  # no CSV log: the best checkpoint's score
+    return best
+
+
+def post_evaluate(ckpt: str | None, protocol: str, output_dir: Path) -> dict | None:
+    """``src/eval.py ckpt_path=<best> protocol=<protocol>`` in this process (no W&B run of its
+    own): results in ``<run>/eval/test_<protocol>/`` where the paper table reads them."""
+    if not ckpt:
+        log.warning("post_eval=%s: no best checkpoint in %s, skipped", protocol, output_dir)
+        return None
+    from scdl.evaluation.evaluate import evaluate
+    from scdl.utils.config import compose_config
+
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"protocol={protocol}", "logger=csv"])
+    return evaluate(cfg)
+
+
+def pin_job_gpu(cfg: DictConfig) -> None:
+    """``launcher=joblib`` sets ``job_gpus``: each sweep job runs on one GPU of its own, chosen from
+    the job number (:func:`scdl.utils.hardware.claim_job_gpu`), via ``CUDA_VISIBLE_DEVICES`` set
+    before CUDA starts."""
+    from scdl.utils.hardware import claim_job_gpu, sweep_gpus
+
+    if cfg.get("job_gpus") in (None, False) or not in_multirun():
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    hcfg = HydraConfig.get()
+    gpus = sweep_gpus(cfg.job_gpus)
+    if not gpus:
+        log.warning("job_gpus=%s: no GPU found, job runs without pinning", cfg.job_gpus)
+        return
+    gpu = claim_job_gpu(int(hcfg.job.num), gpus, Path(hcfg.sweep.dir) / ".gpu_locks")
+    if gpu is None:
+        raise RuntimeError(
+            f"job {hcfg.job.num}: all {len(gpus)} GPUs ({','.join(gpus)}) are held by other "
+            "jobs: set hydra.launcher.n_jobs to at most the number of GPUs"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    log.info("sweep job %s runs on GPU %s (CUDA_VISIBLE_DEVICES=%s)", hcfg.job.num, gpu, gpu)
 
 
 def _log_precision(cfg: DictConfig) -> None:

@@ -306,7 +306,10 @@ def evaluate(cfg: DictConfig) -> dict:
     title = f"{protocol} metrics, {split} ({len(case_ids)} cases) — {ckpt.name}"
     print(format_metrics_table(summary, use_rich=True, title=title))
     log.info("metrics written to %s", out_dir)
-    if cfg.get("logger"):
+    if cfg.get("logger") and _wandb_logger_cfg(run_cfg) is None:
+        # a run trained without W&B (logger=csv) gets no W&B eval run either
+        log.info("no W&B run: %s was trained without a W&B logger", run_dir.name)
+    elif cfg.get("logger"):
         summary["wandb"] = log_to_wandb(cfg, run_cfg, summary, out_dir)
     return summary
 

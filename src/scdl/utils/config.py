@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,8 +22,9 @@ def project_root() -> Path:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs) and
-    ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`)."""
+    """``${project_root:}``, ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs),
+    ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`)
+    and ``${if_multirun:A,B}`` (A in a Hydra multirun job, else B: W&B run names and groups)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("cpu_precision"):  # conf/trainer/cpu.yaml: by the CPU's bf16
@@ -34,12 +36,27 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "cpu_channels_last", lambda: cpu_precision_choice().channels_last, use_cache=True
         )
+    if not OmegaConf.has_resolver("if_multirun"):  # conf/logger/wandb.yaml: name and group
+        OmegaConf.register_new_resolver("if_multirun", _if_multirun)
+    if not OmegaConf.has_resolver("short_hash"):  # folder names from long override lists
+        import hashlib
+
+        OmegaConf.register_new_resolver(
+            "short_hash", lambda text: hashlib.sha1(str(text).encode()).hexdigest()[:10]
+        )
     if not OmegaConf.has_resolver("eval"):
         safe = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
         OmegaConf.register_new_resolver(
             "eval",
             lambda expr: eval(expr, {"__builtins__": {}}, safe),  # noqa: S307
         )
+
+
+def _if_multirun(multi: Any, single: Any) -> Any:
+    """``${if_multirun:A,B}``: A inside a Hydra multirun job, else B."""
+    from scdl.resume import in_multirun
+
+    return multi if in_multirun() else single
 
 
 def instantiate_dict(group: DictConfig | None) -> list:
@@ -57,3 +74,16 @@ def wandb_mode() -> str:
     if mode:
         return mode
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with ``overrides`` as its entry script would, from
+    inside a running Hydra app (a training job evaluating its checkpoint) or outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)

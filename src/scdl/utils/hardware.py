@@ -10,6 +10,7 @@ variants on the machine at hand.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -82,3 +83,58 @@ def configure_cpu_math(flush_denormal: bool = True) -> None:
     below 1e-38; 4x faster float32 convolutions where denormals occur)."""
     if flush_denormal and not torch.set_flush_denormal(True):
         log.info("this CPU cannot flush denormals (no SSE3 DAZ/FTZ)")
+
+
+# --- one GPU per sweep job (launcher=joblib) -------------------------------------------------------
+ALL_GPUS_ENV = "SCDL_SWEEP_GPUS"  # the GPUs of the whole sweep, remembered across reused workers
+
+
+def sweep_gpus(job_gpus: str | list | int) -> list[str]:
+    """The GPU ids a sweep distributes over: an explicit list (``[0,1,2,3]``), a count (``4``),
+    or ``auto``: the launching shell's ``CUDA_VISIBLE_DEVICES``, else every GPU the driver lists
+    (``/proc/driver/nvidia/gpus``). Never initialises CUDA (that would freeze the visible set)."""
+    remembered = os.environ.get(ALL_GPUS_ENV)
+    if remembered:  # a reused joblib worker: its own CUDA_VISIBLE_DEVICES was narrowed already
+        return remembered.split(",")
+    if isinstance(job_gpus, int) and not isinstance(job_gpus, bool):
+        gpus = [str(i) for i in range(job_gpus)]
+    elif str(job_gpus) == "auto":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            gpus = [g.strip() for g in visible.split(",") if g.strip()]
+        else:
+            drv = Path("/proc/driver/nvidia/gpus")
+            gpus = [str(i) for i in range(len(list(drv.iterdir())))] if drv.is_dir() else []
+    else:
+        gpus = [str(g) for g in job_gpus]
+    os.environ[ALL_GPUS_ENV] = ",".join(gpus)
+    return gpus
+
+
+def claim_job_gpu(job_num: int, gpus: list[str], lock_dir: Path) -> str | None:
+    """The GPU of sweep job ``job_num``: ``gpus[job_num % len(gpus)]`` if no other live worker
+    holds it, else a free one; held (``fcntl`` lock in ``lock_dir``) until this process exits.
+
+    A joblib (loky) worker is reused for later jobs, and CUDA ignores a changed
+    ``CUDA_VISIBLE_DEVICES`` once initialised: a worker therefore keeps the GPU of its first job,
+    and the locks keep two workers off one GPU. Returns None when every GPU is held."""
+    import fcntl
+
+    held = _HELD_GPU.get("gpu")
+    if held is not None:
+        return held
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    order = [gpus[(job_num + i) % len(gpus)] for i in range(len(gpus))]
+    for gpu in order:
+        f = open(lock_dir / f"gpu{gpu}.lock", "w")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _HELD_GPU.update(gpu=gpu, file=f)
+        return gpu
+    return None
+
+
+_HELD_GPU: dict = {}

@@ -1,0 +1,311 @@
+"""The papers' results table from a sweep: one row per method, mean ± std over seeds.
+
+``python -m scdl.evaluation.paper_table <sweep or run folders> [-o <dir>]`` (``sweep=paper_table``
+calls it when its last job ends). Each run contributes its ``eval/test_paper/metrics.json``
+(``src/eval.py ... protocol=paper`` on its best checkpoint, which ``post_eval=[paper]`` runs after
+training): the per-run Avg Dice / Avg ASD are means over test cases of the per-case class means, the
+per-class Dice means over cases. A row is a method (``method_name`` of the experiment, plus the SCDL
+ablation where it is not ``full``/``baseline``); its cells are mean ± sample standard deviation
+(``ddof=1``) over the seeds of that method. The minority classes (the ``k`` foreground classes with
+the fewest voxels in the labeled training cases, measured on the data) are marked ``*``.
+
+Writes ``paper_table.md``, ``paper_table.csv`` and ``paper_table.png`` (per-class Dice bars by
+method) and, when W&B is on, logs them to a ``summary`` run in the sweep's W&B group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf, open_dict
+
+from scdl.metrics.results import load_metrics
+from scdl.utils.config import register_resolvers
+
+log = logging.getLogger(__name__)
+
+PAPER_RESULTS = Path("eval") / "test_paper" / "metrics.json"
+# row order of the papers' tables; other methods follow alphabetically
+METHOD_ORDER = (
+    "Mean teacher",
+    "Mean teacher + SCDL",
+    "GA-CPS",
+    "GA-CPS + SCDL",
+    "DHC",
+    "DHC + SCDL",
+    "GA-MagicNet",
+    "GA-MagicNet + SCDL",
+)
+PLAIN_ABLATIONS = ("full", "baseline", "none")
+
+
+def _run_config(run: Path):
+    cfg_path = run / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    register_resolvers()
+    cfg = OmegaConf.load(cfg_path)
+    with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
+        cfg.paths.output_dir = str(run)
+    return cfg
+
+
+def method_label(cfg) -> str:
+    """Row name: the experiment's ``method_name``, plus a non-default SCDL ablation."""
+    name = str(cfg.get("method_name") or cfg.get("experiment_name", "?"))
+    ablation = str(cfg.get("ablation_name", "none"))
+    return name if ablation in PLAIN_ABLATIONS else f"{name} ({ablation})"
+
+
+def collect_runs(roots: list[Path]) -> list[dict[str, Any]]:
+    """One record per run below ``roots`` with paper-protocol test results."""
+    records = []
+    for path in sorted({p for root in roots for p in Path(root).rglob(str(PAPER_RESULTS))}):
+        run = path.parents[2]
+        cfg = _run_config(run)
+        if cfg is None:
+            log.warning("%s: no .hydra/config.yaml, skipped", run)
+            continue
+        m = load_metrics(path)
+        records.append(
+            {
+                "run": run,
+                "cfg": cfg,
+                "method": method_label(cfg),
+                "seed": cfg.get("seed"),
+                "classes": list(m["classes"]),
+                "dice": m["overall"]["dice"]["mean"],
+                "asd": m["overall"]["asd"]["mean"],
+                "per_class": {n: m["per_class"][n]["dice"]["mean"] for n in m["classes"]},
+            }
+        )
+    return records
+
+
+def _minority(records: list[dict], k: int) -> list[str]:
+    """Names of the ``k`` smallest classes of the first run's labeled split (same for a sweep)."""
+    import json
+
+    from scdl.evaluation.summary import smallest_classes
+
+    first = records[0]
+    split = json.loads((first["run"] / "split.json").read_text())
+    names = first["classes"]
+    ids = smallest_classes(Path(first["cfg"].data.cache_dir), split["labeled"], len(names) + 1, k)
+    return [names[c - 1] for c in ids]
+
+
+def _stats(values: list[float | None]) -> tuple[float, float | None, int]:
+    """Mean and sample std (ddof=1; None for one seed) of the finite values, and their count."""
+    a = np.asarray([v for v in values if v is not None], dtype=float)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return float("nan"), None, 0
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None), int(a.size)
+
+
+def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
+    """Rows (one per method, papers' order) with mean/std over seeds of every column."""
+    if not records:
+        raise ValueError("no runs with eval/test_paper/metrics.json")
+    classes = records[0]["classes"]
+    for r in records:
+        if r["classes"] != classes:
+            raise ValueError(f"{r['run']}: classes differ from the other runs' ({classes})")
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["method"]].append(r)
+
+    def order(name: str) -> tuple:
+        base = name.split(" (")[0]
+        rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+        return (rank, name)
+
+    rows = []
+    for method in sorted(groups, key=order):
+        rs = sorted(groups[method], key=lambda r: str(r["seed"]))
+        row = {
+            "method": method,
+            "seeds": [r["seed"] for r in rs],
+            "dice": _stats([r["dice"] for r in rs]),
+            "asd": _stats([r["asd"] for r in rs]),
+            "per_class": {c: _stats([r["per_class"][c] for r in rs]) for c in classes},
+        }
+        rows.append(row)
+    return {"classes": classes, "minority": _minority(records, k), "rows": rows}
+
+
+def _cell(stats: tuple[float, float | None, int], scale: float) -> str:
+    mean, std, n = stats
+    if n == 0:
+        return "–"
+    return f"{mean * scale:.1f}" if std is None else f"{mean * scale:.1f} ± {std * scale:.1f}"
+
+
+def _short(name: str, minority: list[str]) -> str:
+    from scdl.evaluation.summary import SHORT_NAMES
+
+    return SHORT_NAMES.get(name, name) + ("*" if name in minority else "")
+
+
+def to_markdown(table: dict) -> str:
+    classes, minority = table["classes"], table["minority"]
+    heads = ["Method", "Seeds", "Avg Dice %", "Avg ASD (vox)"]
+    heads += [_short(c, minority) for c in classes]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for row in table["rows"]:
+        cells = [
+            row["method"],
+            ",".join(str(s) for s in row["seeds"]),
+            _cell(row["dice"], 100),
+            _cell(row["asd"], 1),
+        ] + [_cell(row["per_class"][c], 100) for c in classes]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Mean ± sample std (ddof=1) over seeds of the per-run test means (paper protocol: "
+        "160x160x80 grid, ASD in voxels). * minority classes (fewest labeled voxels): "
+        + ", ".join(minority)
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def write_csv(table: dict, path: Path) -> None:
+    classes = table["classes"]
+    fields = ["method", "seeds", "n", "dice_mean", "dice_std", "asd_mean", "asd_std"]
+    fields += [f"{c}_{s}" for c in classes for s in ("mean", "std")]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for row in table["rows"]:
+            vals = [row["method"], " ".join(str(s) for s in row["seeds"]), row["dice"][2]]
+            vals += [row["dice"][0], row["dice"][1], row["asd"][0], row["asd"][1]]
+            vals += [row["per_class"][c][i] for c in classes for i in (0, 1)]
+            w.writerow(["" if v is None else v for v in vals])
+
+
+def plot_per_class(table: dict, path: Path) -> Path:
+    """Per-class Dice bars (mean, sample-std whiskers), one bar colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes, rows = table["classes"], table["rows"]
+    x = np.arange(len(classes))
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(classes) * 0.9), 4))
+    for i, row in enumerate(rows):
+        means = [row["per_class"][c][0] * 100 for c in classes]
+        stds = [(row["per_class"][c][1] or 0.0) * 100 for c in classes]
+        ax.bar(x + i * width, means, width, yerr=stds, capsize=2, label=row["method"])
+    ax.set_xticks(x + width * (len(rows) - 1) / 2)
+    ax.set_xticklabels([_short(c, table["minority"]) for c in classes])
+    ax.set_ylabel("test Dice % (paper protocol)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Per-class Dice by method (* minority classes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str | None) -> bool:
+    """A W&B ``summary`` run in the sweep's group: the table, per-class Dice bars by method, and
+    the figure. No-op with ``WANDB_MODE=disabled``."""
+    from scdl.utils.config import wandb_mode
+
+    mode = wandb_mode()
+    if mode == "disabled":
+        return False
+    import wandb
+
+    classes = table["classes"]
+    columns = ["method", "seeds", "dice_mean", "dice_std", "asd_mean", "asd_std"]
+    columns += [f"{c}_mean" for c in classes]
+    data = [
+        [
+            r["method"],
+            ",".join(str(s) for s in r["seeds"]),
+            r["dice"][0],
+            r["dice"][1],
+            r["asd"][0],
+            r["asd"][1],
+        ]
+        + [r["per_class"][c][0] for c in classes]
+        for r in table["rows"]
+    ]
+    run = wandb.init(
+        project=project or "scdl",
+        group=group,
+        job_type="summary",
+        name=f"{group}/paper_table",
+        tags=["summary", "paper_table"],
+        dir=str(files["md"].parent),
+        mode="offline" if mode == "offline" else "online",
+    )
+    try:
+        wtable = wandb.Table(columns=columns, data=data)
+        logs: dict[str, Any] = {
+            "paper_table/table": wtable,
+            "paper_table/per_class_figure": wandb.Image(str(files["png"])),
+            "paper_table/avg_dice": wandb.plot.bar(
+                wtable, "method", "dice_mean", title="Avg test Dice by method"
+            ),
+        }
+        for row in table["rows"]:  # one per-class bar chart per method (ablation)
+            t = wandb.Table(
+                columns=["class", "dice"],
+                data=[[c, row["per_class"][c][0]] for c in classes],
+            )
+            logs[f"paper_table/per_class/{row['method']}"] = wandb.plot.bar(
+                t, "class", "dice", title=f"Per-class test Dice: {row['method']}"
+            )
+        run.log(logs)
+    finally:
+        wandb.finish()
+    return True
+
+
+def write_paper_table(
+    roots: list[Path], out_dir: Path, k: int = 4, wandb_group: str | None = None
+) -> dict[str, Path]:
+    """Builds the table from the runs below ``roots`` and writes it to ``out_dir``."""
+    table = build_table(collect_runs(roots), k)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "md": out_dir / "paper_table.md",
+        "csv": out_dir / "paper_table.csv",
+        "png": out_dir / "paper_table.png",
+    }
+    files["md"].write_text(to_markdown(table) + "\n")
+    write_csv(table, files["csv"])
+    plot_per_class(table, files["png"])
+    print(to_markdown(table))
+    if wandb_group is not None:
+        log_to_wandb(table, files, wandb_group, project=None)
+    return files
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("-o", "--out", type=Path, default=None, help="default: the first root")
+    parser.add_argument("--smallest", type=int, default=4, help="k minority classes to mark")
+    args = parser.parse_args(argv)
+    try:
+        write_paper_table(args.roots, args.out or args.roots[0], args.smallest)
+    except ValueError as err:
+        raise SystemExit(f"{err}: run the sweep (or src/eval.py protocol=paper) first") from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Hydra callbacks of the predefined sweeps (``conf/sweep/``): they run in the process that
+launched the multirun, before the first and after the last job, whatever the launcher (basic,
+joblib, SLURM) or sweeper (grid, Optuna).
+
+- :class:`SweepFolder` creates the sweep folder first (Optuna's SQLite study lives there).
+- :class:`PaperTable` writes the paper-style table of the sweep's runs when the last job is done.
+- :class:`OptunaResults` plots and tabulates an Optuna study's trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    return Path(str(config.hydra.sweep.dir))
+
+
+def _wandb_group(config: DictConfig) -> str | None:
+    """The sweep's W&B group when the jobs log to W&B (else None: no summary run)."""
+    loggers = config.get("logger") or {}
+    uses_wandb = any("Wandb" in str(lc.get("_target_", "")) for lc in loggers.values())
+    return str(config.get("sweep_name")) if uses_wandb else None
+
+
+class SweepFolder(Callback):
+    """Creates ``hydra.sweep.dir`` before the sweeper starts (the launcher would only create it
+    when the first job starts, after Optuna has opened its storage there)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _sweep_dir(config).mkdir(parents=True, exist_ok=True)
+
+
+class PaperTable(Callback):
+    """``paper_table.{md,csv,png}`` in the sweep folder (+ a W&B summary run) after the last job.
+
+    Rebuild it at any time with ``python -m scdl.evaluation.paper_table <sweep folder>``."""
+
+    def __init__(self, smallest: int = 4) -> None:
+        self.smallest = smallest
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from scdl.evaluation.paper_table import write_paper_table
+
+        sweep = _sweep_dir(config)
+        try:
+            files = write_paper_table([sweep], sweep, self.smallest, _wandb_group(config))
+        except ValueError as err:
+            log.error("paper table not written (%s)", err)
+            return
+        log.info("paper table: %s", ", ".join(str(p) for p in files.values()))
+
+
+class OptunaResults(Callback):
+    """After an Optuna sweep: ``optuna_trials.csv`` (every trial of the study, resumed ones
+    included) and ``optuna_results.png`` (objective per trial with the best so far, and the
+    objective against each searched parameter)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        if not sweeper.get("storage"):
+            log.warning("Optuna sweep without storage: no results plot")
+            return
+        import optuna
+
+        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+        write_optuna_results(study, _sweep_dir(config))
+
+
+def write_optuna_results(study: Any, out_dir: Path) -> dict[str, Path]:
+    """Trials table and plot of an ``optuna.Study`` (finished trials only) in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    trials = [t for t in study.trials if t.value is not None]
+    params = sorted({k for t in trials for k in t.params})
+    paths = {"csv": out_dir / "optuna_trials.csv", "png": out_dir / "optuna_results.png"}
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "value", *params])
+        for t in trials:
+            w.writerow([t.number, t.value, *(t.params.get(p, "") for p in params)])
+    maximise = study.direction.name == "MAXIMIZE"
+    values = np.array([t.value for t in trials], dtype=float)
+    best = np.maximum.accumulate(values) if maximise else np.minimum.accumulate(values)
+    fig, axes = plt.subplots(1, 1 + len(params), figsize=(4 * (1 + len(params)), 3.2))
+    axes = np.atleast_1d(axes)
+    axes[0].plot([t.number for t in trials], values, "o", label="trial")
+    axes[0].step([t.number for t in trials], best, where="post", label="best so far")
+    axes[0].set_xlabel("trial")
+    axes[0].set_ylabel("objective")
+    axes[0].legend(fontsize=7)
+    for ax, p in zip(axes[1:], params, strict=True):
+        xs = [t.params[p] for t in trials if p in t.params]
+        ys = [t.value for t in trials if p in t.params]
+        ax.plot(xs, ys, "o")
+        ax.set_xlabel(p, fontsize=7)
+    fig.suptitle(f"Optuna study {study.study_name} ({len(trials)} trials)")
+    fig.tight_layout()
+    fig.savefig(paths["png"], dpi=100)
+    plt.close(fig)
+    return paths

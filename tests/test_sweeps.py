@@ -1,0 +1,328 @@
+"""Sweeps: the paper table (built from runs, and the whole sweep interrupted and resumed), resume in
+sweeps, one GPU per joblib job, the SLURM launcher's parameters and requeue hook, Optuna."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import compose_cfg, tiny_train_overrides
+from scdl.utils.config import project_root
+
+ROOT = project_root()
+CLASSES = ["big", "mid", "small"]
+
+
+# --- the paper table from run folders ---------------------------------------------------------------
+def _fake_run(
+    root: Path, name: str, method: str, seed: int, dice: list[float], asd: float, cache: Path
+) -> Path:
+    """A finished run folder: config, split and eval/test_paper results of two cases whose
+    per-class Dice are ``dice`` and ``dice`` shifted by 0.1 (case means differ by 0.1)."""
+    from omegaconf import OmegaConf
+
+    from scdl.metrics.results import aggregate_metrics, save_metrics
+
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {
+        "method_name": method,
+        "experiment_name": method.lower().replace(" ", "_"),
+        "ablation_name": "full" if "SCDL" in method else "baseline",
+        "seed": seed,
+        "paths": {"output_dir": "?"},
+        "data": {"cache_dir": str(cache)},
+    }
+    OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
+    (run / "split.json").write_text(json.dumps({"labeled": ["c0"], "unlabeled": [], "test": []}))
+    cases = [
+        {"dice": np.array(dice), "asd": np.full(3, asd)},
+        {"dice": np.array(dice) + 0.1, "asd": np.full(3, asd)},
+    ]
+    summary = aggregate_metrics(cases, CLASSES, ["t0", "t1"], "paper")
+    save_metrics(summary, run / "eval" / "test_paper")
+    return run
+
+
+@pytest.fixture
+def label_cache(tmp_path) -> Path:
+    """One labeled case: 100 voxels of class 1, 30 of class 2, 5 of class 3."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    label = np.zeros(200, dtype=np.uint8)
+    label[:100], label[100:130], label[130:135] = 1, 2, 3
+    np.save(cache / "c0_label.npy", label)
+    return cache
+
+
+def test_paper_table_rows_are_methods_with_mean_and_sample_std_over_seeds(tmp_path, label_cache):
+    from scdl.evaluation.paper_table import build_table, collect_runs, to_markdown, write_csv
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep, "0", "Mean teacher + SCDL", 1, [0.5, 0.4, 0.0], 10.0, label_cache)
+    _fake_run(sweep, "1", "Mean teacher + SCDL", 2, [0.7, 0.4, 0.2], 20.0, label_cache)
+    _fake_run(sweep, "2", "Mean teacher", 1, [0.6, 0.3, 0.0], 30.0, label_cache)
+    table = build_table(collect_runs([sweep]), k=1)
+    assert [r["method"] for r in table["rows"]] == ["Mean teacher", "Mean teacher + SCDL"]
+    scdl = table["rows"][1]
+    # per-run Avg Dice: mean over cases of the case means = (0.3 + 0.4)/2 = 0.35 and 0.486..
+    run_means = [np.mean([0.3, 0.4]), np.mean([np.mean([0.7, 0.4, 0.2]), np.mean([0.8, 0.5, 0.3])])]
+    assert scdl["dice"][0] == pytest.approx(np.mean(run_means))
+    assert scdl["dice"][1] == pytest.approx(np.std(run_means, ddof=1))  # sample std, not population
+    assert scdl["per_class"]["small"][0] == pytest.approx(np.mean([0.05, 0.25]))
+    assert scdl["asd"][:2] == pytest.approx((15.0, np.std([10.0, 20.0], ddof=1)))
+    assert table["rows"][0]["dice"][1] is None  # one seed: no spread
+    assert table["minority"] == ["small"]  # fewest labeled voxels, from the cache
+    md = to_markdown(table)
+    assert "| Mean teacher + SCDL | 1,2 |" in md and "small*" in md and "ddof=1" in md
+    assert f"{np.mean(run_means) * 100:.1f} ± {np.std(run_means, ddof=1) * 100:.1f}" in md
+    write_csv(table, tmp_path / "t.csv")
+    header = (tmp_path / "t.csv").read_text().splitlines()[0].split(",")
+    assert header[:7] == ["method", "seeds", "n", "dice_mean", "dice_std", "asd_mean", "asd_std"]
+
+
+def test_paper_table_refuses_runs_with_different_classes(tmp_path, label_cache):
+    from scdl.evaluation.paper_table import build_table, collect_runs
+
+    _fake_run(tmp_path / "s", "0", "Mean teacher", 1, [0.5, 0.4, 0.0], 1.0, label_cache)
+    run = _fake_run(tmp_path / "s", "1", "DHC", 1, [0.5, 0.4, 0.0], 1.0, label_cache)
+    path = run / "eval" / "test_paper" / "metrics.json"
+    m = json.loads(path.read_text())
+    m["classes"] = ["a", "b", "c"]
+    m["per_class"] = dict(zip(["a", "b", "c"], m["per_class"].values(), strict=True))
+    path.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="classes differ"):
+        build_table(collect_runs([tmp_path / "s"]))
+
+
+# --- resume: a finished run is not trained again ---------------------------------------------------
+def test_resume_of_a_finished_run_says_so_and_does_nothing(phantom_cache, tmp_path, caplog):
+    from scdl.resume import mark_finished
+    from scdl.training import train
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    mark_finished(run_dir, {"test/dice": 0.5, "best_ckpt": "x.ckpt", "skip": [1]})
+    before = sorted(p.name for p in run_dir.iterdir())
+    overrides = [*tiny_train_overrides(phantom_cache, tmp_path), "resume=true", "run_name=run"]
+    cfg = compose_cfg(["experiment=phantom_mt", *overrides], output_dir=run_dir)
+    with caplog.at_level("WARNING"):
+        metrics = train(cfg)
+    assert metrics == {"test/dice": 0.5, "best_ckpt": "x.ckpt"}
+    assert "finished at" in caplog.text and "nothing to do" in caplog.text
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
+
+
+# --- joblib: one GPU per job -------------------------------------------------------------------------
+def test_sweep_gpus_from_list_count_or_the_shell(monkeypatch):
+    from scdl.utils.hardware import ALL_GPUS_ENV, sweep_gpus
+
+    monkeypatch.delenv(ALL_GPUS_ENV, raising=False)
+    assert sweep_gpus([0, 2]) == ["0", "2"]
+    monkeypatch.delenv(ALL_GPUS_ENV)
+    assert sweep_gpus(3) == ["0", "1", "2"]
+    monkeypatch.delenv(ALL_GPUS_ENV)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert sweep_gpus("auto") == ["4", "5"]
+    # a reused worker whose CUDA_VISIBLE_DEVICES was narrowed by its first job keeps the full list
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert sweep_gpus("auto") == ["4", "5"]
+
+
+_CLAIM = """
+import sys, time
+from pathlib import Path
+from scdl.utils.hardware import claim_job_gpu
+gpus = ["0", "1", "2"]
+first = claim_job_gpu(int(sys.argv[1]), gpus, Path(sys.argv[2]))
+again = claim_job_gpu(int(sys.argv[1]) + 1, gpus, Path(sys.argv[2]))  # a reused worker
+print(first, again, flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_each_job_claims_its_own_gpu_from_its_number(tmp_path):
+    """Job n prefers GPU n mod N; a GPU held by a live worker is never given twice; a worker keeps
+    its first GPU for later jobs (CUDA cannot switch devices once started)."""
+
+    def start(job: int, hold: float) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", _CLAIM, str(job), str(tmp_path / "locks"), str(hold)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    a = start(1, 5.0)
+    first = a.stdout.readline().split()
+    b = start(1, 0.0)  # wants GPU 1 too, which worker a holds
+    second = b.stdout.readline().split()
+    c = start(0, 0.0)
+    third = c.stdout.readline().split()
+    for p in (a, b, c):
+        p.wait(timeout=30)
+    assert first == ["1", "1"]  # job 1 -> GPU 1; the same worker keeps it for its next job
+    assert second[0] == "2"  # GPU 1 busy: the next free one
+    assert third[0] == "0"
+
+
+def test_joblib_launcher_config_pins_gpus():
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cfg = _compose_with_hydra(["launcher=joblib", "hydra.launcher.n_jobs=4"])
+    assert cfg.job_gpus == "auto"
+    assert cfg.hydra.launcher.n_jobs == 4
+    assert "JoblibLauncher" in cfg.hydra.launcher._target_
+
+
+# --- SLURM: parameters and the requeue hook ------------------------------------------------------
+def _compose_with_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scdl.utils.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def test_slurm_launcher_starts_one_task_per_gpu_on_every_node_and_requeues():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.utils import instantiate
+
+    cfg = _compose_with_hydra(
+        [
+            "experiment=amos_scdl",
+            "launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+        ]
+    )
+    lc = cfg.hydra.launcher
+    assert "SlurmLauncher" in lc._target_
+    assert (lc.nodes, lc.tasks_per_node, lc.gpus_per_node) == (2, 4, 4)  # SLURM starts the ranks
+    assert lc.partition == "gpu" and lc.max_num_timeout > 0 and lc.signal_delay_s > 0
+    assert cfg.resume is True  # a requeued job continues its last.ckpt
+    (plugin,) = cfg.trainer.plugins
+    env = instantiate(plugin)
+    assert type(env).__name__ == "SLURMEnvironment" and env.auto_requeue is False
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+
+    # submitit calls launcher.checkpoint(*args) on time-out / preemption: it must resubmit the same
+    # job (same overrides, same job number -> same folder, where resume=true continues last.ckpt)
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    launcher = SlurmLauncher(**{k: v for k, v in lc.items() if k != "_target_"})
+    args = (["experiment=amos_scdl", "seed=1"], "hydra.sweep.dir", 3, "job_id_for_3", {})
+    resubmission = launcher.checkpoint(*args)
+    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+    assert resubmission.function is launcher and resubmission.args == args
+
+
+# --- the whole paper-table sweep, interrupted and resumed -----------------------------------------
+def _sweep_cmd(cache: Path, tmp_path: Path) -> list[str]:
+    tiny = [o for o in tiny_train_overrides(cache, tmp_path) if not o.startswith("paths.")]
+    return [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        "sweep=paper_table",
+        "data=phantom",
+        *tiny,
+        f"paths.log_dir={tmp_path}/logs",
+        "seed=1",  # 8 jobs; the spread over seeds is tested on hand-made runs above
+        "data.module.patch_size=[48,48,48]",  # GA-MagicNet: 3 cubes per axis, 16 voxels each
+        "trainer.max_steps=4",
+        "checkpoint_every_n_steps=2",
+    ]
+
+
+@pytest.mark.slow
+def test_interrupted_paper_table_sweep_resumes_and_completes(phantom_cache, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    sweep = tmp_path / "logs" / "debug" / "multiruns" / "paper_table" / "phantom"
+    cmd = _sweep_cmd(phantom_cache, tmp_path)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.time() + 600
+    # interrupt once 2 jobs finished and the 3rd has written a checkpoint
+    while time.time() < deadline and proc.poll() is None:
+        done = list(sweep.glob("*/finished.json"))
+        if len(done) >= 2 and list(sweep.glob("2_*/checkpoints/last.ckpt")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = {p.parent.name for p in sweep.glob("*/finished.json")}
+    assert not (sweep / "paper_table.md").exists()
+
+    t0 = time.time()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    out = rerun.stdout + rerun.stderr
+    for name in finished_before:  # skipped, not trained again
+        assert f"{name} finished at" in out
+    # the interrupted job continued its own last.ckpt
+    assert re.search(r"resuming from \S*/2_phantom_scdl_full_seed1/checkpoints/last.ckpt", out)
+    runs = sorted(p.parent.name for p in sweep.glob("*/finished.json"))
+    assert len(runs) == 8  # 8 methods x 1 seed
+    table = (sweep / "paper_table.md").read_text()
+    for method in (
+        "Mean teacher",
+        "Mean teacher + SCDL",
+        "GA-CPS",
+        "GA-CPS + SCDL",
+        "DHC",
+        "DHC + SCDL",
+        "GA-MagicNet",
+        "GA-MagicNet + SCDL",
+    ):
+        assert f"| {method} | 1 |" in table
+    assert (sweep / "paper_table.csv").is_file() and (sweep / "paper_table.png").is_file()
+    print(f"rerun of the interrupted sweep: {time.time() - t0:.0f} s")
+
+
+# --- Optuna -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_optuna_sweep_runs_trials_and_resumes_its_study(phantom_cache, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import optuna
+
+    tiny = [o for o in tiny_train_overrides(phantom_cache, tmp_path) if not o.startswith("paths.")]
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        "sweep=hpo_scdl",
+        *tiny,
+        f"paths.log_dir={tmp_path}/logs",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_steps=2",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for _ in range(2):  # the second command adds trials to the stored study
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    sweep = tmp_path / "logs" / "debug" / "multiruns" / "hpo_scdl" / "phantom_scdl"
+    study = optuna.load_study(
+        study_name="hpo_scdl/phantom_scdl", storage=f"sqlite:///{sweep}/optuna.db"
+    )
+    finished = [t for t in study.trials if t.value is not None]
+    assert len(finished) == 4 and study.direction.name == "MAXIMIZE"
+    assert all(0.0 <= t.value <= 1.0 for t in finished)  # best validation Dice of each trial
+    assert (sweep / "optuna_results.png").is_file()
+    assert len((sweep / "optuna_trials.csv").read_text().splitlines()) == 5
