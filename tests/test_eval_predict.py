@@ -326,3 +326,25 @@ def test_a_lone_checkpoint_evaluates_and_predicts_from_another_folder(
         )
     )
     assert nib.load(written[0]).shape == nib.load(image).shape
+
+
+def test_eval_of_a_run_trained_without_wandb_opens_no_wandb_run(trained_run, monkeypatch, tmp_path):
+    """eval.py's default logger is W&B, but a run trained with logger=csv gets no W&B eval run."""
+    from scdl.evaluation.evaluate import evaluate
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "eval_out"
+    cfg = compose_cfg(
+        [
+            f"ckpt_path={trained_run['metrics']['best_ckpt']}",
+            f"paths.log_dir={trained_run['tmp']}/logs",
+            "logger=wandb",
+            "progress=false",
+            "max_cases=1",
+            f"output_dir={out}",
+        ],
+        config_name="eval",
+    )
+    summary = evaluate(cfg)
+    assert "wandb" not in summary
+    assert not list(out.rglob("offline-run-*")) and not (out / "wandb").exists()
