@@ -312,6 +312,7 @@ def test_optuna_sweep_runs_trials_and_resumes_its_study(phantom_cache, tmp_path)
         f"paths.log_dir={tmp_path}/logs",
         "hydra.sweeper.n_trials=2",
         "trainer.max_steps=2",
+        "optimized_metric=best/val/dice_minority",  # the minority classes' objective
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for _ in range(2):  # the second command adds trials to the stored study
@@ -324,5 +325,15 @@ def test_optuna_sweep_runs_trials_and_resumes_its_study(phantom_cache, tmp_path)
     finished = [t for t in study.trials if t.value is not None]
     assert len(finished) == 4 and study.direction.name == "MAXIMIZE"
     assert all(0.0 <= t.value <= 1.0 for t in finished)  # best validation Dice of each trial
+    # the objective is the best val/dice_minority that the trial's CSV log holds
+    import csv
+
+    trial_dirs = sorted(sweep.glob("trial_*"))
+    assert len(trial_dirs) == 4
+    logged = []
+    for d in trial_dirs:
+        rows = list(csv.DictReader((d / "csv" / "metrics.csv").open()))
+        logged.append(max(float(r["val/dice_minority"]) for r in rows if r["val/dice_minority"]))
+    assert sorted(logged) == pytest.approx(sorted(t.value for t in finished))
     assert (sweep / "optuna_results.png").is_file()
     assert len((sweep / "optuna_trials.csv").read_text().splitlines()) == 5

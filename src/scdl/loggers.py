@@ -3,6 +3,8 @@
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` when its folder exists (a resumed run would lose
 its log) and ``WandbLogger`` starts a new run id on every start (``wandb sync`` would then upload
 two runs of one name). :class:`ResumableCSVLogger` and :func:`wandb_run_id` fix both.
+:class:`WandbLogger` adds tags from the run's experiment / framework / ablation and keeps the best
+validation Dice, not the last, in the W&B run summary.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import csv
 import logging
 import os
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +133,82 @@ def wandb_run_id(run_dir: str | Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(run_id + "\n")
     return run_id
+
+
+WANDB_TAG_MAX = 64  # W&B refuses longer tags
+STEP_METRIC = "trainer/global_step"  # the x-axis Lightning's WandbLogger logs with every metric
+
+
+def merge_tags(*groups: Iterable[Any] | None) -> list[str]:
+    """Tags of several lists in order, without duplicates, empty or ``none`` entries, each cut to
+    W&B's 64 characters."""
+    out: list[str] = []
+    for group in groups:
+        for tag in group or ():
+            text = str(tag).strip()[:WANDB_TAG_MAX] if tag is not None else ""
+            if text and text.lower() not in ("none", "null") and text not in out:
+                out.append(text)
+    return out
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's ``WandbLogger`` with the conventions of this project (conf/logger/wandb.yaml).
+
+    Same class name as Lightning's, so code that looks loggers up by name keeps finding it.
+
+    Args:
+        tags: the run's tags (``cfg.tags``, set by the experiment).
+        extra_tags: more tags (experiment, framework, ablation); merged after ``tags`` by
+            :func:`merge_tags`.
+        summary_max: metric names or ``fnmatch`` patterns whose W&B summary is their maximum over
+            the run instead of the last value (``define_metric(summary="max")``). Patterns are
+            matched here, and each key is defined by its own name the first time it is logged:
+            W&B's own glob definitions overlap with Lightning's ``*`` and lose to it at random.
+        name: the run's display name; empty lets W&B choose one.
+        **kwargs: see ``lightning.pytorch.loggers.WandbLogger`` (and ``wandb.init``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        tags: Sequence[str] | None = None,
+        extra_tags: Sequence[str] | None = None,
+        summary_max: Sequence[str] = ("val/dice", "val/dice_*"),
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, name=name or None, tags=merge_tags(tags, extra_tags), **kwargs)
+        if not self._wandb_init.get("anonymous"):  # W&B warns that the setting has no effect
+            self._wandb_init.pop("anonymous", None)
+        self.summary_max = tuple(summary_max)
+        self._defined: set[str] = set()
+        self._steps: dict[str, int] = {}
+
+    def define_best_metrics(self, keys: Iterable[str]) -> None:
+        """``define_metric(key, summary="max")`` (on Lightning's step axis) for every key of
+        ``keys`` that matches :attr:`summary_max` and is not defined yet."""
+        new = [
+            k
+            for k in keys
+            if k not in self._defined and any(fnmatchcase(k, p) for p in self.summary_max)
+        ]
+        if not new:
+            return
+        run = self.experiment
+        if not callable(getattr(run, "define_metric", None)):
+            return
+        for key in new:
+            run.define_metric(key, step_metric=STEP_METRIC, step_sync=True, summary="max")
+            self._defined.add(key)
+
+    def logged_step(self, key: str) -> int | None:
+        """The step (``trainer/global_step`` in W&B) ``key`` was last logged at by this logger."""
+        return self._steps.get(key)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        prefix = f"{self._prefix}{self.LOGGER_JOIN_CHAR}" if self._prefix else ""
+        self.define_best_metrics(prefix + k for k in metrics)
+        super().log_metrics(metrics, step)
+        if step is not None:
+            self._steps.update(dict.fromkeys(metrics, int(step)))

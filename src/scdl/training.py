@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scdl.build import build_module, setup_data
+from scdl.data.class_stats import smallest_classes
 from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
 from scdl.resume import ResumePlan, in_multirun, mark_finished, plan_resume, set_aside_orphans
@@ -81,6 +82,10 @@ def train(cfg: DictConfig) -> dict:
 
     datamodule = setup_data(cfg)
     module = build_module(cfg)
+    if cfg.get("minority_k"):  # val/dice_minority: what a sweep can optimise for small organs
+        module.minority_classes = smallest_classes(
+            Path(cfg.data.cache_dir), datamodule.split.labeled, module.num_classes, cfg.minority_k
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     save_split_file(datamodule.split, output_dir / "split.json")
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -1,6 +1,7 @@
-"""Lightning callbacks: checkpoints and figures of what the model learns."""
+"""Lightning callbacks: checkpoints, figures of what the model learns and W&B validation media."""
 
 from scdl.callbacks.checkpoints import BestCheckpoint, LastCheckpoint
 from scdl.callbacks.proxy_plot import ProxyEmbeddingPlot
+from scdl.callbacks.wandb_media import WandbValidationMedia
 
-__all__ = ["BestCheckpoint", "LastCheckpoint", "ProxyEmbeddingPlot"]
+__all__ = ["BestCheckpoint", "LastCheckpoint", "ProxyEmbeddingPlot", "WandbValidationMedia"]

@@ -15,7 +15,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
+from scdl.callbacks.wandb_media import logging_step
 from scdl.models.scdl import labels_to_token_dist
 
 
@@ -85,8 +87,8 @@ class ProxyEmbeddingPlot(L.Callback):
         proxies = plugin.scdl.proxy_means().cpu()
         path = self.draw(emb, cls, proxies, pl_module.class_names, trainer)
         for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                logger.log_image(key="scdl/proxies", images=[str(path)], step=trainer.global_step)
+            if isinstance(logger, WandbLogger):  # W&B panel "scdl/proxies" (offline runs too)
+                logger.log_image(key="scdl/proxies", images=[str(path)], step=logging_step(trainer))
         self._batch = None
 
     def draw(self, emb, cls, proxies, class_names, trainer) -> Path:

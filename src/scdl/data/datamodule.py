@@ -212,7 +212,9 @@ class _StreamLoader(DataLoader):
 
 
 class VolumeDataset(Dataset):
-    """Whole preprocessed volumes: ``{"image": (1, X, Y, Z), "label": (X, Y, Z), "case_id": str}``."""
+    """Whole preprocessed volumes: ``{"image": (1, X, Y, Z), "label": (X, Y, Z), "case_id": str,
+    "index": int}``; ``index`` (the position in ``case_ids``) keys the case's Dice row, so that
+    DDP evaluation scores each case once, in this order (:class:`~scdl.metrics.PerCaseDice`)."""
 
     def __init__(self, cache_dir: str | Path, case_ids: Sequence[str]):
         self.cache_dir = Path(cache_dir)
@@ -226,6 +228,7 @@ class VolumeDataset(Dataset):
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))[None],
             "case_id": case.case_id,
+            "index": index,
         }
         if case.label is not None:
             out["label"] = torch.from_numpy(case.label.astype(np.int64))
@@ -360,12 +363,22 @@ class SemiSupervisedDataModule(L.LightningDataModule):
                 )
             self._train = (labeled, unlabeled)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _volume_loader(self, case_ids: Sequence[str]) -> DataLoader:
+        """One whole volume per batch, in ``case_ids`` order; under DDP each rank gets every
+        world-size-th case of PyTorch's padding :class:`DistributedSampler` (set here, so Lightning
+        keeps it): every rank runs the same number of batches, at least one, and the few cases
+        scored twice are dropped by the Dice metric (same ``index``)."""
+        dataset = VolumeDataset(self.cache_dir, case_ids)
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(
+                dataset, trainer.world_size, trainer.global_rank, shuffle=False, drop_last=False
+            )
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+            batch_size=1,
+            sampler=sampler,
             generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -414,7 +427,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         self.resume_batches = int(state.get("batches_consumed", 0))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(VolumeDataset(self.cache_dir, self.split.val), 1, False)
+        return self._volume_loader(self.split.val)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(VolumeDataset(self.cache_dir, self.split.test), 1, False)
+        return self._volume_loader(self.split.test)

@@ -92,7 +92,7 @@ def _minority(records: list[dict], k: int) -> list[str]:
     """Names of the ``k`` smallest classes of the first run's labeled split (same for a sweep)."""
     import json
 
-    from scdl.evaluation.summary import smallest_classes
+    from scdl.data.class_stats import smallest_classes
 
     first = records[0]
     split = json.loads((first["run"] / "split.json").read_text())

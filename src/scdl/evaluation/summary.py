@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf, open_dict
 
+from scdl.data.class_stats import smallest_classes
 from scdl.metrics.results import (
     LEGACY_TRAIN_TEST_JSON,
     TRAIN_TEST_STEM,
@@ -30,21 +30,6 @@ from scdl.metrics.results import (
     load_metrics,
 )
 from scdl.utils.config import register_resolvers
-
-
-@cache  # runs of one sweep share their labeled cases: count them once
-def _voxel_counts(cache_dir: Path, case_ids: tuple[str, ...], num_classes: int) -> np.ndarray:
-    counts = np.zeros(num_classes, dtype=np.int64)
-    for cid in case_ids:
-        label = np.load(cache_dir / f"{cid}_label.npy", mmap_mode="r")
-        counts += np.bincount(np.asarray(label).ravel(), minlength=num_classes)[:num_classes]
-    return counts
-
-
-def smallest_classes(cache_dir: Path, case_ids: list[str], num_classes: int, k: int) -> list[int]:
-    """Ids of the ``k`` foreground classes with the fewest voxels over ``case_ids``."""
-    counts = _voxel_counts(Path(cache_dir), tuple(case_ids), num_classes)
-    return [int(c) for c in np.argsort(counts[1:])[:k] + 1]
 
 
 def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:

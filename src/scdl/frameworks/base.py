@@ -101,7 +101,11 @@ class SemiSupervisedModule(L.LightningModule):
         self.run_config: dict | None = None
         self.val_dice = PerCaseDice(self.num_classes, val_absent)
         self.test_dice = PerCaseDice(self.num_classes, "skip")
+        self.val_case_ids: list[str] = []  # cases of the last validation (all ranks)
         self.test_case_ids: list[str] = []
+        # foreground class ids with the fewest labeled voxels (set from the data by training):
+        # their mean Dice is logged as <stage>/dice_minority
+        self.minority_classes: list[int] = []
         self.test_results: dict | None = None
 
     # --- to implement -------------------------------------------------------------------------
@@ -320,32 +324,30 @@ class SemiSupervisedModule(L.LightningModule):
         }
 
     # --- validation / test ---------------------------------------------------------------------
+    # Each case is scored exactly once under DDP too: batches carry the case's data-set position
+    # (``index``), under which PerCaseDice drops the copies a padding distributed sampler makes and
+    # restores the single-process order, so val/test Dice equal the single-process values.
     def _evaluate(self, batch: dict, metric: PerCaseDice) -> None:
+        """``batch``: ``image`` (B, 1, X, Y, Z), ``label`` (B, X, Y, Z), ``case_id`` (B names) and
+        ``index`` (B,) data-set positions (needed under DDP)."""
         probs = self.predict_volume(batch["image"])
-        metric.update(probs.argmax(dim=1), batch["label"])
+        metric.update(probs.argmax(dim=1), batch["label"], batch.get("index"), batch.get("case_id"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_dice)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_dice("val", self.val_dice.compute())
+        rows = self.val_dice.compute()
+        self.val_case_ids = self.val_dice.compute_case_ids()  # the cases behind val/dice
+        self._log_dice("val", rows)
         self.val_dice.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_dice)
-        self.test_case_ids.extend(batch["case_id"])
-
-    def _gathered_case_ids(self) -> list[str]:
-        """Test case ids of every rank, in the rank order torchmetrics uses for ``cat`` states."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            per_rank: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(per_rank, self.test_case_ids)
-            return [cid for ids in per_rank for cid in ids]
-        return list(self.test_case_ids)
 
     def on_test_epoch_end(self) -> None:
         rows = self.test_dice.compute()
-        self.test_case_ids = self._gathered_case_ids()
+        self.test_case_ids = self.test_dice.compute_case_ids()
         self._log_dice("test", rows)
         self.test_dice.reset()
         if rows.numel() == 0:
@@ -372,10 +374,13 @@ class SemiSupervisedModule(L.LightningModule):
         if rows.numel() == 0:
             return
         per_class = torch.nanmean(rows, dim=0)
-        # rows are already gathered from every rank (torchmetrics cat-reduction): no sync_dist
+        # rows are already gathered from every rank and deduplicated (PerCaseDice): no sync_dist
         self.log(f"{stage}/dice", torch.nanmean(per_class), prog_bar=True)
         for name, value in zip(self.class_names[1:], per_class, strict=True):
             self.log(f"{stage}/dice_{name}", value)
+        if self.minority_classes:
+            minority = per_class[[c - 1 for c in self.minority_classes]]
+            self.log(f"{stage}/dice_minority", torch.nanmean(minority))
 
 
 def rng_states() -> dict:

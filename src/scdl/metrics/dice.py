@@ -22,6 +22,7 @@ A class predicted nowhere but present in the ground truth always scores 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
@@ -89,11 +90,31 @@ def per_class_dice(
     return scores
 
 
-class PerCaseDice(Metric):
-    """Collects one row of per-class Dice per case; :meth:`compute` returns (N cases, C - 1).
+def unique_cases(keys: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each case once, in key order: ``keys`` (N,) int64 and ``rows`` (N, K) -> the M sorted
+    distinct keys (M,) and the row of each key's first occurrence (M, K)."""
+    if keys.shape[0] != rows.shape[0]:
+        raise ValueError(f"{keys.shape[0]} keys for {rows.shape[0]} rows")
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    position = torch.arange(keys.shape[0], device=keys.device)
+    first = torch.full_like(unique, keys.shape[0]).scatter_reduce(0, inverse, position, "amin")
+    return unique, rows[first]
 
-    The ``rows`` state is concatenated over DDP ranks (rank order) by torchmetrics.
-    """
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class PerCaseDice(Metric):
+    """Collects one row of per-class Dice per case, keyed by the case's position in the evaluated
+    data set; :meth:`compute` returns (N cases, C - 1) in key order, each case once.
+
+    Exact under DDP: torchmetrics concatenates the ``rows`` / ``keys`` states of every rank (in
+    rank order, padding uneven ones internally), and a distributed sampler that pads the data set
+    so that every rank runs as many batches (PyTorch's, as Lightning and
+    :class:`~scdl.data.datamodule.SemiSupervisedDataModule` use) scores a few cases twice: the
+    copies share a key and are dropped, leaving the rows of a single process in its order (so its
+    means, bit for bit). Case ids ride along (:meth:`compute_case_ids`)."""
 
     full_state_update = False
 
@@ -103,18 +124,65 @@ class PerCaseDice(Metric):
             raise ValueError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
         self.num_classes = num_classes
         self.absent = absent
-        self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.add_state("rows", default=[], dist_reduce_fx="cat")  # (1, C - 1) float32 per case
+        self.add_state("keys", default=[], dist_reduce_fx="cat")  # (1,) int64 per case
+        self._case_ids: dict[int, str] = {}  # key -> case id, this rank only
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """``pred``, ``target``: (B, X, Y, Z) integer maps."""
-        for p, t in zip(pred, target, strict=True):
+    def update(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        keys: torch.Tensor | Sequence[int] | None = None,
+        case_ids: Sequence[str] | None = None,
+    ) -> None:
+        """``pred``, ``target``: (B, X, Y, Z) integer maps; ``keys``: (B,) the cases' positions in
+        the data set (default: numbered on from the cases seen so far, single process only);
+        ``case_ids``: B names (optional)."""
+        if keys is None:
+            if _distributed():  # every rank would number its own cases 0, 1, ...: keys collide
+                raise ValueError("PerCaseDice under DDP needs keys (the cases' data-set positions)")
+            keys = range(len(self.rows), len(self.rows) + len(pred))
+        keys = [int(k) for k in keys]
+        if len(keys) != len(pred) or (case_ids is not None and len(case_ids) != len(pred)):
+            raise ValueError(f"{len(pred)} cases but {len(keys)} keys / case ids")
+        for i, (p, t) in enumerate(zip(pred, target, strict=True)):
             row = per_class_dice(p, t, self.num_classes, self.absent)
             self.rows.append(row.to(self.device, torch.float32)[None])
+            self.keys.append(torch.tensor([keys[i]], dtype=torch.long, device=self.device))
+            if case_ids is not None:
+                self._case_ids[keys[i]] = str(case_ids[i])
+
+    def sync(self, *args, **kwargs) -> None:
+        # torchmetrics stands a 1-D float32 tensor in for a rank's empty `cat` state, which does
+        # not match the other ranks' (n, C - 1) rows (gloo aborts the all-gather): a rank
+        # without cases contributes empty states of the right shape and dtype instead
+        if _distributed() and isinstance(self.rows, list) and not self.rows:
+            self.rows.append(torch.empty(0, self.num_classes - 1, device=self.device))
+            self.keys.append(torch.empty(0, dtype=torch.long, device=self.device))
+        super().sync(*args, **kwargs)
 
     def compute(self) -> torch.Tensor:
-        rows = self.rows
+        rows, keys = self.rows, self.keys
         if isinstance(rows, list):
             if not rows:
                 return torch.empty(0, self.num_classes - 1)
-            rows = torch.cat(rows)
-        return rows
+            rows, keys = torch.cat(rows), torch.cat(keys)
+        return unique_cases(keys, rows)[1]
+
+    def compute_case_ids(self) -> list[str]:
+        """The case ids of every rank's cases (those updated with ``case_ids``), in
+        :meth:`compute`'s row order; a collective under DDP: every rank calls it."""
+        per_rank = [self._case_ids]
+        if _distributed():
+            per_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, self._case_ids)
+        merged: dict[int, str] = {}
+        for ids in per_rank:
+            for key, case_id in ids.items():
+                if merged.setdefault(key, case_id) != case_id:
+                    raise ValueError(f"key {key} names two cases: {merged[key]}, {case_id}")
+        return [merged[k] for k in sorted(merged)]
+
+    def reset(self) -> None:
+        super().reset()
+        self._case_ids = {}
