@@ -278,7 +278,7 @@ def test_interrupted_paper_table_sweep_resumes_and_completes(phantom_cache, tmp_
     for name in finished_before:  # skipped, not trained again
         assert f"{name} finished at" in out
     # the interrupted job continued its own last.ckpt
-    assert re.search(r"resuming from \S*/2_phantom_scdl_full_seed1/checkpoints/last.ckpt", out)
+    assert re.search(r"resuming from \S*/2_phantom_\w+_seed1/checkpoints/last.ckpt", out)
     runs = sorted(p.parent.name for p in sweep.glob("*/finished.json"))
     assert len(runs) == 8  # 8 methods x 1 seed
     table = (sweep / "paper_table.md").read_text()
@@ -337,3 +337,27 @@ def test_optuna_sweep_runs_trials_and_resumes_its_study(phantom_cache, tmp_path)
     assert sorted(logged) == pytest.approx(sorted(t.value for t in finished))
     assert (sweep / "optuna_results.png").is_file()
     assert len((sweep / "optuna_trials.csv").read_text().splitlines()) == 5
+
+
+def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypatch):
+    """write_paper_table: Markdown, CSV, figure, and an offline W&B summary run in the sweep's group
+    holding the table, the figure and one per-class bar chart per method."""
+    from scdl.evaluation.paper_table import write_paper_table
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep, "0", "Mean teacher", 1, [0.6, 0.3, 0.0], 30.0, label_cache)
+    _fake_run(sweep, "1", "Mean teacher + SCDL", 1, [0.5, 0.4, 0.1], 10.0, label_cache)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    files = write_paper_table([sweep], sweep, k=1, wandb_group="paper_table/test")
+    assert all(p.is_file() for p in files.values())
+    (run,) = sweep.glob("wandb/offline-run-*")
+    media = [
+        str(p.relative_to(run / "files" / "media")) for p in (run / "files" / "media").rglob("*.*")
+    ]
+    assert any(m.startswith("table/paper_table/table_") for m in media)  # the table
+    assert any(m.startswith("images/paper_table/per_class_figure") for m in media)
+    for method in ("Mean teacher", "Mean teacher + SCDL"):  # a bar chart (its table) per method
+        assert any(m.startswith(f"table/paper_table/per_class/{method}_table") for m in media)
+    # the bar-chart panels are declared in the run's config, inside the offline .wandb file
+    (record,) = run.glob("run-*.wandb")
+    assert b"paper_table/avg_dice" in record.read_bytes()
