@@ -81,6 +81,15 @@ def test_paper_table_rows_are_methods_with_mean_and_sample_std_over_seeds(tmp_pa
     assert scdl["per_class"]["small"][0] == pytest.approx(np.mean([0.05, 0.25]))
     assert scdl["asd"][:2] == pytest.approx((15.0, np.std([10.0, 20.0], ddof=1)))
     assert table["rows"][0]["dice"][1] is None  # one seed: no spread
+    # ablation=baseline of an SCDL experiment is the framework without SCDL
+    from omegaconf import OmegaConf
+
+    from scdl.evaluation.paper_table import method_label
+
+    label = {"method_name": "GA-CPS + SCDL", "ablation_name": "baseline"}
+    assert method_label(OmegaConf.create(label)) == "GA-CPS"
+    label["ablation_name"] = "no_sac"
+    assert method_label(OmegaConf.create(label)) == "GA-CPS + SCDL (no_sac)"
     assert table["minority"] == ["small"]  # fewest labeled voxels, from the cache
     md = to_markdown(table)
     assert "| Mean teacher + SCDL | 1,2 |" in md and "small*" in md and "ddof=1" in md

@@ -42,7 +42,7 @@ METHOD_ORDER = (
     "GA-MagicNet",
     "GA-MagicNet + SCDL",
 )
-PLAIN_ABLATIONS = ("full", "baseline", "none")
+PLAIN_ABLATIONS = ("full", "none")
 
 
 def _run_config(run: Path):
@@ -60,6 +60,8 @@ def method_label(cfg) -> str:
     """Row name: the experiment's ``method_name``, plus a non-default SCDL ablation."""
     name = str(cfg.get("method_name") or cfg.get("experiment_name", "?"))
     ablation = str(cfg.get("ablation_name", "none"))
+    if ablation == "baseline":  # the SCDL experiment with the plug-in switched off
+        return name.replace(" + SCDL", "")
     return name if ablation in PLAIN_ABLATIONS else f"{name} ({ablation})"
 
 
@@ -198,24 +200,29 @@ def plot_per_class(table: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(max(8, len(table["classes"]) * 0.9), 4))
+    draw_per_class(table, ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_per_class(table: dict, ax: Any, ylabel: str = "test Dice % (paper protocol)") -> None:
+    """The bars of :func:`plot_per_class` on a given matplotlib axis (notebooks draw inline)."""
     classes, rows = table["classes"], table["rows"]
     x = np.arange(len(classes))
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(8, len(classes) * 0.9), 4))
     for i, row in enumerate(rows):
         means = [row["per_class"][c][0] * 100 for c in classes]
         stds = [(row["per_class"][c][1] or 0.0) * 100 for c in classes]
         ax.bar(x + i * width, means, width, yerr=stds, capsize=2, label=row["method"])
     ax.set_xticks(x + width * (len(rows) - 1) / 2)
     ax.set_xticklabels([_short(c, table["minority"]) for c in classes])
-    ax.set_ylabel("test Dice % (paper protocol)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Per-class Dice by method (* minority classes)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str | None) -> bool:
