@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= phantom_scdl
 ARGS ?=
 
-.PHONY: help setup data train test test-all lint format bench clean-logs
+.PHONY: help setup data train test test-all lint format bench clean-logs notebooks
 
 help:
 	@echo "make train      set up, generate the phantom, train + test experiment=$(EXPERIMENT)"
@@ -15,7 +15,8 @@ help:
 	@echo "make test-all   all tests, slow ones included"
 	@echo "make data       generate + preprocess the phantom data set only"
 	@echo "make lint       ruff check + format check"
-	@echo "make bench      benchmarks in bench/"
+	@echo "make bench      benchmark suite (< 10 min on CPU; CUDA when present): table + bench/results/*.json"
+	@echo "make notebooks  execute notebooks/*.ipynb into docs/notebooks/ (Markdown + figures)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +29,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# the notebooks extra (nbclient, ipykernel): make notebooks and the notebook test of make test-all
+NB_STAMP := $(VENV)/.installed-notebooks
+$(NB_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[notebooks]"
+	touch $(NB_STAMP)
+
 data: setup
 	$(BIN)/python src/prepare_data.py data=phantom
 
@@ -37,7 +44,7 @@ train: data
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(ARGS)
 
-test-all: setup
+test-all: setup $(NB_STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
 
 lint: setup
@@ -48,5 +55,10 @@ format: setup
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: setup
-	for b in bench/*.py; do $(BIN)/python $$b; done
+bench: data
+	# every figure with its target and verdict (README "Performance"); JSON in bench/results/
+	$(BIN)/python bench/suite.py $(ARGS)
+
+# SCDL_NOTEBOOK_* variables choose the inputs (see each notebook's first cell); NB="01_data" runs one
+notebooks: $(NB_STAMP)
+	$(BIN)/python notebooks/run_notebooks.py --out docs/notebooks $(NB)

@@ -67,7 +67,9 @@ def build_loggers(cfg: DictConfig, plan: ResumePlan | None = None) -> list:
 def train(cfg: DictConfig) -> dict:
     """Fits and tests one experiment. Returns the final metrics (floats) plus ``best_ckpt``."""
     from scdl.utils.config_checks import validate_config
+    from scdl.utils.quiet import quiet_logs
 
+    quiet_logs()  # each log line once, no third-party tips (scdl.utils.quiet)
     validate_config(cfg)  # bad keys fail here, naming the key and the fix
     _check_multirun_ddp(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -107,7 +109,10 @@ def train(cfg: DictConfig) -> dict:
             metrics.update(best_validation(output_dir, trainer))
         if cfg.get("test", True):
             ckpt = _best_checkpoint(trainer, cfg)
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            # verbose=False: the module prints the per-class table; Lightning's would repeat it
+            trainer.test(
+                module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False
+            )
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             metrics["best_ckpt"] = (
                 ckpt  # the module wrote test_metrics.{json,csv} and printed the table
