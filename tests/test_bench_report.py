@@ -1,0 +1,79 @@
+"""The benchmark suite's report: every figure printed with its target and the right verdict."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from scdl.utils.config import project_root
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("suite", project_root() / "bench" / "suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _s(x: float) -> dict:
+    return {"median": x, "min": x, "max": x, "n": 1}
+
+
+def test_report_states_targets_and_verdicts():
+    suite = _suite()
+    res = {
+        "hardware": {
+            "cpu": "X",
+            "cpu_capability": "AVX2",
+            "threads": 2,
+            "torch": "2",
+            "cpu_precision_choice": "no native bf16",
+        },
+        "step": {
+            "machine_precision": "fp32",
+            "peak_rss_mb": 100.0,
+            "seconds": 1.0,
+            "rows": [
+                {
+                    "experiment": "phantom_scdl",
+                    "name": "mt + SCDL",
+                    "precision": "fp32",
+                    "step_s": _s(1.2),
+                    "patches_per_s": 4 / 1.2,
+                    "patch": [48, 48, 48],
+                },
+                {
+                    "experiment": "phantom_mt",
+                    "name": "mt",
+                    "precision": "fp32",
+                    "step_s": _s(1.0),
+                    "patches_per_s": 4.0,
+                    "patch": [48, 48, 48],
+                },
+            ],
+        },
+        "lightning": {
+            "precision": "fp32",
+            "lightning_s": _s(1.04),
+            "plain_s": _s(1.0),
+            "ratio": 1.04,
+            "seconds": 1.0,
+        },
+        "data": {
+            "peak_rss_mb": 1.0,
+            "seconds": 1.0,
+            "rows": [
+                {
+                    "setting": "phantom",
+                    "num_workers": 0,
+                    "delivered_patches_per_s": 3.0,
+                    "consumed_patches_per_s": 2.0,
+                    "ratio": 1.5,
+                }
+            ],
+        },
+    }
+    text = suite.report(res)
+    assert "AVX2" in text  # the capability is stated with the timings
+    assert "| fp32 | 1.20 | NOT met |" in text  # SCDL overhead 1.2 > 1.15
+    assert "| Trainer.fit | 1.040 (1.040–1.040) | 1.040 | met |" in text
+    assert "| 1.5 | NOT met |" in text  # delivered < 2x consumed
