@@ -82,31 +82,3 @@ def test_ema_foreach_update_is_bitwise_the_per_tensor_loop():
         assert torch.equal(a, b)
     first_t, first_s = next(fast.module.parameters()), next(student.parameters())
     assert not torch.equal(first_t, first_s)  # the teacher lags the student
-
-
-def test_foreach_optimisers_match_the_per_tensor_loop():
-    """conf/optimizer sets foreach=true (fewer kernels): the same updates to float tolerance."""
-    import torch
-
-    from scdl.models.vnet import VNet
-
-    for cls, kw in (
-        (torch.optim.AdamW, {"lr": 3e-3, "weight_decay": 1e-4}),
-        (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}),
-    ):
-        torch.manual_seed(0)
-        a = VNet(num_classes=3, base_filters=4)
-        b = VNet(num_classes=3, base_filters=4)
-        b.load_state_dict(a.state_dict())
-        opt_a, opt_b = (
-            cls(a.parameters(), foreach=True, **kw),
-            cls(b.parameters(), foreach=False, **kw),
-        )
-        x = torch.randn(2, 1, 16, 16, 16)
-        for _ in range(3):
-            for net, opt in ((a, opt_a), (b, opt_b)):
-                opt.zero_grad()
-                net(x).square().mean().backward()
-                opt.step()
-        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
