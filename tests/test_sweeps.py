@@ -291,16 +291,9 @@ def test_interrupted_paper_table_sweep_resumes_and_completes(phantom_cache, tmp_
     runs = sorted(p.parent.name for p in sweep.glob("*/finished.json"))
     assert len(runs) == 8  # 8 methods x 1 seed
     table = (sweep / "paper_table.md").read_text()
-    for method in (
-        "Mean teacher",
-        "Mean teacher + SCDL",
-        "GA-CPS",
-        "GA-CPS + SCDL",
-        "DHC",
-        "DHC + SCDL",
-        "GA-MagicNet",
-        "GA-MagicNet + SCDL",
-    ):
+    from scdl.evaluation.paper_table import METHOD_ORDER  # every framework, with and without SCDL
+
+    for method in METHOD_ORDER:
         assert f"| {method} | 1 |" in table
     assert (sweep / "paper_table.csv").is_file() and (sweep / "paper_table.png").is_file()
     print(f"rerun of the interrupted sweep: {time.time() - t0:.0f} s")

@@ -321,32 +321,19 @@ def collect_results(runs: Sequence[Path]) -> tuple[list[dict[str, Any]], str]:
     The papers' protocol (``<run>/eval/test_paper/metrics.json``, written by ``post_eval=[paper]``
     or ``src/eval.py ... protocol=paper``) where any run has it, else the training test
     (``<run>/test_metrics.json``: Dice on the cache grid, no ASD)."""
-    from scdl.evaluation.paper_table import collect_runs, method_label
+    from scdl.evaluation.paper_table import collect_runs, run_config, run_record
     from scdl.metrics.results import TRAIN_TEST_STEM, load_metrics
 
     records = collect_runs(list(runs))
     if records:
         return records, "paper protocol (eval/test_paper)"
-    from scdl.evaluation.paper_table import _run_config as paper_run_config
-
     for run in runs:
         path = run / f"{TRAIN_TEST_STEM}.json"
-        cfg = paper_run_config(run)
+        cfg = run_config(run)
         if not path.is_file() or cfg is None:
             continue
-        m = load_metrics(path)
-        records.append(
-            {
-                "run": run,
-                "cfg": cfg,
-                "method": method_label(cfg),
-                "seed": cfg.get("seed"),
-                "classes": list(m["classes"]),
-                "dice": m["overall"]["dice"]["mean"],
-                "asd": None,  # the training test scores Dice only
-                "per_class": {n: m["per_class"][n]["dice"]["mean"] for n in m["classes"]},
-            }
-        )
+        # the training test scores Dice only: no ASD
+        records.append(run_record(run, cfg, load_metrics(path), asd=False))
     return records, "training test (test_metrics.json, Dice only)"
 
 

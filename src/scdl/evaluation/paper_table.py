@@ -45,7 +45,8 @@ METHOD_ORDER = (
 PLAIN_ABLATIONS = ("full", "none")
 
 
-def _run_config(run: Path):
+def run_config(run: Path):
+    """A run folder's saved config (``.hydra/config.yaml``, output_dir set to the folder), or None."""
     cfg_path = run / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
         return None
@@ -65,28 +66,31 @@ def method_label(cfg) -> str:
     return name if ablation in PLAIN_ABLATIONS else f"{name} ({ablation})"
 
 
+def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any]:
+    """A table record of one run from its results (the schema of :mod:`scdl.metrics.results`);
+    ``asd=False`` for results that score Dice only (the training test)."""
+    return {
+        "run": run,
+        "cfg": cfg,
+        "method": method_label(cfg),
+        "seed": cfg.get("seed"),
+        "classes": list(metrics["classes"]),
+        "dice": metrics["overall"]["dice"]["mean"],
+        "asd": metrics["overall"]["asd"]["mean"] if asd else None,
+        "per_class": {n: metrics["per_class"][n]["dice"]["mean"] for n in metrics["classes"]},
+    }
+
+
 def collect_runs(roots: list[Path]) -> list[dict[str, Any]]:
     """One record per run below ``roots`` with paper-protocol test results."""
     records = []
     for path in sorted({p for root in roots for p in Path(root).rglob(str(PAPER_RESULTS))}):
         run = path.parents[2]
-        cfg = _run_config(run)
+        cfg = run_config(run)
         if cfg is None:
             log.warning("%s: no .hydra/config.yaml, skipped", run)
             continue
-        m = load_metrics(path)
-        records.append(
-            {
-                "run": run,
-                "cfg": cfg,
-                "method": method_label(cfg),
-                "seed": cfg.get("seed"),
-                "classes": list(m["classes"]),
-                "dice": m["overall"]["dice"]["mean"],
-                "asd": m["overall"]["asd"]["mean"],
-                "per_class": {n: m["per_class"][n]["dice"]["mean"] for n in m["classes"]},
-            }
-        )
+        records.append(run_record(run, cfg, load_metrics(path)))
     return records
 
 
