@@ -47,7 +47,9 @@ def test_summary_groups_seeds_and_finds_the_smallest_classes(tmp_path):
     assert len(records) == 3
     assert {r["small_classes"][0] for r in records} == {"tiny"}
     table = markdown_table(records)
-    assert "| exp | full | 1,2 | 51.7 ± 1.7 | 30.0 ± 10.0 |" in table
+    # sample std (ddof=1): 2 seeds 53.3 and 50.0 -> 2.4, not the population formula's 1.7
+    assert "| exp | full | 1,2 | 51.7 ± 2.4 | 30.0 ± 14.1 |" in table
+    assert "sample standard deviation (ddof=1)" in table
     assert "| exp | baseline | 1 | 40.0 | 0.0 |" in table
 
 
@@ -74,3 +76,31 @@ def test_paper_table_reads_eval_outputs(tmp_path):
         == "| experiment | ablation | seed | Avg Dice % | Avg ASD (vox) | Sp | RAG |"
     )
     assert "| exp | full | 1 | 31.2 ± 1.0 | 12.2 ± 3.0 | 50.0 | 12.5 |" in table
+
+
+def test_comparison_table_pairs_each_group_with_the_baseline():
+    from scdl.evaluation.summary import comparison_table
+
+    def record(ablation, seed, shift):
+        cases = [{"dice": np.array([0.8, 0.1 * i]) + shift} for i in range(1, 7)]
+        res = aggregate_metrics(cases, ["big", "tiny"], [f"c{i}" for i in range(6)])
+        return {
+            "experiment": "exp",
+            "ablation": ablation,
+            "seed": seed,
+            "dice": 0.0,
+            "small_dice": 0.0,
+            "small_classes": ["tiny"],
+            "per_class": {},
+            "result": res,
+        }
+
+    records = [record("baseline", s, 0.0) for s in (1, 2)] + [
+        record("full", s, 0.1) for s in (1, 2)
+    ]
+    table = comparison_table(records, n_boot=500)
+    assert "vs exp/baseline" in table
+    # +0.1 Dice on every class of every case: +10 points, zero-width interval, p = 2/2^6
+    assert (
+        "| exp/full | 1,2 | 6 | +10.0 [+10.0, +10.0] * | 0.0312 | +10.0 [+10.0, +10.0] * |" in table
+    )

@@ -75,6 +75,7 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
                 "small_dice": float(np.nanmean(mean[[c - 1 for c in small]])),
                 "small_classes": [names[c - 1] for c in small],
                 "per_class": dict(zip(names, mean.tolist(), strict=True)),
+                "result": res,  # per-case values for the paired statistics
             }
         )
     return records
@@ -91,11 +92,68 @@ def markdown_table(records: list[dict]) -> str:
         s = np.array([r["small_dice"] for r in rs]) * 100
         seeds = ",".join(str(r["seed"]) for r in rs)
         fmt = (
-            (lambda a: f"{a.mean():.1f} ± {a.std():.1f}")
+            (lambda a: f"{a.mean():.1f} ± {a.std(ddof=1):.1f}")
             if len(rs) > 1
             else (lambda a: f"{a[0]:.1f}")
         )
         lines.append(f"| {exp} | {abl} | {seeds} | {fmt(d)} | {fmt(s)} |")
+    lines.append("")
+    lines.append("mean ± sample standard deviation (ddof=1) over seeds of the per-run test means")
+    return "\n".join(lines)
+
+
+def _group_key(record: dict) -> str:
+    return f"{record['experiment']}/{record['ablation']}"
+
+
+def comparison_table(records: list[dict], baseline: str | None = None, n_boot: int = 10000) -> str:
+    """Every (experiment, ablation) group against ``baseline`` (``experiment/ablation``; default
+    the group with ablation ``baseline``, else the first): paired by seed and test case, the mean
+    difference of mean Dice and of the minority classes' Dice with a bootstrap 95 % interval over
+    seeds and cases and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
+    from scdl.evaluation.statistics import case_scores, compare
+
+    groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
+    if len(groups) < 2:
+        return ""
+    if baseline is None:
+        plain = [k for k in groups if k.endswith("/baseline")]
+        baseline = plain[0] if len(plain) == 1 else next(iter(groups))
+    if baseline not in groups:
+        raise SystemExit(f"--baseline {baseline}: not among the groups {sorted(groups)}")
+    small = records[0]["small_classes"]
+
+    def scores(rs: list[dict], classes: list[str] | None) -> dict:
+        return {r["seed"]: case_scores(r["result"], classes) for r in rs}
+
+    def cell(c: dict) -> str:
+        lo, hi = c["ci"]
+        mark = " *" if c["excludes_zero"] else ""
+        return f"{c['diff'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]{mark} | {c['wilcoxon_p']:.3g}"
+
+    lines = [
+        f"Paired differences vs {baseline} (B - A, Dice points; 95 % bootstrap interval over seeds "
+        "and cases; * = the interval excludes 0; Wilcoxon signed-rank p over cases)",
+        "",
+        f"| B | seeds | cases | Δ mean Dice [95 % CI] | p | Δ Dice of {', '.join(small)} [95 % CI] | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, rs in groups.items():
+        if key == baseline:
+            continue
+        try:
+            mean_c = compare(scores(groups[baseline], None), scores(rs, None), n_boot)
+            small_c = compare(scores(groups[baseline], small), scores(rs, small), n_boot)
+        except (
+            ValueError,
+            KeyError,
+        ) as err:  # no common seed/case, or results without per-case values
+            lines.append(f"| {key} | – | – | not paired: {err} | | | |")
+            continue
+        seeds = ",".join(str(x) for x in mean_c["seeds"])
+        lines.append(
+            f"| {key} | {seeds} | {mean_c['num_cases']} | {cell(mean_c)} | {cell(small_c)} |"
+        )
     return "\n".join(lines)
 
 
@@ -175,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smallest", type=int, default=4, help="k smallest classes")
     parser.add_argument("--per-class", action="store_true", help="also print per-class Dice")
     parser.add_argument(
+        "--baseline", default=None, help="experiment/ablation to compare against (paired stats)"
+    )
+    parser.add_argument(
         "--paper", action="store_true", help="only the paper-style table of eval.py protocol=paper"
     )
     args = parser.parse_args(argv)
@@ -185,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     if not records:
         raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
     print(markdown_table(records))
+    comparison = comparison_table(records, args.baseline)
+    if comparison:
+        print()
+        print(comparison)
     if args.per_class:
         print()
         print(per_class_table(records))

@@ -1,0 +1,100 @@
+"""Paired comparison of two methods over seeds and test cases: is the difference real?
+
+Two methods run with the same seeds on the same split (same test cases) form pairs: for seed ``s``
+and case ``c`` the paired difference is ``d[s, c] = score_B[s, c] - score_A[s, c]``, where a case's
+score is the mean Dice over the chosen classes (all foreground classes, or the minority classes).
+
+- the **paired difference** is the mean over seeds of the per-seed mean over cases;
+- its **95 % confidence interval** is a two-level bootstrap: seeds are resampled with replacement,
+  then the cases within each drawn seed, and the 2.5 / 97.5 percentiles of the resampled means are
+  taken (both sources of variation, training randomness and case sampling, are in the interval);
+- the **Wilcoxon signed-rank p-value** is over cases (each case's difference averaged over seeds,
+  so the cases are the independent units), two-sided.
+
+A difference is claimed only where the interval excludes 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def case_scores(
+    result: Mapping[str, Any], classes: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Per-case mean Dice over ``classes`` (default: every class) from a results dict of
+    :func:`scdl.metrics.results.aggregate_metrics` (NaN = class absent on both sides: ignored)."""
+    names = list(classes) if classes is not None else list(result["classes"])
+    scores = {}
+    for case in result["per_case"]:
+        values = [case["values"][n]["dice"] for n in names]
+        arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+        scores[str(case["case"])] = float(np.nanmean(arr)) if np.isfinite(arr).any() else np.nan
+    return scores
+
+
+def paired_differences(
+    runs_a: Mapping[Any, Mapping[str, float]], runs_b: Mapping[Any, Mapping[str, float]]
+) -> tuple[list[Any], list[str], np.ndarray]:
+    """Seeds and cases present in both methods, and ``d`` (seeds, cases) = B - A.
+
+    ``runs_x`` maps seed -> {case id: score}; pairs are matched by seed and case id, never by order.
+    """
+    seeds = sorted(set(runs_a) & set(runs_b), key=str)
+    if not seeds:
+        raise ValueError("no seed was run by both methods: nothing to pair")
+    cases = sorted(set.intersection(*(set(runs_a[s]) & set(runs_b[s]) for s in seeds)))
+    if not cases:
+        raise ValueError("the paired runs share no test case")
+    d = np.array([[runs_b[s][c] - runs_a[s][c] for c in cases] for s in seeds], dtype=float)
+    return seeds, cases, d
+
+
+def bootstrap_ci(
+    d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Two-level bootstrap interval of ``mean over seeds of mean over cases`` of ``d`` (S, C):
+    seeds resampled with replacement, then cases within each drawn seed."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_cases = d.shape
+    seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    case_idx = rng.integers(0, n_cases, size=(n_boot, n_seeds, n_cases))
+    samples = np.nanmean(d[seed_idx[..., None], case_idx], axis=(1, 2))
+    lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def wilcoxon_over_cases(d: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the per-case differences (averaged over seeds);
+    1.0 when every difference is 0."""
+    from scipy.stats import wilcoxon
+
+    per_case = np.nanmean(d, axis=0)
+    per_case = per_case[np.isfinite(per_case)]
+    if per_case.size == 0 or np.all(per_case == 0):
+        return 1.0
+    return float(wilcoxon(per_case).pvalue)
+
+
+def compare(
+    runs_a: Mapping[Any, Mapping[str, float]],
+    runs_b: Mapping[Any, Mapping[str, float]],
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The paired comparison B - A: difference, its interval, the per-seed differences, p-value."""
+    seeds, cases, d = paired_differences(runs_a, runs_b)
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    per_seed = np.nanmean(d, axis=1)
+    return {
+        "seeds": seeds,
+        "num_cases": len(cases),
+        "diff": float(np.nanmean(per_seed)),
+        "per_seed": [float(v) for v in per_seed],
+        "ci": (lo, hi),
+        "excludes_zero": bool(lo > 0 or hi < 0),
+        "wilcoxon_p": wilcoxon_over_cases(d),
+    }
