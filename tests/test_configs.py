@@ -63,3 +63,17 @@ def test_sweep_selects_the_experiment_and_ablation_switches_compose(tmp_path):
         compose_cfg([*base, "ablation=token_p2e"], output_dir=tmp_path).scdl.scdl.p2e_axis
         == "token"
     )
+
+
+def test_held_out_phantom_differs_in_seed_spacing_and_labeled_cases(tmp_path):
+    """data=phantom_heldout: the decision data set is another draw, coarser, with fewer labels,
+    and keeps the experiment's training settings."""
+    from conftest import compose_cfg
+
+    base = compose_cfg(["experiment=phantom_scdl"], output_dir=tmp_path)
+    held = compose_cfg(["experiment=phantom_scdl", "data=phantom_heldout"], output_dir=tmp_path)
+    assert held.data.phantom.seed != base.data.phantom.seed
+    assert list(held.data.protocol.spacing) == [2.0, 2.0, 2.5]
+    assert held.data.module.num_labeled == 3 and held.data.module.labeled_ratio is None
+    assert held.data.cache_dir != base.data.cache_dir  # its own raw data and cache
+    assert list(held.data.module.patch_size) == list(base.data.module.patch_size) == [48, 48, 48]
