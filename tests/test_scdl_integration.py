@@ -143,3 +143,38 @@ def test_detached_prior_trains_only_the_projection_through_the_head():
     m.segment(x).sum().backward()
     assert m.plugin.prior_to_feat.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in m.plugin.scdl.parameters())  # proxies / encoder untouched
+
+
+def test_aux_rampup_weighs_the_scdl_terms_by_the_sigmoid_ramp_of_the_host_step():
+    """scdl.aux_rampup_steps=N: aux = ramp(step) * w_aux (...) with ramp = exp(-5 (1 - t/N)^2);
+    0 (released) leaves the terms unscaled; the host passes its global step."""
+    import math
+
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 16, 16, 16)
+    labels = torch.randint(0, C, (2, 16, 16, 16))
+    plugin = SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5, dropout=0.0), token_grid=4)
+    torch.manual_seed(1)
+    full = plugin.training_terms(feats, labels).aux_loss
+    plugin.aux_rampup_steps = 100
+    for step, weight in ((0, math.exp(-5.0)), (50, math.exp(-1.25)), (100, 1.0), (400, 1.0)):
+        plugin.training_step_index = step
+        torch.manual_seed(1)
+        torch.testing.assert_close(plugin.training_terms(feats, labels).aux_loss, full * weight)
+    with pytest.raises(ValueError, match="aux_rampup_steps"):
+        SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5), token_grid=4, aux_rampup_steps=-1)
+
+    module = _module(aux_rampup_steps=100)  # the host tells the plug-in its step
+    module.log_dict = module.log = lambda *a, **k: None
+    module.training_loss(_batch(), 0)
+    assert module.plugin.training_step_index == module.global_step == 0
+
+
+def test_scdl_plus_composes_its_switches(tmp_path):
+    from conftest import compose_cfg
+
+    cfg = compose_cfg(["experiment=phantom_scdl", "scdl=plus"], output_dir=tmp_path)
+    assert cfg.scdl.aux_rampup_steps == 100
+    assert cfg.scdl.scdl.proxy_scale_init == 0.05 and cfg.scdl.scdl.p2e_axis == "token"
+    released = compose_cfg(["experiment=phantom_scdl"], output_dir=tmp_path)
+    assert released.scdl.aux_rampup_steps == 0 and released.scdl.scdl.proxy_scale_init is None

@@ -189,6 +189,8 @@ class SemiSupervisedModule(L.LightningModule):
         logs; without a plug-in just ``net.head(features)``."""
         if self.plugin is None:
             return PluginStep(logits=net.head(features))
+        if hasattr(self.plugin, "training_step_index"):  # for plug-ins with schedules
+            self.plugin.training_step_index = self.global_step
         return self.plugin.train_step(net, skips, features, labels, self.sup_loss)
 
     def unsup_weight_at(self, step: int) -> float:

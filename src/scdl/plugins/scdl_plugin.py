@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scdl.frameworks.plugin import PluginStep
+from scdl.losses.rampup import sigmoid_rampup
 from scdl.models.contracts import SegmentationBackbone
 from scdl.models.scdl import (
     SCDL,
@@ -91,8 +92,15 @@ class SCDLPlugin(nn.Module):
         bottleneck_channels: int = 256,
         lr_scale: float = 1.0,
         detach_prior: bool = False,
+        aux_rampup_steps: int = 0,
     ) -> None:
         super().__init__()
+        if aux_rampup_steps < 0:
+            raise ValueError(f"aux_rampup_steps must be >= 0, got {aux_rampup_steps}")
+        # 0 (released): the SCDL terms weigh w_aux from the first step; N: sigmoid ramp 0 -> 1 over
+        # the first N optimiser steps (the host sets training_step_index before every train_step)
+        self.aux_rampup_steps = int(aux_rampup_steps)
+        self.training_step_index = 0
         if prior_feedback not in ("head", "bottleneck", "none"):
             raise ValueError(f"prior_feedback must be head|bottleneck|none, got {prior_feedback!r}")
         if ydist_mode not in ("area", "trilinear"):
@@ -164,6 +172,10 @@ class SCDLPlugin(nn.Module):
         """Logits with the ``head`` prior from the features alone (as the released inference)."""
         return self.logits(features, backbone.head)
 
+    def aux_ramp(self) -> float:
+        """Weight of the SCDL terms at ``training_step_index`` (1.0 without a ramp)."""
+        return sigmoid_rampup(self.training_step_index, self.aux_rampup_steps)
+
     def tokens(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, X, Y, Z) -> (B, t^3, D)."""
         return feature_map_to_tokens(features, self.token_grid)
@@ -203,6 +215,8 @@ class SCDLPlugin(nn.Module):
             priors.append(unl.prior_tokens)
             samples.append(unl.z_samples)
         aux = self.w_aux * (self.w_proxy * proxy + self.w_sac * lab.sac_loss + self.w_kl * kl)
+        if self.aux_rampup_steps:
+            aux = aux * self.aux_ramp()
         mean_samples = (
             torch.cat([s.mean(dim=2) for s in samples])
             if all(s is not None for s in samples)

@@ -332,6 +332,7 @@ def _check_scdl(c: _Checker) -> None:
     c.boolean("scdl.detach_prior")
     c.integer("scdl.token_grid", allow_null=False, example=8)
     c.integer("scdl.bottleneck_channels")
+    c.integer("scdl.aux_rampup_steps", minimum=0, allow_null=False, example=100)
     if "scdl" in node:
         c.target("scdl.scdl", "restore it with scdl=default (conf/scdl/)")
         c.choice("scdl.scdl.p2e_axis", ("class", "token"))
