@@ -16,27 +16,11 @@ import argparse
 import sys
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from interleaved import print_ratio_table, time_interleaved
 from omegaconf import open_dict
+from suite import compose as compose_experiment  # the suite's composition (one copy)
 
 from scdl.build import build_module, setup_data
-from scdl.utils.config import project_root, register_resolvers
-
-
-def compose_experiment(name: str):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = "/tmp/bench_framework_step"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def make_step(name: str, bf16: bool):
