@@ -77,3 +77,31 @@ def test_held_out_phantom_differs_in_seed_spacing_and_labeled_cases(tmp_path):
     assert held.data.module.num_labeled == 3 and held.data.module.labeled_ratio is None
     assert held.data.cache_dir != base.data.cache_dir  # its own raw data and cache
     assert list(held.data.module.patch_size) == list(base.data.module.patch_size) == [48, 48, 48]
+
+
+def test_decision_sweep_names_runs_by_arm_and_seed_so_it_can_grow(tmp_path):
+    """sweep=phantom_decision: folders carry no job number (adding seeds or arms keeps every
+    finished run's folder), one sweep folder per data set, seeds outermost."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scdl.utils.config import register_resolvers
+
+    register_resolvers()
+    for data, sweep_name in (
+        ("phantom", "decision_phantom"),
+        ("phantom_heldout", "decision_phantom_heldout"),
+    ):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=["sweep=phantom_decision", f"data={data}"],
+                return_hydra_config=True,
+            )
+        assert cfg.sweep_name == sweep_name and cfg.resume is True
+        assert "hydra.job.num" not in cfg.hydra.sweep._get_node("subdir")._value()
+        assert list(cfg.hydra.sweeper.params) == ["seed", "ablation"]
+        assert cfg.hydra.sweeper.params.ablation == "baseline,full,plus"
+        assert cfg.trainer.max_steps == 500 and cfg.experiment_name == "phantom_scdl"
+    GlobalHydra.instance().clear()

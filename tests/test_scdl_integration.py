@@ -1,5 +1,6 @@
 """SCDL wired into the mean teacher: prior feedback, parameter groups, loss plumbing, checkpoints."""
 
+import math
 from functools import partial
 
 import pytest
@@ -170,11 +171,73 @@ def test_aux_rampup_weighs_the_scdl_terms_by_the_sigmoid_ramp_of_the_host_step()
     assert module.plugin.training_step_index == module.global_step == 0
 
 
-def test_scdl_plus_composes_its_switches(tmp_path):
+@pytest.mark.parametrize(
+    "ablation, scale, axis, ramp",
+    [
+        ("full", None, "class", 0),  # released
+        ("plus", 0.05, "token", 100),
+        ("proxy_scale", 0.05, "class", 0),
+        ("token_p2e", None, "token", 0),
+        ("ramp", None, "class", 100),
+    ],
+)
+def test_variant_ablations_compose_and_reach_the_module(tmp_path, ablation, scale, axis, ramp):
+    """ablation=plus and its single switches (README "Does SCDL help?") arrive in the built module."""
     from conftest import compose_cfg
+    from scdl.build import build_module
 
-    cfg = compose_cfg(["experiment=phantom_scdl", "scdl=plus"], output_dir=tmp_path)
-    assert cfg.scdl.aux_rampup_steps == 100
-    assert cfg.scdl.scdl.proxy_scale_init == 0.05 and cfg.scdl.scdl.p2e_axis == "token"
-    released = compose_cfg(["experiment=phantom_scdl"], output_dir=tmp_path)
-    assert released.scdl.aux_rampup_steps == 0 and released.scdl.scdl.proxy_scale_init is None
+    cfg = compose_cfg(
+        [
+            "experiment=phantom_scdl",
+            f"ablation={ablation}",
+            "data.num_classes=4",
+            "model.base_filters=4",
+        ],
+        output_dir=tmp_path,
+    )
+    assert cfg.ablation_name == ablation
+    module = build_module(cfg)
+    plugin = module.plugin
+    assert plugin.aux_rampup_steps == ramp
+    assert plugin.scdl.p2e_axis == axis
+    proxy_std = plugin.scdl.proxies.scale.detach()
+    if scale is None:  # released Xavier table: softplus(U(-a, a)), about 0.69 per dimension
+        assert 0.6 < float(proxy_std.mean()) < 0.8
+    else:
+        torch.testing.assert_close(proxy_std, torch.full_like(proxy_std, scale))
+
+
+def test_plus_makes_the_kl_active_and_ramps_the_scdl_terms(tmp_path):
+    """The losses change as documented: the released class-axis KL is 0, plus's token axis is not;
+    at step 0 the ramp scales the SCDL terms by exp(-5)."""
+    from conftest import compose_cfg
+    from scdl.build import build_module
+
+    out = {}
+    for ablation in ("full", "plus"):
+        cfg = compose_cfg(
+            [
+                "experiment=phantom_scdl",
+                f"ablation={ablation}",
+                f"data.num_classes={C}",
+                "model.base_filters=4",
+                "scdl.token_grid=4",
+            ],
+            output_dir=tmp_path,
+        )
+        torch.manual_seed(0)
+        plugin = build_module(cfg).plugin
+        feats = torch.randn(3, plugin.scdl.x_dim, 16, 16, 16)
+        labels = torch.randint(0, C, (2, 16, 16, 16))
+        plugin.train()
+        plugin.training_step_index = 0
+        torch.manual_seed(1)
+        at_0 = plugin.training_terms(feats, labels)
+        plugin.training_step_index = 1000
+        torch.manual_seed(1)
+        out[ablation] = (at_0, plugin.training_terms(feats, labels))
+    full0, full_late = out["full"]
+    plus0, plus_late = out["plus"]
+    assert abs(float(full_late.kl_loss)) < 1e-6 and float(plus_late.kl_loss) > 1e-3
+    torch.testing.assert_close(full0.aux_loss, full_late.aux_loss)  # released: no ramp
+    torch.testing.assert_close(plus0.aux_loss, plus_late.aux_loss * math.exp(-5.0))
