@@ -11,6 +11,7 @@ from scdl.evaluation.statistics import (
     case_scores,
     compare,
     paired_differences,
+    seed_t_interval,
     wilcoxon_over_cases,
 )
 from scdl.metrics import aggregate_metrics
@@ -53,6 +54,22 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_seeds():
     assert hi30 - lo30 < (hi3 - lo3) / 2
     assert bootstrap_ci(few, n_boot=4000, seed=1) != bootstrap_ci(few, n_boot=4000, seed=2)
     assert bootstrap_ci(few, n_boot=4000) == bootstrap_ci(few, n_boot=4000)  # seeded
+
+
+def test_seed_t_interval_is_students_t_and_guards_the_claim():
+    """The t interval over per-seed differences (hand-computed: mean 0.02, sd 0.01, 3 seeds,
+    t_0.975,2 = 4.303); a bootstrap interval that excludes 0 on few seeds is not a claim when the
+    t interval includes 0, and one seed is never a claim."""
+    lo, hi = seed_t_interval(np.array([0.01, 0.02, 0.03]))
+    half = 4.302653 * 0.01 / np.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-6)
+    assert seed_t_interval(np.array([0.05])) is None
+    a = _runs({1: [0.5] * 6, 2: [0.5] * 6, 3: [0.5] * 6})
+    b = _runs({1: [0.52] * 6, 2: [0.47] * 6, 3: [0.60] * 6})  # per seed +0.02, -0.03, +0.10
+    res = compare(a, b, n_boot=2000)
+    assert res["t_ci"][0] < 0 < res["t_ci"][1] and not res["excludes_zero"]
+    one = compare(_runs({1: [0.5] * 6}), _runs({1: [0.6] * 6}), n_boot=500)
+    assert one["ci"] == pytest.approx((0.1, 0.1)) and not one["excludes_zero"]
 
 
 def test_wilcoxon_is_over_cases_averaged_over_seeds():

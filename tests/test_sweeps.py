@@ -24,7 +24,14 @@ CLASSES = ["big", "mid", "small"]
 
 # --- the paper table from run folders ---------------------------------------------------------------
 def _fake_run(
-    root: Path, name: str, method: str, seed: int, dice: list[float], asd: float, cache: Path
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    dice: list[float],
+    asd: float,
+    cache: Path,
+    ablation: str | None = None,
 ) -> Path:
     """A finished run folder: config, split and eval/test_paper results of two cases whose
     per-class Dice are ``dice`` and ``dice`` shifted by 0.1 (case means differ by 0.1)."""
@@ -37,7 +44,7 @@ def _fake_run(
     cfg = {
         "method_name": method,
         "experiment_name": method.lower().replace(" ", "_"),
-        "ablation_name": "full" if "SCDL" in method else "baseline",
+        "ablation_name": ablation or ("full" if "SCDL" in method else "baseline"),
         "seed": seed,
         "paths": {"output_dir": "?"},
         "data": {"cache_dir": str(cache)},
@@ -111,6 +118,39 @@ def test_paper_table_refuses_runs_with_different_classes(tmp_path, label_cache):
     path.write_text(json.dumps(m))
     with pytest.raises(ValueError, match="classes differ"):
         build_table(collect_runs([tmp_path / "s"]))
+
+
+def test_paper_table_pairs_each_scdl_row_with_its_framework(tmp_path, label_cache, caplog):
+    """SCDL rows vs the framework without SCDL, paired by seed and case: every case gains 0.1 mean
+    Dice and 0.3 on the minority class, so the interval is [0.1, 0.1]; a row without a common
+    seed is left out with a warning."""
+    from scdl.evaluation.paper_table import build_table, collect_runs, to_markdown, write_paired_csv
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep, "0", "Mean teacher", 1, [0.6, 0.3, 0.0], 1.0, label_cache)
+    _fake_run(sweep, "1", "Mean teacher", 2, [0.5, 0.5, 0.2], 1.0, label_cache)
+    _fake_run(sweep, "2", "Mean teacher + SCDL", 2, [0.5, 0.5, 0.5], 1.0, label_cache)
+    _fake_run(sweep, "3", "Mean teacher + SCDL", 1, [0.6, 0.3, 0.3], 1.0, label_cache)
+    _fake_run(sweep, "4", "Mean teacher + SCDL", 3, [0.6, 0.3, 0.3], 1.0, label_cache, "plus")
+    table = build_table(collect_runs([sweep]), k=1)
+    (pair,) = table["paired"]
+    assert pair["method"] == "Mean teacher + SCDL" and pair["baseline"] == "Mean teacher"
+    assert pair["mean"]["seeds"] == [1, 2] and pair["mean"]["num_cases"] == 2
+    assert pair["mean"]["diff"] == pytest.approx(0.1)
+    assert pair["mean"]["ci"] == pytest.approx((0.1, 0.1)) and pair["mean"]["excludes_zero"]
+    assert pair["minority"]["diff"] == pytest.approx(0.3)
+    assert pair["mean"]["wilcoxon_p"] == pytest.approx(0.5)  # 2 cases: the smallest exact p
+    assert "Mean teacher + SCDL (plus)" in caplog.text and "no seed" in caplog.text
+    md = to_markdown(table)
+    assert (
+        "| Mean teacher + SCDL | Mean teacher | 1,2 | 2 | +10.0 [+10.0, +10.0] (t: [+10.0, +10.0]) * | 0.5 |"
+        in md
+    )
+    write_paired_csv(table, tmp_path / "p.csv")
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert (
+        lines[0].startswith("method,baseline,seeds,cases,dice_diff,dice_ci_lo") and len(lines) == 2
+    )
 
 
 # --- resume: a finished run is not trained again ---------------------------------------------------
@@ -363,3 +403,6 @@ def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypa
     # the bar-chart panels are declared in the run's config, inside the offline .wandb file
     (record,) = run.glob("run-*.wandb")
     assert b"paper_table/avg_dice" in record.read_bytes()
+    assert any(m.startswith("table/paper_table/paired_") for m in media)  # paired statistics
+    assert b"paired/Mean teacher + SCDL/dice_diff" in record.read_bytes()
+    assert files["paired_csv"].read_text().count("\n") == 2

@@ -11,6 +11,12 @@ the fewest voxels in the labeled training cases, measured on the data) are marke
 
 Writes ``paper_table.md``, ``paper_table.csv`` and ``paper_table.png`` (per-class Dice bars by
 method) and, when W&B is on, logs them to a ``summary`` run in the sweep's W&B group.
+
+Every row with SCDL is also compared with the same framework without it (the row whose name lacks
+`` + SCDL`` and the ablation suffix), paired by seed and test case (:mod:`scdl.evaluation.statistics`):
+the mean difference of Avg Dice and of the minority classes' Dice with a two-level bootstrap 95 %
+interval over seeds and cases and a Wilcoxon signed-rank p-value over cases. They are printed under
+the table, written to ``paper_table_paired.csv`` and logged to the W&B summary run.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any
         "dice": metrics["overall"]["dice"]["mean"],
         "asd": metrics["overall"]["asd"]["mean"] if asd else None,
         "per_class": {n: metrics["per_class"][n]["dice"]["mean"] for n in metrics["classes"]},
+        "result": metrics,  # per-case values, for the paired statistics
     }
 
 
@@ -144,7 +151,95 @@ def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
             "per_class": {c: _stats([r["per_class"][c] for r in rs]) for c in classes},
         }
         rows.append(row)
-    return {"classes": classes, "minority": _minority(records, k), "rows": rows}
+    minority = _minority(records, k)
+    return {
+        "classes": classes,
+        "minority": minority,
+        "rows": rows,
+        "paired": paired_comparisons(groups, minority, [r["method"] for r in rows]),
+    }
+
+
+def framework_without_scdl(method: str) -> str:
+    """The row a method is compared with: ``GA-CPS + SCDL (plus)`` -> ``GA-CPS``."""
+    return method.split(" (")[0].replace(" + SCDL", "")
+
+
+def paired_comparisons(
+    groups: dict[str, list[dict]], minority: list[str], order: list[str], n_boot: int = 10000
+) -> list[dict[str, Any]]:
+    """Each SCDL row against its framework without SCDL, paired by seed and test case: the
+    :func:`scdl.evaluation.statistics.compare` results over all classes (``mean``) and over the
+    ``minority`` classes. Rows without a counterpart or without a common seed are left out."""
+    from scdl.evaluation.statistics import case_scores, compare
+
+    def scores(rs: list[dict], classes: list[str] | None) -> dict:
+        return {r["seed"]: case_scores(r["result"], classes) for r in rs}
+
+    out = []
+    for method in order:
+        base = framework_without_scdl(method)
+        if base == method or base not in groups:
+            continue
+        try:
+            mean_c = compare(scores(groups[base], None), scores(groups[method], None), n_boot)
+            small_c = compare(
+                scores(groups[base], minority), scores(groups[method], minority), n_boot
+            )
+        except (ValueError, KeyError) as err:  # no common seed or case, or no per-case values
+            log.warning("paired statistics %s vs %s skipped: %s", method, base, err)
+            continue
+        out.append({"method": method, "baseline": base, "mean": mean_c, "minority": small_c})
+    return out
+
+
+def paired_markdown(table: dict) -> str:
+    """The paired comparisons of :func:`paired_comparisons` as a Markdown table ('' if none)."""
+    if not table.get("paired"):
+        return ""
+
+    from scdl.evaluation.statistics import format_cell
+
+    lines = [
+        "| Method | vs | seeds | cases | Δ Avg Dice [95 % CI] | p | Δ minority Dice [95 % CI] | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in table["paired"]:
+        seeds = ",".join(str(s) for s in c["mean"]["seeds"])
+        lines.append(
+            f"| {c['method']} | {c['baseline']} | {seeds} | {c['mean']['num_cases']} | "
+            f"{format_cell(c['mean'])} | {format_cell(c['minority'])} |"
+        )
+    lines += [
+        "",
+        "Paired differences (Dice points; pairs: same seed, same test case): mean over seeds of the "
+        "per-seed mean over cases, two-level bootstrap 95 % interval (seeds, then cases), then the "
+        "95 % Student-t interval over the per-seed differences (t: ...); * = both intervals "
+        "exclude 0; p: two-sided Wilcoxon signed-rank test over cases.",
+    ]
+    return "\n".join(lines)
+
+
+def paired_rows(table: dict) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the paired comparisons (CSV and W&B table): differences in [0, 1]."""
+    columns = ["method", "baseline", "seeds", "cases"]
+    columns += [f"{w}_{s}" for w in ("dice", "minority") for s in ("diff", "ci_lo", "ci_hi", "p")]
+    rows = []
+    for c in table.get("paired", []):
+        row = [c["method"], c["baseline"], " ".join(str(s) for s in c["mean"]["seeds"])]
+        row.append(c["mean"]["num_cases"])
+        for key in ("mean", "minority"):
+            row += [c[key]["diff"], *c[key]["ci"], c[key]["wilcoxon_p"]]
+        rows.append(row)
+    return columns, rows
+
+
+def write_paired_csv(table: dict, path: Path) -> None:
+    columns, rows = paired_rows(table)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(rows)
 
 
 def _cell(stats: tuple[float, float | None, int], scale: float) -> str:
@@ -180,6 +275,9 @@ def to_markdown(table: dict) -> str:
         + ", ".join(minority)
         + "."
     )
+    paired = paired_markdown(table)
+    if paired:
+        lines += ["", paired]
     return "\n".join(lines)
 
 
@@ -280,6 +378,15 @@ def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str |
             logs[f"paper_table/per_class/{row['method']}"] = wandb.plot.bar(
                 t, "class", "dice", title=f"Per-class test Dice: {row['method']}"
             )
+        if table.get("paired"):
+            columns, rows = paired_rows(table)
+            logs["paper_table/paired"] = wandb.Table(columns=columns, data=rows)
+            for c in table["paired"]:  # searchable scalars in the run's summary
+                for key, name in (("mean", "dice"), ("minority", "minority_dice")):
+                    prefix = f"paired/{c['method']}/{name}"
+                    run.summary[f"{prefix}_diff"] = c[key]["diff"]
+                    run.summary[f"{prefix}_ci_lo"], run.summary[f"{prefix}_ci_hi"] = c[key]["ci"]
+                    run.summary[f"{prefix}_p"] = c[key]["wilcoxon_p"]
         run.log(logs)
     finally:
         wandb.finish()
@@ -296,9 +403,11 @@ def write_paper_table(
         "md": out_dir / "paper_table.md",
         "csv": out_dir / "paper_table.csv",
         "png": out_dir / "paper_table.png",
+        "paired_csv": out_dir / "paper_table_paired.csv",
     }
     files["md"].write_text(to_markdown(table) + "\n")
     write_csv(table, files["csv"])
+    write_paired_csv(table, files["paired_csv"])
     plot_per_class(table, files["png"])
     print(to_markdown(table))
     if wandb_group is not None:

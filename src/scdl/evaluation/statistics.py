@@ -8,10 +8,14 @@ score is the mean Dice over the chosen classes (all foreground classes, or the m
 - its **95 % confidence interval** is a two-level bootstrap: seeds are resampled with replacement,
   then the cases within each drawn seed, and the 2.5 / 97.5 percentiles of the resampled means are
   taken (both sources of variation, training randomness and case sampling, are in the interval);
+- the **seed-level t interval** is Student's t over the per-seed differences (n_seeds - 1 degrees
+  of freedom): with few seeds the bootstrap has few distinct resamples (10 for 3 seeds) and
+  understates the seed variance; the t interval does not;
 - the **Wilcoxon signed-rank p-value** is over cases (each case's difference averaged over seeds,
   so the cases are the independent units), two-sided.
 
-A difference is claimed only where the interval excludes 0.
+A difference is claimed (``excludes_zero``) only where both intervals exclude 0, so never from one
+seed.
 """
 
 from __future__ import annotations
@@ -67,6 +71,22 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def seed_t_interval(per_seed: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of the per-seed differences; None for fewer than 2 seeds."""
+    from scipy.stats import t
+
+    x = np.asarray(per_seed, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return None
+    half = t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def _excludes_zero(interval: tuple[float, float] | None) -> bool:
+    return interval is not None and (interval[0] > 0 or interval[1] < 0)
+
+
 def wilcoxon_over_cases(d: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of the per-case differences (averaged over seeds);
     1.0 when every difference is 0."""
@@ -85,16 +105,31 @@ def compare(
     n_boot: int = 10000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The paired comparison B - A: difference, its interval, the per-seed differences, p-value."""
+    """The paired comparison B - A: difference, its bootstrap (``ci``) and seed-level t (``t_ci``)
+    intervals, the per-seed differences, the Wilcoxon p-value."""
     seeds, cases, d = paired_differences(runs_a, runs_b)
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     per_seed = np.nanmean(d, axis=1)
+    t_ci = seed_t_interval(per_seed)
     return {
         "seeds": seeds,
         "num_cases": len(cases),
         "diff": float(np.nanmean(per_seed)),
         "per_seed": [float(v) for v in per_seed],
         "ci": (lo, hi),
-        "excludes_zero": bool(lo > 0 or hi < 0),
+        "t_ci": t_ci,
+        "excludes_zero": _excludes_zero((lo, hi)) and _excludes_zero(t_ci),
         "wilcoxon_p": wilcoxon_over_cases(d),
     }
+
+
+def format_cell(c: Mapping[str, Any]) -> str:
+    """``diff [bootstrap CI] (t: [seed t CI]) * | p`` in Dice points, for Markdown tables
+    (``*`` = claimed: both intervals exclude 0)."""
+    lo, hi = c["ci"]
+    text = f"{c['diff'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]"
+    if c.get("t_ci") is not None:
+        tlo, thi = c["t_ci"]
+        text += f" (t: [{tlo * 100:+.1f}, {thi * 100:+.1f}])"
+    mark = " *" if c["excludes_zero"] else ""
+    return f"{text}{mark} | {c['wilcoxon_p']:.3g}"

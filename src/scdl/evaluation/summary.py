@@ -111,7 +111,7 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     the group with ablation ``baseline``, else the first): paired by seed and test case, the mean
     difference of mean Dice and of the minority classes' Dice with a bootstrap 95 % interval over
     seeds and cases and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
-    from scdl.evaluation.statistics import case_scores, compare
+    from scdl.evaluation.statistics import case_scores, compare, format_cell
 
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
     if len(groups) < 2:
@@ -126,14 +126,10 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     def scores(rs: list[dict], classes: list[str] | None) -> dict:
         return {r["seed"]: case_scores(r["result"], classes) for r in rs}
 
-    def cell(c: dict) -> str:
-        lo, hi = c["ci"]
-        mark = " *" if c["excludes_zero"] else ""
-        return f"{c['diff'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]{mark} | {c['wilcoxon_p']:.3g}"
-
     lines = [
-        f"Paired differences vs {baseline} (B - A, Dice points; 95 % bootstrap interval over seeds "
-        "and cases; * = the interval excludes 0; Wilcoxon signed-rank p over cases)",
+        f"Paired differences vs {baseline} (B - A, Dice points; 95 % two-level bootstrap interval "
+        "over seeds and cases, then (t: the 95 % Student-t interval over the per-seed differences); "
+        "* = both intervals exclude 0; Wilcoxon signed-rank p over cases)",
         "",
         f"| B | seeds | cases | Δ mean Dice [95 % CI] | p | Δ Dice of {', '.join(small)} [95 % CI] | p |",
         "|---|---|---|---|---|---|---|",
@@ -152,7 +148,7 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
             continue
         seeds = ",".join(str(x) for x in mean_c["seeds"])
         lines.append(
-            f"| {key} | {seeds} | {mean_c['num_cases']} | {cell(mean_c)} | {cell(small_c)} |"
+            f"| {key} | {seeds} | {mean_c['num_cases']} | {format_cell(mean_c)} | {format_cell(small_c)} |"
         )
     return "\n".join(lines)
 
