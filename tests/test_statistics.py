@@ -12,6 +12,7 @@ from scdl.evaluation.statistics import (
     compare,
     paired_differences,
     seed_t_interval,
+    seeds_needed,
     wilcoxon_over_cases,
 )
 from scdl.metrics import aggregate_metrics
@@ -70,6 +71,18 @@ def test_seed_t_interval_is_students_t_and_guards_the_claim():
     assert res["t_ci"][0] < 0 < res["t_ci"][1] and not res["excludes_zero"]
     one = compare(_runs({1: [0.5] * 6}), _runs({1: [0.6] * 6}), n_boot=500)
     assert one["ci"] == pytest.approx((0.1, 0.1)) and not one["excludes_zero"]
+
+
+def test_seeds_needed_for_a_given_interval_width():
+    """sd 0.114 (the 2026-11-27 phantom spread): the normal approximation said (1.96 * 11.4 / 3)^2
+    = 55.5; with t quantiles it is 58 (t_0.975,57 = 2.002: 2.002 * 0.114 / sqrt(58) = 0.02997)."""
+    per_seed = np.array([-0.114, 0.0, 0.114])  # sd exactly 0.114
+    assert seeds_needed(per_seed, 0.03) == 58
+    # sd 0.01: n = 2 gives 12.71 * 0.01 / sqrt(2) = 0.09, n = 3 gives 4.30 * 0.01 / sqrt(3) = 0.025
+    assert seeds_needed(np.array([0.01, 0.02, 0.03]), 0.03) == 3
+    assert seeds_needed(np.array([0.05]), 0.03) is None
+    res = compare(_runs({1: [0.5] * 6, 2: [0.5] * 6}), _runs({1: [0.6] * 6, 2: [0.4] * 6}), 200)
+    assert res["seeds_needed"] == seeds_needed(np.array([0.1, -0.1]), 0.03)
 
 
 def test_wilcoxon_is_over_cases_averaged_over_seeds():

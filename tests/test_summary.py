@@ -102,4 +102,4 @@ def test_comparison_table_pairs_each_group_with_the_baseline():
     assert "vs exp/baseline" in table
     # +0.1 Dice on every class of every case: +10 points, zero-width intervals, p = 2/2^6
     cell = "+10.0 [+10.0, +10.0] (t: [+10.0, +10.0]) *"
-    assert f"| exp/full | 1,2 | 6 | {cell} | 0.0312 | {cell} |" in table
+    assert f"| exp/full | 1,2 | 6 | {cell} | 0.0312 | {cell} | 0.0312 | 2 / 2 |" in table

@@ -198,24 +198,26 @@ def paired_markdown(table: dict) -> str:
     if not table.get("paired"):
         return ""
 
-    from scdl.evaluation.statistics import format_cell
+    from scdl.evaluation.statistics import format_cell, format_needed
 
     lines = [
-        "| Method | vs | seeds | cases | Δ Avg Dice [95 % CI] | p | Δ minority Dice [95 % CI] | p |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Method | vs | seeds | cases | Δ Avg Dice [95 % CI] | p | Δ minority Dice [95 % CI] | p | seeds for ±3 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in table["paired"]:
         seeds = ",".join(str(s) for s in c["mean"]["seeds"])
         lines.append(
             f"| {c['method']} | {c['baseline']} | {seeds} | {c['mean']['num_cases']} | "
-            f"{format_cell(c['mean'])} | {format_cell(c['minority'])} |"
+            f"{format_cell(c['mean'])} | {format_cell(c['minority'])} | "
+            f"{format_needed(c['mean'], c['minority'])} |"
         )
     lines += [
         "",
         "Paired differences (Dice points; pairs: same seed, same test case): mean over seeds of the "
         "per-seed mean over cases, two-level bootstrap 95 % interval (seeds, then cases), then the "
         "95 % Student-t interval over the per-seed differences (t: ...); * = both intervals "
-        "exclude 0; p: two-sided Wilcoxon signed-rank test over cases.",
+        "exclude 0; p: two-sided Wilcoxon signed-rank test over cases; seeds for ±3: the seed pairs a "
+        "t interval of ±3 points would need at the measured spread (Avg Dice / minority).",
     ]
     return "\n".join(lines)
 
@@ -223,13 +225,16 @@ def paired_markdown(table: dict) -> str:
 def paired_rows(table: dict) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the paired comparisons (CSV and W&B table): differences in [0, 1]."""
     columns = ["method", "baseline", "seeds", "cases"]
-    columns += [f"{w}_{s}" for w in ("dice", "minority") for s in ("diff", "ci_lo", "ci_hi", "p")]
+    stats = ("diff", "ci_lo", "ci_hi", "t_ci_lo", "t_ci_hi", "p", "seeds_for_3")
+    columns += [f"{w}_{s}" for w in ("dice", "minority") for s in stats]
     rows = []
     for c in table.get("paired", []):
         row = [c["method"], c["baseline"], " ".join(str(s) for s in c["mean"]["seeds"])]
         row.append(c["mean"]["num_cases"])
         for key in ("mean", "minority"):
-            row += [c[key]["diff"], *c[key]["ci"], c[key]["wilcoxon_p"]]
+            t_ci = c[key]["t_ci"] or (None, None)
+            row += [c[key]["diff"], *c[key]["ci"], *t_ci, c[key]["wilcoxon_p"]]
+            row.append(c[key]["seeds_needed"])
         rows.append(row)
     return columns, rows
 

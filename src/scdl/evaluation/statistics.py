@@ -83,6 +83,23 @@ def seed_t_interval(per_seed: np.ndarray, level: float = 0.95) -> tuple[float, f
     return float(x.mean() - half), float(x.mean() + half)
 
 
+def seeds_needed(per_seed: np.ndarray, half_width: float, level: float = 0.95) -> int | None:
+    """Seed pairs for a Student-t interval of +- ``half_width`` given the measured spread of the
+    per-seed differences (sample sd): the smallest n with t_{n-1} * sd / sqrt(n) <= half_width.
+    None for fewer than 2 seeds (no spread measured)."""
+    from scipy.stats import t
+
+    x = np.asarray(per_seed, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return None
+    sd = float(x.std(ddof=1))
+    n = 2
+    while t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) > half_width:
+        n += 1
+    return n
+
+
 def _excludes_zero(interval: tuple[float, float] | None) -> bool:
     return interval is not None and (interval[0] > 0 or interval[1] < 0)
 
@@ -104,9 +121,11 @@ def compare(
     runs_b: Mapping[Any, Mapping[str, float]],
     n_boot: int = 10000,
     seed: int = 0,
+    half_width: float = 0.03,
 ) -> dict[str, Any]:
     """The paired comparison B - A: difference, its bootstrap (``ci``) and seed-level t (``t_ci``)
-    intervals, the per-seed differences, the Wilcoxon p-value."""
+    intervals, the per-seed differences, the Wilcoxon p-value, and ``seeds_needed``: the seed pairs
+    a t interval of +- ``half_width`` (Dice, 0.03 = 3 points) would need at the measured spread."""
     seeds, cases, d = paired_differences(runs_a, runs_b)
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     per_seed = np.nanmean(d, axis=1)
@@ -118,6 +137,7 @@ def compare(
         "per_seed": [float(v) for v in per_seed],
         "ci": (lo, hi),
         "t_ci": t_ci,
+        "seeds_needed": seeds_needed(per_seed, half_width),
         "excludes_zero": _excludes_zero((lo, hi)) and _excludes_zero(t_ci),
         "wilcoxon_p": wilcoxon_over_cases(d),
     }
@@ -133,3 +153,10 @@ def format_cell(c: Mapping[str, Any]) -> str:
         text += f" (t: [{tlo * 100:+.1f}, {thi * 100:+.1f}])"
     mark = " *" if c["excludes_zero"] else ""
     return f"{text}{mark} | {c['wilcoxon_p']:.3g}"
+
+
+def format_needed(*comparisons: Mapping[str, Any]) -> str:
+    """The ``seeds_needed`` of each comparison, ``a / b`` ('–' where unmeasured)."""
+    return " / ".join(
+        "–" if c.get("seeds_needed") is None else str(c["seeds_needed"]) for c in comparisons
+    )

@@ -111,7 +111,7 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     the group with ablation ``baseline``, else the first): paired by seed and test case, the mean
     difference of mean Dice and of the minority classes' Dice with a bootstrap 95 % interval over
     seeds and cases and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
-    from scdl.evaluation.statistics import case_scores, compare, format_cell
+    from scdl.evaluation.statistics import case_scores, compare, format_cell, format_needed
 
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
     if len(groups) < 2:
@@ -129,10 +129,11 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     lines = [
         f"Paired differences vs {baseline} (B - A, Dice points; 95 % two-level bootstrap interval "
         "over seeds and cases, then (t: the 95 % Student-t interval over the per-seed differences); "
-        "* = both intervals exclude 0; Wilcoxon signed-rank p over cases)",
+        "* = both intervals exclude 0; Wilcoxon signed-rank p over cases; seeds for ±3: the seed pairs "
+        "a t interval of ±3 points would need at the measured spread, mean / small classes)",
         "",
-        f"| B | seeds | cases | Δ mean Dice [95 % CI] | p | Δ Dice of {', '.join(small)} [95 % CI] | p |",
-        "|---|---|---|---|---|---|---|",
+        f"| B | seeds | cases | Δ mean Dice [95 % CI] | p | Δ Dice of {', '.join(small)} [95 % CI] | p | seeds for ±3 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, rs in groups.items():
         if key == baseline:
@@ -144,11 +145,12 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
             ValueError,
             KeyError,
         ) as err:  # no common seed/case, or results without per-case values
-            lines.append(f"| {key} | – | – | not paired: {err} | | | |")
+            lines.append(f"| {key} | – | – | not paired: {err} | | | | |")
             continue
         seeds = ",".join(str(x) for x in mean_c["seeds"])
         lines.append(
-            f"| {key} | {seeds} | {mean_c['num_cases']} | {format_cell(mean_c)} | {format_cell(small_c)} |"
+            f"| {key} | {seeds} | {mean_c['num_cases']} | {format_cell(mean_c)} | {format_cell(small_c)} | "
+            f"{format_needed(mean_c, small_c)} |"
         )
     return "\n".join(lines)
 
