@@ -392,6 +392,7 @@ def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypa
     monkeypatch.setenv("WANDB_MODE", "offline")
     files = write_paper_table([sweep], sweep, k=1, wandb_group="paper_table/test")
     assert all(p.is_file() for p in files.values())
+    assert files["paired_png"] == sweep / "paper_table_paired.png"
     (run,) = sweep.glob("wandb/offline-run-*")
     media = [
         str(p.relative_to(run / "files" / "media")) for p in (run / "files" / "media").rglob("*.*")
@@ -406,3 +407,4 @@ def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypa
     assert any(m.startswith("table/paper_table/paired_") for m in media)  # paired statistics
     assert b"paired/Mean teacher + SCDL/dice_diff" in record.read_bytes()
     assert files["paired_csv"].read_text().count("\n") == 2
+    assert any(m.startswith("images/paper_table/paired_figure") for m in media)

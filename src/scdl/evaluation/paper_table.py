@@ -332,6 +332,45 @@ def draw_per_class(table: dict, ax: Any, ylabel: str = "test Dice % (paper proto
     ax.set_title("Per-class Dice by method (* minority classes)")
 
 
+def plot_paired(table: dict, path: Path) -> Path | None:
+    """Forest plot of the paired comparisons: per SCDL row the difference (dot), its bootstrap
+    interval (thick) and seed-level t interval (thin), for Avg Dice and the minority classes; a
+    line at 0. None (nothing written) without comparisons."""
+    if not table.get("paired"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = table["paired"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 0.55 * len(pairs)), sharey=True)
+    for ax, key, title in zip(
+        axes, ("mean", "minority"), ("Δ Avg Dice", "Δ minority-class Dice"), strict=True
+    ):
+        for i, c in enumerate(pairs):
+            res, y = c[key], len(pairs) - 1 - i
+            if res["t_ci"] is not None:
+                ax.plot([v * 100 for v in res["t_ci"]], [y, y], color="0.6", lw=1.5)
+            ax.plot([v * 100 for v in res["ci"]], [y, y], color="C0", lw=5, alpha=0.7)
+            ax.plot(res["diff"] * 100, y, "o", color="C3" if res["excludes_zero"] else "k")
+        ax.axvline(0, color="k", lw=0.8, ls="--")
+        ax.set_title(title)
+        ax.set_xlabel("Dice points (with SCDL - without)")
+    axes[0].set_yticks(range(len(pairs)))
+    axes[0].set_yticklabels(
+        [f"{c['method']} (n={len(c['mean']['seeds'])})" for c in reversed(pairs)], fontsize=8
+    )
+    fig.suptitle(
+        "Paired differences: bootstrap 95 % (thick), seed-level t 95 % (thin), red = both exclude 0",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str | None) -> bool:
     """A W&B ``summary`` run in the sweep's group: the table, per-class Dice bars by method, and
     the figure. No-op with ``WANDB_MODE=disabled``."""
@@ -386,6 +425,8 @@ def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str |
         if table.get("paired"):
             columns, rows = paired_rows(table)
             logs["paper_table/paired"] = wandb.Table(columns=columns, data=rows)
+            if files.get("paired_png") is not None:
+                logs["paper_table/paired_figure"] = wandb.Image(str(files["paired_png"]))
             for c in table["paired"]:  # searchable scalars in the run's summary
                 for key, name in (("mean", "dice"), ("minority", "minority_dice")):
                     prefix = f"paired/{c['method']}/{name}"
@@ -413,6 +454,9 @@ def write_paper_table(
     files["md"].write_text(to_markdown(table) + "\n")
     write_csv(table, files["csv"])
     write_paired_csv(table, files["paired_csv"])
+    paired_png = plot_paired(table, out_dir / "paper_table_paired.png")
+    if paired_png is not None:
+        files["paired_png"] = paired_png
     plot_per_class(table, files["png"])
     print(to_markdown(table))
     if wandb_group is not None:
