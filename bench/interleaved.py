@@ -7,16 +7,38 @@ import time
 from collections.abc import Callable
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], n: int, warmup: int) -> dict[str, float]:
-    """Median wall time of each step over ``n`` rounds after ``warmup`` rounds; the variants run
-    one after the other within each round, so load drifts hit all of them alike."""
+def interleaved_timings(
+    steps: dict[str, Callable[[], object]],
+    n: int,
+    warmup: int,
+    timer: Callable[[Callable[[], object]], float] | None = None,
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Every timing (seconds) of each step over ``n`` rounds after ``warmup`` rounds; the variants
+    run one after the other within each round, so load drifts hit all of them alike. ``timer``
+    times one call (default: wall clock; the suite passes one that synchronises CUDA);
+    ``on_round(done, total)`` is called after each round."""
+
+    def wall(step: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
+
+    timer = timer or wall
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(warmup + n):
         for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
+            t = timer(step)
             if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(t)
+        if on_round is not None:
+            on_round(i + 1, warmup + n)
+    return times
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], n: int, warmup: int) -> dict[str, float]:
+    """Median wall time of each step (:func:`interleaved_timings`)."""
+    times = interleaved_timings(steps, n, warmup)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

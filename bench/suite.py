@@ -85,13 +85,15 @@ def timed(fn: Callable[[], object], device: str) -> float:
 
 def interleaved(fns: dict[str, Callable], repeats: int, warmup: int, device: str) -> dict:
     """Per variant: stats of ``repeats`` timings after ``warmup``, variants alternating."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + repeats):
-        for name, fn in fns.items():
-            t = timed(fn, device)
-            if i >= warmup:
-                times[name].append(t)
-        say(f"  round {i + 1}/{warmup + repeats} done")
+    from interleaved import interleaved_timings
+
+    times = interleaved_timings(
+        fns,
+        repeats,
+        warmup,
+        timer=lambda fn: timed(fn, device),
+        on_round=lambda done, total: say(f"  round {done}/{total} done"),
+    )
     return {k: stats(v) for k, v in times.items()}
 
 
