@@ -408,3 +408,20 @@ def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypa
     assert b"paired/Mean teacher + SCDL/dice_diff" in record.read_bytes()
     assert files["paired_csv"].read_text().count("\n") == 2
     assert any(m.startswith("images/paper_table/paired_figure") for m in media)
+
+
+def test_run_config_of_a_run_without_paths_loads(tmp_path):
+    """A saved config without ``paths`` (older or hand-made runs) loads; one with it gets the
+    run folder as output_dir; a folder without a config is None."""
+    from omegaconf import OmegaConf
+
+    from scdl.evaluation.paper_table import run_config
+
+    (tmp_path / "a" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 3}), tmp_path / "a" / ".hydra" / "config.yaml")
+    assert run_config(tmp_path / "a").seed == 3
+    (tmp_path / "b" / ".hydra").mkdir(parents=True)
+    cfg = {"paths": {"output_dir": "${hydra:runtime.output_dir}"}}
+    OmegaConf.save(OmegaConf.create(cfg), tmp_path / "b" / ".hydra" / "config.yaml")
+    assert run_config(tmp_path / "b").paths.output_dir == str(tmp_path / "b")
+    assert run_config(tmp_path / "c") is None

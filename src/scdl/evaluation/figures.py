@@ -264,9 +264,12 @@ def _series(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _run_config(run: Path):
-    from omegaconf import OmegaConf
+    from scdl.evaluation.paper_table import run_config
 
-    return OmegaConf.load(run / RUN_CONFIG)
+    cfg = run_config(run)
+    if cfg is None:
+        raise FileNotFoundError(f"{run / RUN_CONFIG}: not a run folder (no saved config)")
+    return cfg
 
 
 def describe_runs(runs: Sequence[Path], root: str | Path | None = None) -> list[dict[str, Any]]:

@@ -58,8 +58,9 @@ def run_config(run: Path):
         return None
     register_resolvers()
     cfg = OmegaConf.load(cfg_path)
-    with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
-        cfg.paths.output_dir = str(run)
+    if "paths" in cfg:
+        with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
+            cfg.paths.output_dir = str(run)
     return cfg
 
 
