@@ -43,14 +43,18 @@ def test_summary_groups_seeds_and_finds_the_smallest_classes(tmp_path):
     _run(tmp_path, "r1", "full", 1, [0.9, 0.2, 0.5], cache)
     _run(tmp_path, "r2", "full", 2, [0.7, 0.4, 0.4], cache)
     _run(tmp_path, "r3", "baseline", 1, [0.9, 0.0, 0.3], cache, legacy=True)
+    for name, val in (("r1", 0.6), ("r2", 0.4)):  # finished runs record their best validation
+        (tmp_path / name / "finished.json").write_text(
+            json.dumps({"metrics": {"best/val/dice": val}})
+        )
     records = collect([tmp_path], k=1)
     assert len(records) == 3
     assert {r["small_classes"][0] for r in records} == {"tiny"}
     table = markdown_table(records)
     # sample std (ddof=1): 2 seeds 53.3 and 50.0 -> 2.4, not the population formula's 1.7
-    assert "| exp | full | 1,2 | 51.7 ± 2.4 | 30.0 ± 14.1 |" in table
+    assert "| exp | full | 1,2 | 50.0 ± 14.1 | 51.7 ± 2.4 | 30.0 ± 14.1 |" in table
     assert "sample standard deviation (ddof=1)" in table
-    assert "| exp | baseline | 1 | 40.0 | 0.0 |" in table
+    assert "| exp | baseline | 1 | – | 40.0 | 0.0 |" in table
 
 
 def test_paper_table_reads_eval_outputs(tmp_path):

@@ -20,15 +20,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from scdl.data.class_stats import smallest_classes
+from scdl.evaluation.paper_table import run_config
 from scdl.metrics.results import (
     LEGACY_TRAIN_TEST_JSON,
     TRAIN_TEST_STEM,
     class_means,
     load_metrics,
 )
+from scdl.resume import finished_record
 from scdl.utils.config import register_resolvers
 
 
@@ -57,9 +59,8 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
         cfg_path = run / ".hydra" / "config.yaml"
         if not cfg_path.is_file():
             continue
-        cfg = OmegaConf.load(cfg_path)
-        with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
-            cfg.paths.output_dir = str(run)
+        finished = finished_record(run) or {}
+        cfg = run_config(run)
         res = load_metrics(result)
         split = json.loads((run / "split.json").read_text())
         names = res["classes"]
@@ -76,6 +77,8 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
                 "small_classes": [names[c - 1] for c in small],
                 "per_class": dict(zip(names, mean.tolist(), strict=True)),
                 "result": res,  # per-case values for the paired statistics
+                # what a variant is chosen on (never the test cases): the run's best validation
+                "val_dice": finished.get("metrics", {}).get("best/val/dice"),
             }
         )
     return records
@@ -84,8 +87,8 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
 def markdown_table(records: list[dict]) -> str:
     small = records[0]["small_classes"] if records else []
     lines = [
-        f"| experiment | ablation | seeds | mean Dice % | mean Dice % of the {len(small)} smallest ({', '.join(small)}) |",
-        "|---|---|---|---|---|",
+        f"| experiment | ablation | seeds | best val Dice % | mean Dice % | mean Dice % of the {len(small)} smallest ({', '.join(small)}) |",
+        "|---|---|---|---|---|---|",
     ]
     for (exp, abl), rs in _by_experiment_and_ablation(records):
         d = np.array([r["dice"] for r in rs]) * 100
@@ -96,9 +99,14 @@ def markdown_table(records: list[dict]) -> str:
             if len(rs) > 1
             else (lambda a: f"{a[0]:.1f}")
         )
-        lines.append(f"| {exp} | {abl} | {seeds} | {fmt(d)} | {fmt(s)} |")
+        v = np.array([r["val_dice"] for r in rs if r.get("val_dice") is not None]) * 100
+        val = fmt(v) if v.size == len(rs) else "–"
+        lines.append(f"| {exp} | {abl} | {seeds} | {val} | {fmt(d)} | {fmt(s)} |")
     lines.append("")
-    lines.append("mean ± sample standard deviation (ddof=1) over seeds of the per-run test means")
+    lines.append(
+        "mean ± sample standard deviation (ddof=1) over seeds of the per-run test means; best val "
+        "Dice: the best validation Dice of each run (finished.json), what variants are chosen on"
+    )
     return "\n".join(lines)
 
 
