@@ -39,3 +39,13 @@ def test_validation_names_the_offending_cases(tmp_path):
         load_split_file(path)
     with pytest.raises(SplitError, match="cannot give"):
         make_split(IDS[:5], num_val=2, num_test=3)
+
+
+def test_too_few_cases_for_num_labeled_names_the_counts_and_the_fix():
+    """The held-out phantom once met a 12-case cache made by a debug run: the error says how many
+    cases there are, where they went and what to change."""
+    with pytest.raises(SplitError) as err:
+        make_split([f"c{i:02d}" for i in range(12)], num_val=4, num_test=6, num_labeled=3)
+    text = str(err.value)
+    assert text.startswith("num_labeled=3 outside [1, 2]: the 12 labeled cases minus 6 test")
+    assert "data.phantom.num_cases" in text and "data.module.num_labeled" in text

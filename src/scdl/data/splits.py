@@ -168,7 +168,13 @@ def make_split(
             raise SplitError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
         num_labeled = max(1, math.ceil(labeled_ratio * len(train) - 1e-9))
     if not 1 <= num_labeled <= len(train):
-        raise SplitError(f"num_labeled={num_labeled} outside [1, {len(train)}]")
+        raise SplitError(
+            f"num_labeled={num_labeled} outside [1, {len(train)}]: the {len(ids)} labeled cases "
+            f"minus {num_test} test and {num_val} validation leave {len(train)} for training. "
+            "Fewer cases than expected? The prepared data set may come from other settings (a "
+            "phantom generated with another data.phantom.num_cases: delete its folder to "
+            "regenerate it); else lower data.module.num_labeled, num_val or num_test"
+        )
     labeled = sorted(train[:num_labeled])
     unlabeled = sorted(train[num_labeled:]) + sorted(set(unlabeled_only))
     return Split(labeled, unlabeled, sorted(val), sorted(test))
