@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from scdl.evaluation.summary import collect, markdown_table, paper_table
@@ -82,7 +83,7 @@ def test_paper_table_reads_eval_outputs(tmp_path):
     assert "| exp | full | 1 | 31.2 ± 1.0 | 12.2 ± 3.0 | 50.0 | 12.5 |" in table
 
 
-def test_comparison_table_pairs_each_group_with_the_baseline():
+def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     from scdl.evaluation.summary import comparison_table
 
     def record(ablation, seed, shift):
@@ -107,3 +108,11 @@ def test_comparison_table_pairs_each_group_with_the_baseline():
     # +0.1 Dice on every class of every case: +10 points, zero-width intervals, p = 2/2^6
     cell = "+10.0 [+10.0, +10.0] (t: [+10.0, +10.0]) *"
     assert f"| exp/full | 1,2 | 6 | {cell} | 0.0312 | {cell} | 0.0312 | 2 / 2 |" in table
+    # the same comparisons as data, and their forest plot (summary --plot)
+    from scdl.evaluation.paper_table import plot_paired
+    from scdl.evaluation.summary import paired_vs_baseline
+
+    base, pairs = paired_vs_baseline(records, n_boot=200)
+    assert base == "exp/baseline" and [c["method"] for c in pairs] == ["exp/full"]
+    assert pairs[0]["mean"]["diff"] == pytest.approx(0.1)
+    assert plot_paired({"paired": pairs}, tmp_path / "forest.png").stat().st_size > 1000

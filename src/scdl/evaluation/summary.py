@@ -114,16 +114,19 @@ def _group_key(record: dict) -> str:
     return f"{record['experiment']}/{record['ablation']}"
 
 
-def comparison_table(records: list[dict], baseline: str | None = None, n_boot: int = 10000) -> str:
+def paired_vs_baseline(
+    records: list[dict], baseline: str | None = None, n_boot: int = 10000
+) -> tuple[str, list[dict]]:
     """Every (experiment, ablation) group against ``baseline`` (``experiment/ablation``; default
-    the group with ablation ``baseline``, else the first): paired by seed and test case, the mean
-    difference of mean Dice and of the minority classes' Dice with a bootstrap 95 % interval over
-    seeds and cases and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
-    from scdl.evaluation.statistics import case_scores, compare, format_cell, format_needed
+    the group with ablation ``baseline``, else the first), paired by seed and test case: per group
+    ``{"method", "baseline", "mean", "minority"}`` with the :func:`~scdl.evaluation.statistics.
+    compare` results over all classes and over the smallest classes, or ``{"method", "error"}``
+    when nothing pairs. Returns the baseline's key and the list."""
+    from scdl.evaluation.statistics import case_scores, compare
 
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
     if len(groups) < 2:
-        return ""
+        return baseline or "", []
     if baseline is None:
         plain = [k for k in groups if k.endswith("/baseline")]
         baseline = plain[0] if len(plain) == 1 else next(iter(groups))
@@ -134,6 +137,30 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     def scores(rs: list[dict], classes: list[str] | None) -> dict:
         return {r["seed"]: case_scores(r["result"], classes) for r in rs}
 
+    out: list[dict] = []
+    for key, rs in groups.items():
+        if key == baseline:
+            continue
+        try:
+            mean_c = compare(scores(groups[baseline], None), scores(rs, None), n_boot)
+            small_c = compare(scores(groups[baseline], small), scores(rs, small), n_boot)
+        except (ValueError, KeyError) as err:  # no common seed/case, or no per-case values
+            out.append({"method": key, "error": str(err)})
+            continue
+        out.append({"method": key, "baseline": baseline, "mean": mean_c, "minority": small_c})
+    return baseline, out
+
+
+def comparison_table(records: list[dict], baseline: str | None = None, n_boot: int = 10000) -> str:
+    """The comparisons of :func:`paired_vs_baseline` as Markdown: the mean difference of mean Dice
+    and of the minority classes' Dice with a bootstrap 95 % interval over seeds and cases, the
+    seed-level t interval and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
+    from scdl.evaluation.statistics import format_cell, format_needed
+
+    baseline, pairs = paired_vs_baseline(records, baseline, n_boot)
+    if not pairs:
+        return ""
+    small = records[0]["small_classes"]
     lines = [
         f"Paired differences vs {baseline} (B - A, Dice points; 95 % two-level bootstrap interval "
         "over seeds and cases, then (t: the 95 % Student-t interval over the per-seed differences); "
@@ -143,22 +170,15 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
         f"| B | seeds | cases | Δ mean Dice [95 % CI] | p | Δ Dice of {', '.join(small)} [95 % CI] | p | seeds for ±3 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for key, rs in groups.items():
-        if key == baseline:
+    for c in pairs:
+        if "error" in c:
+            lines.append(f"| {c['method']} | – | – | not paired: {c['error']} | | | | |")
             continue
-        try:
-            mean_c = compare(scores(groups[baseline], None), scores(rs, None), n_boot)
-            small_c = compare(scores(groups[baseline], small), scores(rs, small), n_boot)
-        except (
-            ValueError,
-            KeyError,
-        ) as err:  # no common seed/case, or results without per-case values
-            lines.append(f"| {key} | – | – | not paired: {err} | | | | |")
-            continue
+        mean_c, small_c = c["mean"], c["minority"]
         seeds = ",".join(str(x) for x in mean_c["seeds"])
         lines.append(
-            f"| {key} | {seeds} | {mean_c['num_cases']} | {format_cell(mean_c)} | {format_cell(small_c)} | "
-            f"{format_needed(mean_c, small_c)} |"
+            f"| {c['method']} | {seeds} | {mean_c['num_cases']} | {format_cell(mean_c)} | "
+            f"{format_cell(small_c)} | {format_needed(mean_c, small_c)} |"
         )
     return "\n".join(lines)
 
@@ -244,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--paper", action="store_true", help="only the paper-style table of eval.py protocol=paper"
     )
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="forest plot of the paired differences (PNG)"
+    )
     args = parser.parse_args(argv)
     if args.paper:
         print(paper_table(args.roots))
@@ -259,6 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_class:
         print()
         print(per_class_table(records))
+    if args.plot is not None:
+        from scdl.evaluation.paper_table import plot_paired
+
+        _, pairs = paired_vs_baseline(records, args.baseline)
+        if plot_paired({"paired": [c for c in pairs if "error" not in c]}, args.plot) is None:
+            raise SystemExit("--plot: no paired comparison to plot")
+        print(f"\nforest plot: {args.plot}")
 
 
 if __name__ == "__main__":
