@@ -88,11 +88,18 @@ def test_training_step_adds_scdl_terms_and_trains_every_scdl_part(prior):
     assert scdl.sigma_emb.requires_grad == (prior == "bottleneck")
 
 
-def test_scdl_weights_scale_the_aux_loss():
+def _plugin_and_inputs(num_feats: int = 3):
+    """A dropout-free tiny plug-in, decoder features (num_feats, 4, 16^3: 2 labeled first) and the
+    labels (2, 16^3) of the labeled ones, drawn after torch.manual_seed(0)."""
     torch.manual_seed(0)
-    feats = torch.randn(3, 4, 16, 16, 16)
+    feats = torch.randn(num_feats, 4, 16, 16, 16)
     labels = torch.randint(0, C, (2, 16, 16, 16))
     plugin = SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5, dropout=0.0), token_grid=4)
+    return plugin, feats, labels
+
+
+def test_scdl_weights_scale_the_aux_loss():
+    plugin, feats, labels = _plugin_and_inputs()
     torch.manual_seed(1)
     t = plugin.training_terms(feats, labels)
     expected = 0.1 * (0.3 * t.proxy_loss + 0.1 * t.sac_loss + 0.02 * t.kl_loss)
@@ -104,10 +111,7 @@ def test_scdl_weights_scale_the_aux_loss():
 
 
 def test_unlabeled_switch_controls_the_unlabeled_proxy_loss():
-    torch.manual_seed(0)
-    feats = torch.randn(4, 4, 16, 16, 16)
-    labels = torch.randint(0, C, (2, 16, 16, 16))
-    plugin = SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5, dropout=0.0), token_grid=4)
+    plugin, feats, labels = _plugin_and_inputs(4)
     torch.manual_seed(1)
     with_unl = plugin.training_terms(feats, labels).proxy_loss
     plugin.use_unlabeled = False
@@ -149,12 +153,7 @@ def test_detached_prior_trains_only_the_projection_through_the_head():
 def test_aux_rampup_weighs_the_scdl_terms_by_the_sigmoid_ramp_of_the_host_step():
     """scdl.aux_rampup_steps=N: aux = ramp(step) * w_aux (...) with ramp = exp(-5 (1 - t/N)^2);
     0 (released) leaves the terms unscaled; the host passes its global step."""
-    import math
-
-    torch.manual_seed(0)
-    feats = torch.randn(3, 4, 16, 16, 16)
-    labels = torch.randint(0, C, (2, 16, 16, 16))
-    plugin = SCDLPlugin(SCDL(C, x_dim=4, z_dim=16, sample_num=5, dropout=0.0), token_grid=4)
+    plugin, feats, labels = _plugin_and_inputs()
     torch.manual_seed(1)
     full = plugin.training_terms(feats, labels).aux_loss
     plugin.aux_rampup_steps = 100
