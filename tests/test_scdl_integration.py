@@ -237,6 +237,6 @@ def test_plus_makes_the_kl_active_and_ramps_the_scdl_terms(tmp_path):
         out[ablation] = (at_0, plugin.training_terms(feats, labels))
     full0, full_late = out["full"]
     plus0, plus_late = out["plus"]
-    assert abs(float(full_late.kl_loss)) < 1e-6 and float(plus_late.kl_loss) > 1e-3
+    assert abs(full_late.kl_loss.item()) < 1e-6 and plus_late.kl_loss.item() > 1e-3
     torch.testing.assert_close(full0.aux_loss, full_late.aux_loss)  # released: no ramp
     torch.testing.assert_close(plus0.aux_loss, plus_late.aux_loss * math.exp(-5.0))

@@ -172,10 +172,7 @@ def paired_comparisons(
     """Each SCDL row against its framework without SCDL, paired by seed and test case: the
     :func:`scdl.evaluation.statistics.compare` results over all classes (``mean``) and over the
     ``minority`` classes. Rows without a counterpart or without a common seed are left out."""
-    from scdl.evaluation.statistics import case_scores, compare
-
-    def scores(rs: list[dict], classes: list[str] | None) -> dict:
-        return {r["seed"]: case_scores(r["result"], classes) for r in rs}
+    from scdl.evaluation.statistics import compare_runs
 
     out = []
     for method in order:
@@ -183,14 +180,11 @@ def paired_comparisons(
         if base == method or base not in groups:
             continue
         try:
-            mean_c = compare(scores(groups[base], None), scores(groups[method], None), n_boot)
-            small_c = compare(
-                scores(groups[base], minority), scores(groups[method], minority), n_boot
-            )
+            pair = compare_runs(groups[base], groups[method], minority, n_boot)
         except (ValueError, KeyError) as err:  # no common seed or case, or no per-case values
             log.warning("paired statistics %s vs %s skipped: %s", method, base, err)
             continue
-        out.append({"method": method, "baseline": base, "mean": mean_c, "minority": small_c})
+        out.append({"method": method, "baseline": base, **pair})
     return out
 
 

@@ -143,6 +143,24 @@ def compare(
     }
 
 
+def compare_runs(
+    runs_a: Sequence[Mapping[str, Any]],
+    runs_b: Sequence[Mapping[str, Any]],
+    minority: Sequence[str],
+    n_boot: int = 10000,
+) -> dict[str, dict[str, Any]]:
+    """B - A for run records (``seed`` and ``result``, a results dict with per-case values):
+    :func:`compare` over every class (``mean``) and over the ``minority`` classes."""
+
+    def scores(runs: Sequence[Mapping[str, Any]], classes: Sequence[str] | None) -> dict:
+        return {r["seed"]: case_scores(r["result"], classes) for r in runs}
+
+    return {
+        "mean": compare(scores(runs_a, None), scores(runs_b, None), n_boot),
+        "minority": compare(scores(runs_a, minority), scores(runs_b, minority), n_boot),
+    }
+
+
 def format_cell(c: Mapping[str, Any]) -> str:
     """``diff [bootstrap CI] (t: [seed t CI]) * | p`` in Dice points, for Markdown tables
     (``*`` = claimed: both intervals exclude 0)."""

@@ -122,7 +122,7 @@ def paired_vs_baseline(
     ``{"method", "baseline", "mean", "minority"}`` with the :func:`~scdl.evaluation.statistics.
     compare` results over all classes and over the smallest classes, or ``{"method", "error"}``
     when nothing pairs. Returns the baseline's key and the list."""
-    from scdl.evaluation.statistics import case_scores, compare
+    from scdl.evaluation.statistics import compare_runs
 
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
     if len(groups) < 2:
@@ -134,20 +134,16 @@ def paired_vs_baseline(
         raise SystemExit(f"--baseline {baseline}: not among the groups {sorted(groups)}")
     small = records[0]["small_classes"]
 
-    def scores(rs: list[dict], classes: list[str] | None) -> dict:
-        return {r["seed"]: case_scores(r["result"], classes) for r in rs}
-
     out: list[dict] = []
     for key, rs in groups.items():
         if key == baseline:
             continue
         try:
-            mean_c = compare(scores(groups[baseline], None), scores(rs, None), n_boot)
-            small_c = compare(scores(groups[baseline], small), scores(rs, small), n_boot)
+            pair = compare_runs(groups[baseline], rs, small, n_boot)
         except (ValueError, KeyError) as err:  # no common seed/case, or no per-case values
             out.append({"method": key, "error": str(err)})
             continue
-        out.append({"method": key, "baseline": baseline, "mean": mean_c, "minority": small_c})
+        out.append({"method": key, "baseline": baseline, **pair})
     return baseline, out
 
 
