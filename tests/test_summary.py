@@ -8,7 +8,7 @@ from scdl.evaluation.summary import collect, markdown_table, paper_table
 from scdl.metrics import TRAIN_TEST_STEM, aggregate_metrics, save_metrics
 
 
-def _run(root, name, ablation, seed, means, cache, legacy=False):
+def _run(root, name, ablation, seed, means, cache, legacy=False, data="phantom", cases=1):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(
@@ -17,7 +17,7 @@ def _run(root, name, ablation, seed, means, cache, legacy=False):
             "ablation_name": ablation,
             "seed": seed,
             "paths": {"output_dir": "x"},
-            "data": {"cache_dir": str(cache)},
+            "data": {"name": data, "cache_dir": str(cache)},
         },
         run / ".hydra" / "config.yaml",
     )
@@ -30,7 +30,10 @@ def _run(root, name, ablation, seed, means, cache, legacy=False):
         )
     else:  # the training test's file in the one results schema
         results = aggregate_metrics(
-            [{"dice": means}], ["big", "tiny", "mid"], ["t1"], protocol="train_test"
+            [{"dice": np.asarray(means) + 0.01 * i} for i in range(cases)],
+            ["big", "tiny", "mid"],
+            [f"t{i}" for i in range(cases)],
+            protocol="train_test",
         )
         save_metrics(results, run, stem=TRAIN_TEST_STEM)
 
@@ -116,3 +119,48 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     assert base == "exp/baseline" and [c["method"] for c in pairs] == ["exp/full"]
     assert pairs[0]["mean"]["diff"] == pytest.approx(0.1)
     assert plot_paired({"paired": pairs}, tmp_path / "forest.png").stat().st_size > 1000
+
+
+def _label_cache(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.save(cache / "a_label.npy", np.array([1] * 50 + [2] * 2 + [3] * 10, dtype=np.uint8))
+    return cache
+
+
+def test_runs_of_two_data_sets_are_grouped_and_paired_within_their_data_set(tmp_path):
+    """The held-out phantom runs the phantom's experiment: its seed 1 must not join (or pair with)
+    the phantom's seed 1."""
+    from scdl.evaluation.summary import comparison_table, paired_vs_baseline
+
+    cache = _label_cache(tmp_path)
+    for data, gain in (("phantom", 0.1), ("heldout", -0.2)):
+        for seed in (1, 2):
+            base = [0.5, 0.1 * seed, 0.3]
+            _run(tmp_path, f"{data}_b{seed}", "baseline", seed, base, cache, data=data, cases=3)
+            full = [v + gain for v in base]
+            _run(tmp_path, f"{data}_f{seed}", "full", seed, full, cache, data=data, cases=3)
+    records = collect([tmp_path], k=1)
+    table = markdown_table(records)
+    assert table.splitlines()[0].startswith("| data | experiment | ablation | seeds |")
+    assert (
+        "| heldout | exp | baseline | 1,2 |" in table and "| phantom | exp | full | 1,2 |" in table
+    )
+    _, pairs = paired_vs_baseline(records, n_boot=200)
+    diffs = {c["method"]: c["mean"]["diff"] for c in pairs}
+    assert diffs == {
+        "exp/full on heldout": pytest.approx(-0.2),
+        "exp/full on phantom": pytest.approx(0.1),
+    }
+    assert "vs exp/baseline within each data set" in comparison_table(records, n_boot=200)
+
+
+def test_two_runs_of_one_seed_in_a_group_stop_the_summary_naming_both(tmp_path):
+    from scdl.evaluation.summary import main
+
+    cache = _label_cache(tmp_path)
+    _run(tmp_path / "sweep1", "r1", "full", 1, [0.9, 0.2, 0.5], cache)
+    _run(tmp_path / "sweep2", "r1", "full", 1, [0.7, 0.4, 0.4], cache)
+    with pytest.raises(SystemExit, match="exp/full on phantom: seed 1 has 2 runs") as err:
+        main([str(tmp_path / "sweep1"), str(tmp_path / "sweep2")])
+    assert "sweep1/r1" in str(err.value) and "sweep2/r1" in str(err.value)

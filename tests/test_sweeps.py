@@ -32,6 +32,7 @@ def _fake_run(
     asd: float,
     cache: Path,
     ablation: str | None = None,
+    data: str = "phantom",
 ) -> Path:
     """A finished run folder: config, split and eval/test_paper results of two cases whose
     per-class Dice are ``dice`` and ``dice`` shifted by 0.1 (case means differ by 0.1)."""
@@ -47,7 +48,7 @@ def _fake_run(
         "ablation_name": ablation or ("full" if "SCDL" in method else "baseline"),
         "seed": seed,
         "paths": {"output_dir": "?"},
-        "data": {"cache_dir": str(cache)},
+        "data": {"name": data, "cache_dir": str(cache)},
     }
     OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
     (run / "split.json").write_text(json.dumps({"labeled": ["c0"], "unlabeled": [], "test": []}))
@@ -151,6 +152,25 @@ def test_paper_table_pairs_each_scdl_row_with_its_framework(tmp_path, label_cach
     assert (
         lines[0].startswith("method,baseline,seeds,cases,dice_diff,dice_ci_lo") and len(lines) == 2
     )
+
+
+def test_paper_table_refuses_two_data_sets_and_two_runs_of_one_seed(tmp_path, label_cache):
+    """One row per method over seeds: runs of another data set, or a second run of a seed, would
+    be averaged in and paired with the wrong run (a seed-keyed dict keeps the last one)."""
+    from scdl.evaluation.paper_table import MixedRunsError, build_table, collect_runs, main
+
+    sweep = tmp_path / "mixed"
+    _fake_run(sweep, "0", "Mean teacher", 1, [0.6, 0.3, 0.0], 1.0, label_cache)
+    _fake_run(sweep, "1", "Mean teacher", 1, [0.5, 0.3, 0.0], 1.0, label_cache, data="heldout")
+    with pytest.raises(MixedRunsError, match=r"2 data sets \(heldout, phantom\)"):
+        build_table(collect_runs([sweep]))
+    twice = tmp_path / "twice"
+    first = _fake_run(twice, "a", "Mean teacher", 1, [0.6, 0.3, 0.0], 1.0, label_cache)
+    second = _fake_run(twice, "b", "Mean teacher", 1, [0.5, 0.3, 0.0], 1.0, label_cache)
+    with pytest.raises(SystemExit, match="seed 1 has 2 runs") as err:
+        main([str(twice)])
+    assert str(first) in str(err.value) and str(second) in str(err.value)
+    assert "run the sweep" not in str(err.value)  # not the advice for a folder without results
 
 
 # --- resume: a finished run is not trained again ---------------------------------------------------

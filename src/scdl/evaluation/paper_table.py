@@ -124,17 +124,35 @@ def _stats(values: list[float | None]) -> tuple[float, float | None, int]:
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None), int(a.size)
 
 
+class MixedRunsError(ValueError):
+    """Runs that cannot share one table (other classes, data sets, or two runs of one seed)."""
+
+
 def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
     """Rows (one per method, papers' order) with mean/std over seeds of every column."""
+    from scdl.evaluation.statistics import runs_by_seed
+
     if not records:
         raise ValueError("no runs with eval/test_paper/metrics.json")
     classes = records[0]["classes"]
     for r in records:
         if r["classes"] != classes:
-            raise ValueError(f"{r['run']}: classes differ from the other runs' ({classes})")
+            raise MixedRunsError(f"{r['run']}: classes differ from the other runs' ({classes})")
+    data_sets = sorted({str(r["cfg"].get("data", {}).get("name", "?")) for r in records})
+    if len(data_sets) > 1:
+        raise MixedRunsError(
+            f"runs of {len(data_sets)} data sets ({', '.join(data_sets)}) below one folder: a "
+            "paper table is one data set (sweep one data set per sweep_name, e.g. the default "
+            "decision_${data.name})"
+        )
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         groups[r["method"]].append(r)
+    for method, rs in groups.items():
+        try:
+            runs_by_seed(rs, method)
+        except ValueError as err:
+            raise MixedRunsError(str(err)) from None
 
     def order(name: str) -> tuple:
         base = name.split(" (")[0]
@@ -467,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         write_paper_table(args.roots, args.out or args.roots[0], args.smallest)
+    except MixedRunsError as err:
+        raise SystemExit(str(err)) from err
     except ValueError as err:
         raise SystemExit(f"{err}: run the sweep (or src/eval.py protocol=paper) first") from err
 

@@ -143,6 +143,25 @@ def compare(
     }
 
 
+def runs_by_seed(runs: Sequence[Mapping[str, Any]], label: str = "") -> dict[Any, Mapping]:
+    """``seed -> run`` of one group of run records; a seed seen twice is an error naming the runs
+    (a dict would silently keep the last, and a pair would compare whichever run came last:
+    typically runs of another data set or sweep mixed into the group)."""
+    by_seed: dict[Any, list[Mapping]] = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(r)
+    twice = {s: rs for s, rs in by_seed.items() if len(rs) > 1}
+    if twice:
+        seed, rs = next(iter(twice.items()))
+        where = ", ".join(str(r.get("run", "?")) for r in rs)
+        raise ValueError(
+            f"{label + ': ' if label else ''}seed {seed} has {len(rs)} runs ({where}); a paired "
+            "comparison needs one run per seed: runs of another data set or configuration need "
+            "their own group (summarise their sweep folders separately)"
+        )
+    return {s: rs[0] for s, rs in by_seed.items()}
+
+
 def compare_runs(
     runs_a: Sequence[Mapping[str, Any]],
     runs_b: Sequence[Mapping[str, Any]],
@@ -153,7 +172,7 @@ def compare_runs(
     :func:`compare` over every class (``mean``) and over the ``minority`` classes."""
 
     def scores(runs: Sequence[Mapping[str, Any]], classes: Sequence[str] | None) -> dict:
-        return {r["seed"]: case_scores(r["result"], classes) for r in runs}
+        return {s: case_scores(r["result"], classes) for s, r in runs_by_seed(runs).items()}
 
     return {
         "mean": compare(scores(runs_a, None), scores(runs_b, None), n_boot),

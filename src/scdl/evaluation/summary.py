@@ -34,11 +34,31 @@ from scdl.resume import finished_record
 from scdl.utils.config import register_resolvers
 
 
+def _data_set(record: dict) -> str:
+    return str(record.get("data", "?"))
+
+
 def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+    """Groups of runs by experiment and ablation, and by data set: the held-out phantom is run with
+    the phantom's experiment, and mixing its seeds into the phantom's would pair the wrong runs."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["experiment"], r["ablation"])].append(r)
-    return sorted(groups.items())
+        groups[(r["experiment"], r["ablation"], _data_set(r))].append(r)
+    return [((e, a), rs) for (e, a, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))]
+
+
+def _data_sets(records: list[dict]) -> list[str]:
+    return sorted({_data_set(r) for r in records})
+
+
+def check_one_run_per_seed(records: list[dict]) -> None:
+    """Raises ValueError naming the runs when a group (experiment, ablation, data set) holds two
+    runs of one seed (e.g. two sweep folders of the same configuration summarised together):
+    the mean over seeds would count a seed twice and a paired comparison would pick one."""
+    from scdl.evaluation.statistics import runs_by_seed
+
+    for (exp, abl), rs in _by_experiment_and_ablation(records):
+        runs_by_seed(rs, f"{exp}/{abl} on {_data_set(rs[0])}")
 
 
 def _result_files(roots: list[Path]) -> list[Path]:
@@ -72,6 +92,7 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
                 "experiment": cfg.get("experiment_name", "?"),
                 "ablation": cfg.get("ablation_name", "none"),
                 "seed": cfg.get("seed"),
+                "data": str(cfg.get("data", {}).get("name", "?")),
                 "dice": float(np.nanmean(mean)),
                 "small_dice": float(np.nanmean(mean[[c - 1 for c in small]])),
                 "small_classes": [names[c - 1] for c in small],
@@ -85,10 +106,15 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
 
 
 def markdown_table(records: list[dict]) -> str:
+    """Mean ± sample std over seeds per (experiment, ablation), with a data-set column when the
+    runs come from several data sets (their smallest classes then differ: named per row)."""
+    multi = len(_data_sets(records)) > 1
     small = records[0]["small_classes"] if records else []
+    smallest = f"the {len(small)} smallest" + ("" if multi else f" ({', '.join(small)})")
     lines = [
-        f"| experiment | ablation | seeds | best val Dice % | mean Dice % | mean Dice % of the {len(small)} smallest ({', '.join(small)}) |",
-        "|---|---|---|---|---|---|",
+        ("| data | " if multi else "| ")
+        + f"experiment | ablation | seeds | best val Dice % | mean Dice % | mean Dice % of {smallest} |",
+        "|---|---|---|---|---|---|" + ("---|" if multi else ""),
     ]
     for (exp, abl), rs in _by_experiment_and_ablation(records):
         d = np.array([r["dice"] for r in rs]) * 100
@@ -101,7 +127,9 @@ def markdown_table(records: list[dict]) -> str:
         )
         v = np.array([r["val_dice"] for r in rs if r.get("val_dice") is not None]) * 100
         val = fmt(v) if v.size == len(rs) else "–"
-        lines.append(f"| {exp} | {abl} | {seeds} | {val} | {fmt(d)} | {fmt(s)} |")
+        data = f"| {_data_set(rs[0])} " if multi else ""
+        smalls = f" ({', '.join(rs[0]['small_classes'])})" if multi else ""
+        lines.append(f"{data}| {exp} | {abl} | {seeds} | {val} | {fmt(d)} | {fmt(s)}{smalls} |")
     lines.append("")
     lines.append(
         "mean ± sample standard deviation (ddof=1) over seeds of the per-run test means; best val "
@@ -121,7 +149,23 @@ def paired_vs_baseline(
     the group with ablation ``baseline``, else the first), paired by seed and test case: per group
     ``{"method", "baseline", "mean", "minority"}`` with the :func:`~scdl.evaluation.statistics.
     compare` results over all classes and over the smallest classes, or ``{"method", "error"}``
-    when nothing pairs. Returns the baseline's key and the list."""
+    when nothing pairs. Runs of several data sets are compared within each data set (``method``
+    then ends with `` on <data set>``). Returns the baseline's key and the list."""
+    data_sets = _data_sets(records)
+    if len(data_sets) == 1:
+        return _paired_in_one_data_set(records, baseline, n_boot)
+    key, out = baseline or "", []
+    for data in data_sets:
+        key, pairs = _paired_in_one_data_set(
+            [r for r in records if _data_set(r) == data], baseline, n_boot
+        )
+        out += [{**c, "method": f"{c['method']} on {data}", "data": data} for c in pairs]
+    return key, out
+
+
+def _paired_in_one_data_set(
+    records: list[dict], baseline: str | None, n_boot: int
+) -> tuple[str, list[dict]]:
     from scdl.evaluation.statistics import compare_runs
 
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
@@ -131,7 +175,10 @@ def paired_vs_baseline(
         plain = [k for k in groups if k.endswith("/baseline")]
         baseline = plain[0] if len(plain) == 1 else next(iter(groups))
     if baseline not in groups:
-        raise SystemExit(f"--baseline {baseline}: not among the groups {sorted(groups)}")
+        raise SystemExit(
+            f"--baseline {baseline}: not among the groups of {_data_set(records[0])} "
+            f"({', '.join(sorted(groups))})"
+        )
     small = records[0]["small_classes"]
 
     out: list[dict] = []
@@ -156,9 +203,15 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     baseline, pairs = paired_vs_baseline(records, baseline, n_boot)
     if not pairs:
         return ""
-    small = records[0]["small_classes"]
+    multi = len(_data_sets(records)) > 1
+    small = (
+        [f"the {len(records[0]['small_classes'])} smallest of each data set"]
+        if multi
+        else records[0]["small_classes"]
+    )
     lines = [
-        f"Paired differences vs {baseline} (B - A, Dice points; 95 % two-level bootstrap interval "
+        f"Paired differences vs {baseline}{' within each data set' if multi else ''} "
+        "(B - A, Dice points; 95 % two-level bootstrap interval "
         "over seeds and cases, then (t: the 95 % Student-t interval over the per-seed differences); "
         "* = both intervals exclude 0; Wilcoxon signed-rank p over cases; seeds for ±3: the seed pairs "
         "a t interval of ±3 points would need at the measured spread, mean / small classes)",
@@ -183,8 +236,13 @@ def per_class_table(records: list[dict]) -> str:
     """Per-class mean test Dice (%) per (experiment, ablation), averaged over seeds."""
     groups = _by_experiment_and_ablation(records)
     names = list(records[0]["per_class"]) if records else []
+    multi = len(_data_sets(records)) > 1
+
+    def head(e: str, a: str, rs: list[dict]) -> str:
+        return f"{e} / {a}" + (f" on {_data_set(rs[0])}" if multi else "")
+
     lines = [
-        "| class | " + " | ".join(f"{e} / {a}" for (e, a), _ in groups) + " |",
+        "| class | " + " | ".join(head(e, a, rs) for (e, a), rs in groups) + " |",
         "|---|" + "---|" * len(groups),
     ]
     for n in names:
@@ -270,6 +328,10 @@ def main(argv: list[str] | None = None) -> None:
     records = collect(args.roots, args.smallest)
     if not records:
         raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
+    try:
+        check_one_run_per_seed(records)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     print(markdown_table(records))
     comparison = comparison_table(records, args.baseline)
     if comparison:
