@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
-from scdl.utils.progress import _clock
+from scdl.utils.progress import format_clock
 
 
 class TrainingProgressLines(ProgressBar):
@@ -66,9 +66,9 @@ class TrainingProgressLines(ProgressBar):
         loss = self.get_metrics(trainer, pl_module).get("loss")
         if loss is not None:
             parts.append(f"loss {float(loss):.3f}")
-        parts += [f"{rate:.2f} it/s", f"{_clock(elapsed)} elapsed"]
+        parts += [f"{rate:.2f} it/s", f"{format_clock(elapsed)} elapsed"]
         if total and rate > 0:
-            parts.append(f"~{_clock((total - step) / rate)} left")
+            parts.append(f"~{format_clock((total - step) / rate)} left")
         self._print(", ".join(parts))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

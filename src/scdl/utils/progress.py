@@ -22,7 +22,8 @@ def _is_terminal() -> bool:
     return Console().is_terminal
 
 
-def _clock(seconds: float) -> str:
+def format_clock(seconds: float) -> str:
+    """``75`` -> ``1:15``, ``3725`` -> ``1:02:05`` (progress lines of evaluation and training)."""
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
@@ -46,7 +47,7 @@ def plain_progress(
             left = elapsed / done * (total - done)
             print(
                 f"{description}: {done}/{total} ({100 * done // max(1, total)}%), "
-                f"{_clock(elapsed)} elapsed, ~{_clock(left)} left",
+                f"{format_clock(elapsed)} elapsed, ~{format_clock(left)} left",
                 file=stream,
                 flush=True,
             )
