@@ -99,3 +99,13 @@ def test_case_scores_average_the_chosen_classes_ignoring_absent_ones():
     )
     assert case_scores(res) == pytest.approx({"x": 0.5, "y": (0.8 + 0.3 + 0.5) / 3})
     assert case_scores(res, ["adrenal", "vein"]) == pytest.approx({"x": 0.1, "y": 0.4})
+
+
+def test_seeds_are_ordered_by_value_not_text():
+    from scdl.evaluation.statistics import paired_differences, seed_order
+
+    runs = {s: {"c": 0.1 * s} for s in (10, 2, 1)}
+    seeds, _, d = paired_differences(runs, {s: {"c": 0.0} for s in runs})
+    assert seeds == [1, 2, 10]  # as text: 1, 10, 2
+    assert d[:, 0] == pytest.approx([-0.1, -0.2, -1.0])
+    assert sorted([10, "b", 2, "a"], key=seed_order) == [2, 10, "a", "b"]

@@ -130,7 +130,7 @@ class MixedRunsError(ValueError):
 
 def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
     """Rows (one per method, papers' order) with mean/std over seeds of every column."""
-    from scdl.evaluation.statistics import runs_by_seed
+    from scdl.evaluation.statistics import runs_by_seed, seed_order
 
     if not records:
         raise ValueError("no runs with eval/test_paper/metrics.json")
@@ -161,7 +161,7 @@ def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
 
     rows = []
     for method in sorted(groups, key=order):
-        rs = sorted(groups[method], key=lambda r: str(r["seed"]))
+        rs = sorted(groups[method], key=lambda r: seed_order(r["seed"]))
         row = {
             "method": method,
             "seeds": [r["seed"] for r in rs],

@@ -40,6 +40,13 @@ def case_scores(
     return scores
 
 
+def seed_order(seed: Any) -> tuple:
+    """Sort key: numeric seeds by value (2 before 10), others after them by their text."""
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool):
+        return (0, seed, "")
+    return (1, 0, str(seed))
+
+
 def paired_differences(
     runs_a: Mapping[Any, Mapping[str, float]], runs_b: Mapping[Any, Mapping[str, float]]
 ) -> tuple[list[Any], list[str], np.ndarray]:
@@ -47,7 +54,7 @@ def paired_differences(
 
     ``runs_x`` maps seed -> {case id: score}; pairs are matched by seed and case id, never by order.
     """
-    seeds = sorted(set(runs_a) & set(runs_b), key=str)
+    seeds = sorted(set(runs_a) & set(runs_b), key=seed_order)
     if not seeds:
         raise ValueError("no seed was run by both methods: nothing to pair")
     cases = sorted(set.intersection(*(set(runs_a[s]) & set(runs_b[s]) for s in seeds)))

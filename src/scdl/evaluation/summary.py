@@ -24,6 +24,13 @@ from omegaconf import OmegaConf
 
 from scdl.data.class_stats import smallest_classes
 from scdl.evaluation.paper_table import run_config
+from scdl.evaluation.statistics import (
+    compare_runs,
+    format_cell,
+    format_needed,
+    runs_by_seed,
+    seed_order,
+)
 from scdl.metrics.results import (
     LEGACY_TRAIN_TEST_JSON,
     TRAIN_TEST_STEM,
@@ -44,7 +51,10 @@ def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, st
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["experiment"], r["ablation"], _data_set(r))].append(r)
-    return [((e, a), rs) for (e, a, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))]
+    return [
+        ((e, a), rs)
+        for (e, a, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))
+    ]
 
 
 def _data_sets(records: list[dict]) -> list[str]:
@@ -55,8 +65,6 @@ def check_one_run_per_seed(records: list[dict]) -> None:
     """Raises ValueError naming the runs when a group (experiment, ablation, data set) holds two
     runs of one seed (e.g. two sweep folders of the same configuration summarised together):
     the mean over seeds would count a seed twice and a paired comparison would pick one."""
-    from scdl.evaluation.statistics import runs_by_seed
-
     for (exp, abl), rs in _by_experiment_and_ablation(records):
         runs_by_seed(rs, f"{exp}/{abl} on {_data_set(rs[0])}")
 
@@ -108,6 +116,7 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
 def markdown_table(records: list[dict]) -> str:
     """Mean ± sample std over seeds per (experiment, ablation), with a data-set column when the
     runs come from several data sets (their smallest classes then differ: named per row)."""
+
     multi = len(_data_sets(records)) > 1
     small = records[0]["small_classes"] if records else []
     smallest = f"the {len(small)} smallest" + ("" if multi else f" ({', '.join(small)})")
@@ -117,6 +126,7 @@ def markdown_table(records: list[dict]) -> str:
         "|---|---|---|---|---|---|" + ("---|" if multi else ""),
     ]
     for (exp, abl), rs in _by_experiment_and_ablation(records):
+        rs = sorted(rs, key=lambda r: seed_order(r["seed"]))
         d = np.array([r["dice"] for r in rs]) * 100
         s = np.array([r["small_dice"] for r in rs]) * 100
         seeds = ",".join(str(r["seed"]) for r in rs)
@@ -166,8 +176,6 @@ def paired_vs_baseline(
 def _paired_in_one_data_set(
     records: list[dict], baseline: str | None, n_boot: int
 ) -> tuple[str, list[dict]]:
-    from scdl.evaluation.statistics import compare_runs
-
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
     if len(groups) < 2:
         return baseline or "", []
@@ -198,8 +206,6 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
     """The comparisons of :func:`paired_vs_baseline` as Markdown: the mean difference of mean Dice
     and of the minority classes' Dice with a bootstrap 95 % interval over seeds and cases, the
     seed-level t interval and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
-    from scdl.evaluation.statistics import format_cell, format_needed
-
     baseline, pairs = paired_vs_baseline(records, baseline, n_boot)
     if not pairs:
         return ""
