@@ -115,6 +115,18 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     from scdl.evaluation.paper_table import plot_paired
     from scdl.evaluation.summary import paired_vs_baseline
 
+    # per class: which classes carry the difference (summary --per-class)
+    from scdl.evaluation.summary import per_class_paired_table
+
+    for r in records:
+        r["per_class"] = {"big": 0.0, "tiny": 0.0}
+    per_class = per_class_paired_table(records, n_boot=200).splitlines()
+    assert per_class[2:] == [
+        "| class | exp/full |",
+        "|---|---|",
+        "| big | +10.0 (t: +10.0, +10.0) * |",
+        "| tiny | +10.0 (t: +10.0, +10.0) * |",
+    ]
     base, pairs = paired_vs_baseline(records, n_boot=200)
     assert base == "exp/baseline" and [c["method"] for c in pairs] == ["exp/full"]
     assert pairs[0]["mean"]["diff"] == pytest.approx(0.1)

@@ -257,6 +257,37 @@ def per_class_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_class_paired_table(
+    records: list[dict], baseline: str | None = None, n_boot: int = 2000
+) -> str:
+    """Per class, the paired difference of each group vs ``baseline`` (Dice points, same seed and
+    test case) with its seed-level t interval, ``*`` where both intervals exclude 0: which
+    classes carry a difference (one data set; '' for several or a single group)."""
+    if len(_data_sets(records)) > 1:
+        return ""
+    baseline, pairs = _paired_in_one_data_set(records, baseline, n_boot=10)
+    groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
+    methods = [c["method"] for c in pairs if "error" not in c]
+    if not methods:
+        return ""
+    lines = [
+        f"Per-class paired differences vs {baseline} (Dice points; (t: 95 % seed-level interval); "
+        "* = bootstrap and t intervals exclude 0)",
+        "",
+        "| class | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for name in records[0]["per_class"]:
+        cells = []
+        for m in methods:
+            c = compare_runs(groups[baseline], groups[m], [name], n_boot)["minority"]
+            t = c.get("t_ci")
+            interval = f" (t: {t[0] * 100:+.1f}, {t[1] * 100:+.1f})" if t is not None else ""
+            cells.append(f"{c['diff'] * 100:+.1f}{interval}{' *' if c['excludes_zero'] else ''}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # Column heads of the SCDL / GALoss / DHC tables.
 SHORT_NAMES = {
     "spleen": "Sp",
@@ -346,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_class:
         print()
         print(per_class_table(records))
+        paired = per_class_paired_table(records, args.baseline)
+        if paired:
+            print()
+            print(paired)
     if args.plot is not None:
         from scdl.evaluation.paper_table import plot_paired
 
