@@ -113,11 +113,9 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     assert f"| exp/full | 1,2 | 6 | {cell} | 0.0312 | {cell} | 0.0312 | 2 / 2 |" in table
     # the same comparisons as data, and their forest plot (summary --plot)
     from scdl.evaluation.paper_table import plot_paired
-    from scdl.evaluation.summary import paired_vs_baseline
+    from scdl.evaluation.summary import paired_vs_baseline, per_class_paired_table
 
     # per class: which classes carry the difference (summary --per-class)
-    from scdl.evaluation.summary import per_class_paired_table
-
     for r in records:
         r["per_class"] = {"big": 0.0, "tiny": 0.0}
     per_class = per_class_paired_table(records, n_boot=200).splitlines()
