@@ -73,6 +73,11 @@ def method_label(cfg) -> str:
     return name if ablation in PLAIN_ABLATIONS else f"{name} ({ablation})"
 
 
+def data_set_name(cfg) -> str:
+    """The run's ``data.name`` ('?' for configs without one)."""
+    return str(cfg.get("data", {}).get("name", "?"))
+
+
 def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any]:
     """A table record of one run from its results (the schema of :mod:`scdl.metrics.results`);
     ``asd=False`` for results that score Dice only (the training test)."""
@@ -81,6 +86,7 @@ def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any
         "cfg": cfg,
         "method": method_label(cfg),
         "seed": cfg.get("seed"),
+        "data": data_set_name(cfg),
         "classes": list(metrics["classes"]),
         "dice": metrics["overall"]["dice"]["mean"],
         "asd": metrics["overall"]["asd"]["mean"] if asd else None,
@@ -138,7 +144,7 @@ def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
     for r in records:
         if r["classes"] != classes:
             raise MixedRunsError(f"{r['run']}: classes differ from the other runs' ({classes})")
-    data_sets = sorted({str(r["cfg"].get("data", {}).get("name", "?")) for r in records})
+    data_sets = sorted({r["data"] for r in records})
     if len(data_sets) > 1:
         raise MixedRunsError(
             f"runs of {len(data_sets)} data sets ({', '.join(data_sets)}) below one folder: a "

@@ -169,21 +169,31 @@ def runs_by_seed(runs: Sequence[Mapping[str, Any]], label: str = "") -> dict[Any
     return {s: rs[0] for s, rs in by_seed.items()}
 
 
+def compare_classes(
+    runs_a: Sequence[Mapping[str, Any]],
+    runs_b: Sequence[Mapping[str, Any]],
+    classes: Sequence[str] | None,
+    n_boot: int = 10000,
+) -> dict[str, Any]:
+    """B - A for run records (``seed`` and ``result``, a results dict with per-case values):
+    :func:`compare` of the per-case mean Dice over ``classes`` (None: every class)."""
+
+    def scores(runs: Sequence[Mapping[str, Any]]) -> dict:
+        return {s: case_scores(r["result"], classes) for s, r in runs_by_seed(runs).items()}
+
+    return compare(scores(runs_a), scores(runs_b), n_boot)
+
+
 def compare_runs(
     runs_a: Sequence[Mapping[str, Any]],
     runs_b: Sequence[Mapping[str, Any]],
     minority: Sequence[str],
     n_boot: int = 10000,
 ) -> dict[str, dict[str, Any]]:
-    """B - A for run records (``seed`` and ``result``, a results dict with per-case values):
-    :func:`compare` over every class (``mean``) and over the ``minority`` classes."""
-
-    def scores(runs: Sequence[Mapping[str, Any]], classes: Sequence[str] | None) -> dict:
-        return {s: case_scores(r["result"], classes) for s, r in runs_by_seed(runs).items()}
-
+    """:func:`compare_classes` over every class (``mean``) and over the ``minority`` classes."""
     return {
-        "mean": compare(scores(runs_a, None), scores(runs_b, None), n_boot),
-        "minority": compare(scores(runs_a, minority), scores(runs_b, minority), n_boot),
+        "mean": compare_classes(runs_a, runs_b, None, n_boot),
+        "minority": compare_classes(runs_a, runs_b, minority, n_boot),
     }
 
 

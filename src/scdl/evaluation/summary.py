@@ -23,8 +23,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from scdl.data.class_stats import smallest_classes
-from scdl.evaluation.paper_table import run_config
+from scdl.evaluation.paper_table import data_set_name, run_config
 from scdl.evaluation.statistics import (
+    compare_classes,
     compare_runs,
     format_cell,
     format_needed,
@@ -100,7 +101,7 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
                 "experiment": cfg.get("experiment_name", "?"),
                 "ablation": cfg.get("ablation_name", "none"),
                 "seed": cfg.get("seed"),
-                "data": str(cfg.get("data", {}).get("name", "?")),
+                "data": data_set_name(cfg),
                 "dice": float(np.nanmean(mean)),
                 "small_dice": float(np.nanmean(mean[[c - 1 for c in small]])),
                 "small_classes": [names[c - 1] for c in small],
@@ -116,7 +117,6 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
 def markdown_table(records: list[dict]) -> str:
     """Mean ± sample std over seeds per (experiment, ablation), with a data-set column when the
     runs come from several data sets (their smallest classes then differ: named per row)."""
-
     multi = len(_data_sets(records)) > 1
     small = records[0]["small_classes"] if records else []
     smallest = f"the {len(small)} smallest" + ("" if multi else f" ({', '.join(small)})")
@@ -173,12 +173,12 @@ def paired_vs_baseline(
     return key, out
 
 
-def _paired_in_one_data_set(
-    records: list[dict], baseline: str | None, n_boot: int
-) -> tuple[str, list[dict]]:
+def _groups_and_baseline(
+    records: list[dict], baseline: str | None
+) -> tuple[dict[str, list[dict]], str]:
+    """The runs of one data set by ``experiment/ablation``, and the baseline's key: ``baseline``,
+    else the group with ablation ``baseline``, else the first."""
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
-    if len(groups) < 2:
-        return baseline or "", []
     if baseline is None:
         plain = [k for k in groups if k.endswith("/baseline")]
         baseline = plain[0] if len(plain) == 1 else next(iter(groups))
@@ -187,6 +187,15 @@ def _paired_in_one_data_set(
             f"--baseline {baseline}: not among the groups of {_data_set(records[0])} "
             f"({', '.join(sorted(groups))})"
         )
+    return groups, baseline
+
+
+def _paired_in_one_data_set(
+    records: list[dict], baseline: str | None, n_boot: int
+) -> tuple[str, list[dict]]:
+    if len({_group_key(r) for r in records}) < 2:
+        return baseline or "", []
+    groups, baseline = _groups_and_baseline(records, baseline)
     small = records[0]["small_classes"]
 
     out: list[dict] = []
@@ -263,13 +272,29 @@ def per_class_paired_table(
     """Per class, the paired difference of each group vs ``baseline`` (Dice points, same seed and
     test case) with its seed-level t interval, ``*`` where both intervals exclude 0: which
     classes carry a difference (one data set; '' for several or a single group)."""
-    if len(_data_sets(records)) > 1:
+    if len(_data_sets(records)) > 1 or len({_group_key(r) for r in records}) < 2:
         return ""
-    baseline, pairs = _paired_in_one_data_set(records, baseline, n_boot=10)
-    groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
-    methods = [c["method"] for c in pairs if "error" not in c]
-    if not methods:
+    groups, baseline = _groups_and_baseline(records, baseline)
+    names = list(records[0]["per_class"])
+
+    def cell(c: dict) -> str:
+        t = c.get("t_ci")
+        interval = f" (t: {t[0] * 100:+.1f}, {t[1] * 100:+.1f})" if t is not None else ""
+        return f"{c['diff'] * 100:+.1f}{interval}{' *' if c['excludes_zero'] else ''}"
+
+    columns: dict[str, list[str]] = {}  # method -> one cell per class; unpaired groups left out
+    for method, rs in groups.items():
+        if method == baseline:
+            continue
+        try:
+            columns[method] = [
+                cell(compare_classes(groups[baseline], rs, [n], n_boot)) for n in names
+            ]
+        except (ValueError, KeyError):  # no common seed/case: the comparison table says so
+            continue
+    if not columns:
         return ""
+    methods = list(columns)
     lines = [
         f"Per-class paired differences vs {baseline} (Dice points; (t: 95 % seed-level interval); "
         "* = bootstrap and t intervals exclude 0)",
@@ -277,14 +302,8 @@ def per_class_paired_table(
         "| class | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
     ]
-    for name in records[0]["per_class"]:
-        cells = []
-        for m in methods:
-            c = compare_runs(groups[baseline], groups[m], [name], n_boot)["minority"]
-            t = c.get("t_ci")
-            interval = f" (t: {t[0] * 100:+.1f}, {t[1] * 100:+.1f})" if t is not None else ""
-            cells.append(f"{c['diff'] * 100:+.1f}{interval}{' *' if c['excludes_zero'] else ''}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for i, name in enumerate(names):
+        lines.append(f"| {name} | " + " | ".join(columns[m][i] for m in methods) + " |")
     return "\n".join(lines)
 
 
