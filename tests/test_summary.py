@@ -174,3 +174,25 @@ def test_two_runs_of_one_seed_in_a_group_stop_the_summary_naming_both(tmp_path):
     with pytest.raises(SystemExit, match="exp/full on phantom: seed 1 has 2 runs") as err:
         main([str(tmp_path / "sweep1"), str(tmp_path / "sweep2")])
     assert "sweep1/r1" in str(err.value) and "sweep2/r1" in str(err.value)
+
+
+def test_forest_plot_axis_names_the_baseline_it_was_compared_with(tmp_path, monkeypatch):
+    """summary --plot --baseline exp/full plots baseline - full and plus - full: an axis reading
+    "with SCDL - without" would state the wrong comparison."""
+    from matplotlib.axes import Axes
+
+    from scdl.evaluation.summary import main
+
+    cache = _label_cache(tmp_path)
+    for seed in (1, 2):
+        for ablation, gain in (("baseline", 0.0), ("full", 0.1), ("plus", 0.2)):
+            means = [0.5 + gain, 0.1 * seed, 0.3]
+            _run(tmp_path, f"{ablation}{seed}", ablation, seed, means, cache, cases=3)
+    labels: list[str] = []
+    set_xlabel = Axes.set_xlabel
+    monkeypatch.setattr(
+        Axes, "set_xlabel", lambda ax, s, **kw: labels.append(s) or set_xlabel(ax, s, **kw)
+    )
+    main([str(tmp_path), "--baseline", "exp/full", "--plot", str(tmp_path / "f.png")])
+    assert labels == ["Dice points (row - exp/full)"] * 2
+    assert (tmp_path / "f.png").stat().st_size > 1000

@@ -351,10 +351,12 @@ def draw_per_class(table: dict, ax: Any, ylabel: str = "test Dice % (paper proto
     ax.set_title("Per-class Dice by method (* minority classes)")
 
 
-def plot_paired(table: dict, path: Path) -> Path | None:
-    """Forest plot of the paired comparisons: per SCDL row the difference (dot), its bootstrap
+def plot_paired(table: dict, path: Path, against: str | None = None) -> Path | None:
+    """Forest plot of the paired comparisons: per row the difference (dot), its bootstrap
     interval (thick) and seed-level t interval (thin), for Avg Dice and the minority classes; a
-    line at 0. None (nothing written) without comparisons."""
+    line at 0. ``against``: what every row is compared with (the x axis then reads "row -
+    against"; default: the same method without SCDL, as in the paper table). None (nothing
+    written) without comparisons."""
     if not table.get("paired"):
         return None
     import matplotlib
@@ -375,7 +377,9 @@ def plot_paired(table: dict, path: Path) -> Path | None:
             ax.plot(res["diff"] * 100, y, "o", color="C3" if res["excludes_zero"] else "k")
         ax.axvline(0, color="k", lw=0.8, ls="--")
         ax.set_title(title)
-        ax.set_xlabel("Dice points (with SCDL - without)")
+        ax.set_xlabel(
+            f"Dice points (row - {against})" if against else "Dice points (with SCDL - without)"
+        )
     axes[0].set_yticks(range(len(pairs)))
     axes[0].set_yticklabels(
         [f"{c['method']} (n={len(c['mean']['seeds'])})" for c in reversed(pairs)], fontsize=8

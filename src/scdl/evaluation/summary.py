@@ -403,8 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot is not None:
         from scdl.evaluation.paper_table import plot_paired
 
-        _, pairs = paired_vs_baseline(records, args.baseline)
-        if plot_paired({"paired": [c for c in pairs if "error" not in c]}, args.plot) is None:
+        base, pairs = paired_vs_baseline(records, args.baseline)
+        pairs = [c for c in pairs if "error" not in c]
+        if plot_paired({"paired": pairs}, args.plot, against=base) is None:
             raise SystemExit("--plot: no paired comparison to plot")
         print(f"\nforest plot: {args.plot}")
 
