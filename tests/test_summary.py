@@ -196,3 +196,22 @@ def test_forest_plot_axis_names_the_baseline_it_was_compared_with(tmp_path, monk
     main([str(tmp_path), "--baseline", "exp/full", "--plot", str(tmp_path / "f.png")])
     assert labels == ["Dice points (row - exp/full)"] * 2
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_seeds_option_reports_every_arm_on_the_same_seeds(tmp_path, capsys):
+    """An arm run with seeds 1-3 beside one with 1-2: --seeds 1,2 gives both arms seeds 1,2."""
+    from scdl.evaluation.summary import main, parse_seeds
+
+    assert parse_seeds("1-3,7") == {1, 2, 3, 7} and parse_seeds("2") == {2}
+    with pytest.raises(ValueError, match="'x' is not a seed"):
+        parse_seeds("1,x")
+    cache = _label_cache(tmp_path)
+    for ablation, seeds in (("full", (1, 2, 3)), ("plus", (1, 2))):
+        for seed in seeds:
+            means = [0.1 * seed, 0.2, 0.3]
+            _run(tmp_path, f"{ablation}{seed}", ablation, seed, means, cache, cases=3)
+    main([str(tmp_path), "--seeds", "1-2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| exp |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["full", "1,2"], ["plus", "1,2"]]
+    with pytest.raises(SystemExit, match=r"no finished run of seeds \[9\] \(found: 1,2,3\)"):
+        main([str(tmp_path), "--seeds", "9"])

@@ -363,6 +363,28 @@ def paper_table(roots: list[Path], split: str = "test") -> str:
     return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), *rows])
 
 
+def parse_seeds(text: str) -> set[int]:
+    """``"1,2,3"`` or ``"1-3,7"`` -> {1, 2, 3, (7)}; ValueError naming the bad item."""
+    seeds: set[int] = set()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        lo, sep, hi = item.partition("-")
+        try:
+            seeds.update(range(int(lo), int(hi) + 1) if sep else {int(item)})
+        except ValueError:
+            raise ValueError(f"--seeds {text}: {item!r} is not a seed or a range a-b") from None
+    return seeds
+
+
+def only_seeds(records: list[dict], seeds: set[int]) -> list[dict]:
+    """The runs of the given seeds: one seed set for every arm, when some arms have more seeds
+    than others (a mean over 18 seeds beside one over 3 compares seed sets, not arms)."""
+    kept = [r for r in records if r["seed"] in seeds]
+    if not kept:
+        found = ",".join(str(s) for s in sorted({r["seed"] for r in records}, key=seed_order))
+        raise SystemExit(f"--seeds: no finished run of seeds {sorted(seeds)} (found: {found})")
+    return kept
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, help="run or multirun folders")
@@ -377,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--plot", type=Path, default=None, help="forest plot of the paired differences (PNG)"
     )
+    parser.add_argument(
+        "--seeds", default=None, help="only these seeds, e.g. 1,2,3 or 1-3 (default: all)"
+    )
     args = parser.parse_args(argv)
     if args.paper:
         print(paper_table(args.roots))
@@ -384,6 +409,11 @@ def main(argv: list[str] | None = None) -> None:
     records = collect(args.roots, args.smallest)
     if not records:
         raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
+    if args.seeds is not None:
+        try:
+            records = only_seeds(records, parse_seeds(args.seeds))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     try:
         check_one_run_per_seed(records)
     except ValueError as err:
