@@ -377,11 +377,12 @@ def parse_seeds(text: str) -> set[int]:
 
 def only_seeds(records: list[dict], seeds: set[int]) -> list[dict]:
     """The runs of the given seeds: one seed set for every arm, when some arms have more seeds
-    than others (a mean over 18 seeds beside one over 3 compares seed sets, not arms)."""
+    than others (a mean over 18 seeds beside one over 3 compares seed sets, not arms).
+    ValueError naming the seeds found when none is kept."""
     kept = [r for r in records if r["seed"] in seeds]
     if not kept:
         found = ",".join(str(s) for s in sorted({r["seed"] for r in records}, key=seed_order))
-        raise SystemExit(f"--seeds: no finished run of seeds {sorted(seeds)} (found: {found})")
+        raise ValueError(f"--seeds: no finished run of seeds {sorted(seeds)} (found: {found})")
     return kept
 
 
