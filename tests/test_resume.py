@@ -174,3 +174,62 @@ def test_resume_sets_aside_best_checkpoints_of_the_discarded_timeline(tmp_path):
     assert [p.name for p in moved] == ["best-step000150-dice0.9000.ckpt"]
     assert (ckpts / "discarded" / "best-step000150-dice0.9000.ckpt").is_file()
     assert resolve_checkpoint(tmp_path).name == "best-step000100-dice0.3000.ckpt"
+
+
+def test_resumed_run_tests_the_checkpoint_the_uninterrupted_run_tests(phantom_cache, tmp_path):
+    """Validation at every step, the best score at step 3, SIGKILL right after the step-3
+    validation (its last.ckpt written): the resumed run keeps best-step3 (it was set aside as an
+    orphan when last.ckpt was written before the best one) and tests it, with the test metrics
+    of the uninterrupted run, bitwise."""
+    import json
+
+    runs = tmp_path / "logs" / "debug" / "runs" / "phantom_mt"
+    common = [
+        "trainer.max_steps=5",
+        "checkpoint_every_n_steps=0",
+        "data.module.iters_per_epoch=1",  # validation after every step
+        "test=true",
+        "logger=csv",
+        "+callbacks.score._target_=fault_injection.ScriptedScore",
+        "+callbacks.score.scores=[0.048,0.232,0.247,0.242,0.243]",
+    ]
+    killed = _train(
+        phantom_cache,
+        tmp_path,
+        "cut",
+        *common,
+        "+callbacks.kill._target_=fault_injection.KillAfterCheckpoint",
+        "+callbacks.kill.step=3",
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    ckpts = runs / "cut" / "checkpoints"
+    assert _state(ckpts / "last.ckpt")["global_step"] == 3
+    resumed = _train(phantom_cache, tmp_path, "cut", *common, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = _train(phantom_cache, tmp_path, "whole", *common)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    def outcome(run: str) -> tuple[str, dict]:
+        record = json.loads((runs / run / "finished.json").read_text())["metrics"]
+        tested = Path(record["best_ckpt"]).name
+        test = {k: v for k, v in record.items() if k.startswith("test/")}
+        return tested, test
+
+    (tested, test), (ref_tested, ref_test) = outcome("cut"), outcome("whole")
+    assert ref_tested.startswith("best-step000003")
+    assert tested == ref_tested
+    assert test and test == ref_test
+    assert not (ckpts / "discarded").exists()
+
+
+def test_last_checkpoint_runs_after_the_best_checkpoint_whatever_the_config_order(tmp_path):
+    from types import SimpleNamespace
+
+    from scdl.callbacks.checkpoints import BestCheckpoint, LastCheckpoint
+
+    last = LastCheckpoint(tmp_path)
+    best = BestCheckpoint(dirpath=tmp_path, monitor="val/dice", mode="max")
+    trainer = SimpleNamespace(callbacks=[last, best])
+    last.setup(trainer, None, "fit")
+    assert trainer.callbacks == [best, last]
+    assert best._should_save_on_train_epoch_end(trainer) is False  # saved at validation end

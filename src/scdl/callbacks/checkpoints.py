@@ -6,9 +6,14 @@
   ``every_n_train_steps`` optimiser steps, after every validation and at the end of training.
 
 Both write through Lightning's ``trainer.save_checkpoint`` (atomic: a temporary file renamed over
-the target), so a run killed while writing leaves the previous ``last.ckpt`` intact. Lightning runs
-checkpoint callbacks after all others, in the order given: ``last.ckpt`` written after a validation
-records the best checkpoint chosen at that validation.
+the target), so a run killed while writing leaves the previous ``last.ckpt`` intact.
+
+Order matters for resume: ``last.ckpt`` written after a validation must record the best
+checkpoint chosen at that validation, or a resumed run takes that best for an orphan of a
+discarded timeline (:func:`scdl.resume.set_aside_orphans`) and tests another one. So the best
+checkpoint is saved at validation end (never deferred to the train epoch end, Lightning's default
+when validation closes each epoch), and :class:`LastCheckpoint` places itself after every
+:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whatever the order of the config.
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ def weights_are_finite(module: torch.nn.Module) -> bool:
 class BestCheckpoint(ModelCheckpoint):
     """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` that refuses non-finite weights and a
     non-finite monitored value (Lightning would otherwise keep the first such checkpoint as best
-    while fewer than ``save_top_k`` exist)."""
+    while fewer than ``save_top_k`` exist). It saves at validation end (``save_on_train_epoch_end``
+    defaults to False; see the module docstring)."""
+
+    def __init__(self, *args, save_on_train_epoch_end: bool | None = False, **kwargs) -> None:
+        super().__init__(*args, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         score = monitor_candidates.get(self.monitor) if self.monitor else None
@@ -89,6 +98,22 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
         self._saved_at = trainer.global_step
         self._flush_logs = True  # the step's own metrics are logged after on_train_batch_end
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Runs after every best-checkpoint callback at validation end, whatever the config order
+        (Lightning runs checkpoint callbacks last, in the order given)."""
+        callbacks = trainer.callbacks
+        bests = [i for i, cb in enumerate(callbacks) if isinstance(cb, ModelCheckpoint)]
+        if bests and callbacks.index(self) < max(bests):
+            callbacks.remove(self)
+            callbacks.insert(max(bests), self)  # max(bests) shifted down by one: right after it
+        for cb in callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb._should_save_on_train_epoch_end(trainer):
+                log.warning(
+                    "%s saves at the train epoch end, after last.ckpt: a resumed run may not know "
+                    "its best checkpoint; set save_on_train_epoch_end=false",
+                    type(cb).__name__,
+                )
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         n = self.every_n_train_steps
