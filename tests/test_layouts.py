@@ -26,6 +26,7 @@ from real_data_fixtures import (
 )
 from scdl.data import catalog, prepare
 from scdl.data.catalog import DataNotFoundError, ensure_prepared, prepare_from_config, read_raw
+from scdl.data.errors import DataCheckError
 from scdl.data.layouts import read_amos22, read_amos_npy, read_btcv, read_synapse_h5
 from scdl.data.prepare import (
     PreprocessProtocol,
@@ -101,7 +102,7 @@ def test_amos22_validation_without_labels_is_unlabeled_and_train_without_label_f
     raw = read_amos22(root)
     assert [c.label is None for c in raw.cases] == [False, False, True]
     os.remove(root / "labelsTr" / "amos_0002.nii.gz")
-    with pytest.raises(FileNotFoundError, match="amos_0002"):
+    with pytest.raises(DataCheckError, match="amos_0002.*has no label"):
         read_amos22(root)
 
 

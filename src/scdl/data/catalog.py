@@ -224,14 +224,22 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
     config_hash = spec_hash(spec)
     check = bool(data_cfg.get("check", True))
     nonfinite = str(data_cfg.get("nonfinite", "error"))
+    spacing = str(data_cfg.get("implausible_spacing", "error"))
     if check and needs_data(spec) and not _plan_reusable(cache, config_hash):
         # the statistics read every labeled case: validate them all first
-        check_cases(raw, nonfinite=nonfinite, progress=progress).raise_on_errors(f"{raw.name}: ")
+        check_cases(raw, None, nonfinite, progress, spacing).raise_on_errors(f"{raw.name}: ")
         check = False
     protocol = _resolved_protocol(spec, config_hash, raw, cache, progress)
     extra = {"config_hash": config_hash, "layout": str(data_cfg.layout)}
     return prepare_dataset(
-        raw, protocol, cache, progress, index_extra=extra, check=check, nonfinite=nonfinite
+        raw,
+        protocol,
+        cache,
+        progress,
+        index_extra=extra,
+        check=check,
+        nonfinite=nonfinite,
+        implausible_spacing=spacing,
     )
 
 

@@ -7,8 +7,11 @@ Per case (:func:`check_case`):
   decompressed in full to confirm; other files fail on the read itself);
 - image / label shape, spacing, orientation, direction and origin (beyond :data:`SPACING_RTOL`,
   :data:`DIRECTION_ATOL`, :data:`ORIGIN_ATOL_MM`), read from the NIfTI headers only;
-- implausible spacing: non-positive or non-finite is an error, outside
-  [:data:`MIN_SPACING_MM`, :data:`MAX_SPACING_MM`] a warning;
+- shape: one 3D volume per file (2D files and several channels in one file are errors; trailing
+  axes of size 1 are accepted and squeezed);
+- implausible spacing: non-positive or non-finite is an error, and so is a size outside
+  [:data:`MIN_SPACING_MM`, :data:`MAX_SPACING_MM`] (an affine in metres) unless
+  ``data.implausible_spacing=warn``;
 - label values outside the class map (``0..C-1``), non-integer label values, all-background labels;
 - non-finite image intensities (NaN / Inf; an error unless ``nonfinite="repair"``). Images stored
   as integers cannot hold them and are not decoded: only labels and float images are read in full.
@@ -53,6 +56,7 @@ ORIGIN_ATOL_MM = 0.05  # origin difference, in mm ...
 ORIGIN_ATOL_VOXELS = 0.05  # ... or in voxels of the finest axis, whichever is larger
 MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 20.0
 NONFINITE_MODES = ("error", "repair")
+SPACING_MODES = ("error", "warn")  # data.implausible_spacing
 _CHUNK = 1 << 20
 
 FIX_REEXPORT = "re-download or re-export this file (it cannot be decoded)"
@@ -236,8 +240,9 @@ def _fmt(values: Iterable[float]) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
-def spacing_problems(img, path: Path, case_id: str) -> list[Problem]:
-    """Non-positive / non-finite voxel sizes (error) and sizes outside the plausible range."""
+def spacing_problems(img, path: Path, case_id: str, implausible: str = "error") -> list[Problem]:
+    """Non-positive / non-finite voxel sizes (error) and sizes outside the plausible range (an
+    error, a warning with ``implausible="warn"``: ``data.implausible_spacing``)."""
     zooms = np.concatenate([_zooms(img.affine), np.asarray(img.header.get_zooms()[:3], float)])
     fix = (
         "correct pixdim / the affine of this file (spacing is in mm; check xyzt_units, a file "
@@ -255,18 +260,54 @@ def spacing_problems(img, path: Path, case_id: str) -> list[Problem]:
             )
         ]
     if np.any(zooms < MIN_SPACING_MM) or np.any(zooms > MAX_SPACING_MM):
+        metres = np.all(zooms[:3] < MIN_SPACING_MM) and np.all(zooms[:3] * 1000 >= MIN_SPACING_MM)
+        hint = (
+            " (an affine in metres? the scan would be resampled to a few voxels)" if metres else ""
+        )
         return [
             Problem(
-                WARNING,
+                ERROR if implausible == "error" else WARNING,
                 "spacing",
                 f"implausible voxel size {_fmt(zooms[:3])} mm (expected {MIN_SPACING_MM}-"
-                f"{MAX_SPACING_MM} mm)",
-                fix,
+                f"{MAX_SPACING_MM} mm){hint}",
+                fix + "; data.implausible_spacing=warn accepts it if it is intended",
                 case_id,
                 path,
             )
         ]
     return []
+
+
+def array_shape_problem(shape: Sequence[int], role: str) -> str | None:
+    """Why a stored ``shape`` is not one 3D volume, or None. Trailing axes of size 1
+    (``(X, Y, Z, 1)``, written by some exporters) are accepted: readers squeeze them
+    (:func:`squeeze_to_3d`)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3:
+        return f"{role} is {len(shape)}D (shape {shape}): this project segments 3D volumes"
+    extra = shape[3:]
+    if any(s != 1 for s in extra):
+        n = int(np.prod(extra))
+        what = "channels or time points" if role == "image" else "volumes"
+        return (
+            f"{role} holds {n} {what} in one file (shape {shape}); the data set has one channel"
+            " and only the first would be used"
+        )
+    return None
+
+
+def squeeze_to_3d(array: np.ndarray) -> np.ndarray:
+    """``array`` without trailing axes of size 1 beyond the third (``(X, Y, Z, 1)`` -> 3D)."""
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+FIX_SHAPE = (
+    "store one 3D volume per file; nnU-Net keeps each channel in its own file (<case>_0000, "
+    "_0001, ...), and this project trains on one channel: save the channel the model uses as a 3D "
+    "file (e.g. nib.save(nib.Nifti1Image(data[..., 0], img.affine), path))"
+)
 
 
 def geometry_problems(img, lab, case: RawCase) -> list[Problem]:
@@ -403,7 +444,7 @@ def repair_nonfinite(image: np.ndarray) -> np.ndarray:
 
 
 def check_case(
-    case: RawCase, num_classes: int, nonfinite: str = "error"
+    case: RawCase, num_classes: int, nonfinite: str = "error", implausible_spacing: str = "error"
 ) -> tuple[list[Problem], CaseFacts]:
     """Every per-case check (see the module docstring); headers first, arrays only as needed."""
     from scdl.data.prepare import is_array_case
@@ -415,8 +456,10 @@ def check_case(
     if not is_nifti(Path(case.image)):
         return problems, facts  # other formats (.mha, .nrrd): only the preprocessing read checks
     img = _load_nifti(Path(case.image), "image", case.case_id, problems)
+    if img is not None and _shape_problem(img, "image", case, problems):
+        img = None  # 2D or several channels: no further check is meaningful
     if img is not None:
-        problems += spacing_problems(img, Path(case.image), case.case_id)
+        problems += spacing_problems(img, Path(case.image), case.case_id, implausible_spacing)
         dtype = img.dataobj.dtype
         if np.dtype(dtype).kind in "fc":  # integer storage cannot hold NaN / Inf
             array = _read_array(img, Path(case.image), "image", case.case_id, problems)
@@ -428,17 +471,27 @@ def check_case(
     if case.label is None:
         return problems, facts
     lab = _load_nifti(Path(case.label), "label", case.case_id, problems)
-    if lab is None:
+    if lab is None or _shape_problem(lab, "label", case, problems):
         return problems, facts
     if img is not None:
         problems += geometry_problems(img, lab, case)
     label = _read_array(lab, Path(case.label), "label", case.case_id, problems)
     if label is not None:
+        label = squeeze_to_3d(label)
         found, facts.empty_label = label_value_problems(
             label, num_classes, case.case_id, case.label
         )
         problems += found
     return problems, facts
+
+
+def _shape_problem(img, role: str, case: RawCase, problems: list[Problem]) -> bool:
+    """Adds a problem (and returns True) when a NIfTI's shape is not one 3D volume."""
+    message = array_shape_problem(img.shape, role)
+    if message is not None:
+        path = case.image if role == "image" else case.label
+        problems.append(Problem(ERROR, "shape", message, FIX_SHAPE, case.case_id, path))
+    return message is not None
 
 
 def _check_array_case(
@@ -561,16 +614,22 @@ def check_cases(
     cases: Sequence[RawCase] | None = None,
     nonfinite: str = "error",
     progress: bool = True,
+    implausible_spacing: str = "error",
 ) -> CheckReport:
-    """Runs :func:`check_case` on ``cases`` (default all) and the duplicate check on all cases."""
+    """Runs :func:`check_case` on ``cases`` (default all) and the duplicate check on all cases;
+    the reader's own findings (:attr:`RawDataset.problems`) come first."""
     from scdl.utils.progress import progress_iter
 
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"data.nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+    if implausible_spacing not in SPACING_MODES:
+        raise ValueError(
+            f"data.implausible_spacing must be one of {SPACING_MODES}, got {implausible_spacing!r}"
+        )
     cases = list(raw.cases if cases is None else cases)
-    report = CheckReport(raw.name, cases_checked=len(cases))
+    report = CheckReport(raw.name, list(raw.problems), cases_checked=len(cases))
     for case in progress_iter(cases, f"check {raw.name}", progress and len(cases) > 1):
-        problems, facts = check_case(case, raw.num_classes, nonfinite)
+        problems, facts = check_case(case, raw.num_classes, nonfinite, implausible_spacing)
         report.problems += problems
         report.facts[case.case_id] = facts
     report.duplicates = find_duplicates(raw.cases)
@@ -736,7 +795,12 @@ def check_from_config(data_cfg, progress: bool = True) -> CheckReport:
         raw = read_raw(data_cfg)
     except DataCheckError as e:  # malformed dataset.json, duplicate ids: nothing more to check
         return CheckReport(name, list(e.problems))
-    report = check_cases(raw, nonfinite=str(data_cfg.get("nonfinite", "error")), progress=progress)
+    report = check_cases(
+        raw,
+        nonfinite=str(data_cfg.get("nonfinite", "error")),
+        progress=progress,
+        implausible_spacing=str(data_cfg.get("implausible_spacing", "error")),
+    )
     report.problems[:0] = dataset_json_problems(raw, Path(data_cfg.raw_dir))
     module_cfg = data_cfg.get("module") or {}
     try:

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scdl.data.errors import ERROR, DataCheckError, Problem, load_dataset_json
-from scdl.data.labels import AMOS_CLASSES, SYNAPSE_CLASSES
+from scdl.data.errors import ERROR, WARNING, DataCheckError, Problem, load_dataset_json
+from scdl.data.labels import AMOS_CLASSES, SYNAPSE_CLASSES, clean_class_names
 from scdl.utils.files import repeated
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class RawDataset:
     class_names: list[str]
     #: data-set level facts, e.g. ``{"channel": "CT", "layout": "amos"}``
     meta: dict = field(default_factory=dict)
+    #: what the reader found but did not use (warnings: stray files; errors are raised)
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -64,12 +66,75 @@ class RawDataset:
         return [c for c in self.cases if c.label is not None]
 
 
-def clean_class_name(name: str) -> str:
-    """A class name usable in metric keys (``val/dice_<name>``): lower case, ``[a-z0-9_]`` only.
+#: files operating systems leave in folders: never data, never reported
+SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "ehthumbs.db"})
+#: endings of files that look like scans (a skipped one is an error, never a silent drop)
+SCAN_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".h5", ".dcm")
 
-    ``"prostate/uterus"`` -> ``"prostate_uterus"``, ``"right kidney"`` -> ``"right_kidney"``.
-    """
-    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "class"
+
+def looks_like_scan(path: Path) -> bool:
+    return path.name.lower().endswith(SCAN_ENDINGS)
+
+
+def unused_files(folder: Path, used: set[Path], explain=None) -> list[Problem]:
+    """Every entry of ``folder`` a reader did not use, as a problem: a scan-like file is an error
+    (``explain(path)`` -> ``(message, fix)`` says why it was not read), macOS ``._*`` files and
+    other files or folders are warnings; hidden files and :data:`SYSTEM_FILES` are ignored."""
+    if not folder.is_dir():
+        return []
+    problems = []
+    for path in sorted(folder.iterdir()):
+        if path in used or path.name in SYSTEM_FILES:
+            continue
+        if path.name.startswith("._"):
+            problems.append(
+                Problem(
+                    WARNING,
+                    "stray file",
+                    "macOS AppleDouble file (metadata written when copying from a Mac), not a "
+                    "scan: ignored",
+                    f"delete these files: find '{folder.parent}' -name '._*' -delete (the "
+                    "download is not damaged)",
+                    path=path,
+                )
+            )
+        elif path.name.startswith("."):
+            continue
+        elif path.is_file() and looks_like_scan(path):
+            message, fix = (explain or _not_in_layout)(path)
+            problems.append(Problem(ERROR, "unused file", message, fix, path=path))
+        else:
+            what = "folder" if path.is_dir() else "file"
+            problems.append(
+                Problem(
+                    WARNING,
+                    "unused file",
+                    f"{what} not read (not part of the layout)",
+                    "move it out of the data set folder to silence this warning",
+                    path=path,
+                )
+            )
+    return problems
+
+
+def _not_in_layout(path: Path) -> tuple[str, str]:
+    return (
+        "scan-like file that the layout's file names do not match: not read",
+        "rename it as the layout expects (docs/real-data.md) or move it out of the data set",
+    )
+
+
+def _raise_or_keep(problems: list[Problem], root: Path) -> list[Problem]:
+    """Raises :class:`DataCheckError` when ``problems`` hold an error; else returns the warnings
+    (for :attr:`RawDataset.problems`: the data checks report them)."""
+    if any(p.is_error for p in problems):
+        raise DataCheckError.from_problems(
+            problems,
+            f"{root}: ",
+            "Every file under the image and label folders is either used or reported; nothing "
+            "was written. Full report: `python src/check_data.py data=<name> ...`.",
+        )
+    return problems
 
 
 def _check_unique(cases: list[RawCase], root: Path) -> None:
@@ -119,14 +184,14 @@ def _class_names(meta: dict, path: Path) -> list[str]:
     try:
         if not isinstance(meta["labels"], dict) or not meta["labels"]:
             raise ValueError(f"'labels' must be a non-empty map, got {meta['labels']!r}")
-        return [clean_class_name(n) for n in class_names_from_labels(meta["labels"])]
+        return clean_class_names(class_names_from_labels(meta["labels"]), "'labels'")
     except ValueError as e:
         problem = Problem(
             ERROR,
             "dataset.json",
             f"bad 'labels' map: {e}",
-            'give every class one integer id, 0..C-1 without gaps, e.g. {"background": 0, '
-            '"liver": 1}',
+            "give every class one distinct name and one integer id, 0..C-1 without gaps, e.g. "
+            '{"background": 0, "liver": 1}',
             path=path,
         )
         raise DataCheckError(str(problem), [problem]) from e
@@ -138,8 +203,10 @@ def read_nnunet_raw(
     """nnU-Net v2 raw layout: ``imagesTr/<case>_0000<ext>``, ``labelsTr/<case><ext>``, ``dataset.json``.
 
     Cases in ``imagesTs`` (if any, and ``include_test``) are listed as unlabeled. Class names come
-    from ``labels`` (cleaned by :func:`clean_class_name`), the channel name (``CT`` or not, which
-    picks the ``auto`` normalisation) from ``channel_names``.
+    from ``labels`` (cleaned by :func:`scdl.data.labels.clean_class_names`), the channel name
+    (``CT`` or not, which picks the ``auto`` normalisation) from ``channel_names``. Every file in
+    the folders read is used or reported (:func:`unused_files`): a skipped scan-like file (another
+    ending, a channel suffix other than ``_0000``, a label without image) is an error.
     """
     root = Path(root)
     meta_path = root / "dataset.json"
@@ -152,14 +219,36 @@ def read_nnunet_raw(
     if len(channels) != 1:
         raise ValueError(f"{root}: only single-channel data sets are supported")
     cases: list[RawCase] = []
+    problems: list[Problem] = []
+    used: set[Path] = set()
     folders = [("imagesTr", "labelsTr")] + ([("imagesTs", None)] if include_test else [])
     for folder, label_folder in folders:
         for img in sorted((root / folder).glob(f"*_0000{ext}")):
+            if img.name.startswith("."):  # macOS ._* files: reported by unused_files
+                continue
             cid = img.name[: -len(f"_0000{ext}")]
             label = root / label_folder / f"{cid}{ext}" if label_folder else None
+            used.add(img)
             if label is not None and not label.is_file():
-                raise FileNotFoundError(f"image {img} has no label {label}")
+                problems.append(
+                    Problem(
+                        ERROR,
+                        "missing label",
+                        f"image has no label {label}",
+                        f"add {label.name} to {label_folder}/, or move the image to imagesTs/ "
+                        "(unlabeled)",
+                        cid,
+                        img,
+                    )
+                )
+                continue
+            used.update([label] if label is not None else [])
             cases.append(RawCase(cid, img, label))
+        explain = _nnunet_explainer(root / folder, ext, label_folder is None)
+        problems += unused_files(root / folder, used, explain)
+        if label_folder:
+            problems += unused_files(root / label_folder, used, _orphan_label(root, folder, ext))
+    problems = _raise_or_keep(problems, root)
     if not cases:
         raise FileNotFoundError(f"no images matching imagesTr/*_0000{ext} in {root}")
     _check_unique(cases, root)
@@ -169,7 +258,65 @@ def read_nnunet_raw(
         cases,
         class_names,
         {"channel": channel, "layout": "nnunet"},
+        problems,
     )
+
+
+def _nnunet_explainer(folder: Path, ext: str, unlabeled: bool):
+    """Why a scan-like file of an nnU-Net image folder was not read, and the fix."""
+
+    def explain(path: Path) -> tuple[str, str]:
+        name = path.name
+        for other in (".nii.gz", ".nii", ".mha", ".nrrd"):
+            if name.endswith(other) and other != ext:
+                want = name[: -len(other)] + ext
+                return (
+                    f"ends in {other} but dataset.json file_ending is {ext}: not read",
+                    f"save it as {want} (every file of a data set has the same ending)",
+                )
+        stem = name[: -len(ext)] if name.endswith(ext) else name
+        if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+            case, channel = stem[:-5], stem[-4:]
+            if (folder / f"{case}_0000{ext}").is_file():
+                return (
+                    f"channel file _{channel} of case {case!r}, but dataset.json declares one "
+                    "channel (channel_names): not read",
+                    "remove the extra channel files (this project trains on one channel), or "
+                    "declare and train a multi-channel data set elsewhere",
+                )
+            return (
+                f"case {case!r} has channel _{channel} but no channel _0000: not read",
+                f"rename it to {case}_0000{ext} if it is the case's only channel",
+            )
+        return (
+            f"no channel suffix: nnU-Net images are named <case>_0000{ext}: not read",
+            f"rename it to {stem}_0000{ext}",
+        )
+
+    return explain
+
+
+def _orphan_label(root: Path, image_folder: str, ext: str):
+    def explain(path: Path) -> tuple[str, str]:
+        stem = path.name[: -len(ext)] if path.name.endswith(ext) else path.name
+        image = root / image_folder / f"{stem}_0000{ext}"
+        unread = sorted(p.name for p in (root / image_folder).glob(f"{stem}_*"))
+        if unread and path.name.endswith(ext):
+            return (
+                f"its image was not read ({', '.join(unread)}; see the error for that file)",
+                f"rename the image to {image.name}",
+            )
+        if not path.name.endswith(ext):
+            return (
+                f"label file not ending in {ext} (dataset.json file_ending): not read",
+                f"save it as {stem}{ext}",
+            )
+        return (
+            f"label without an image ({image} is missing): not read",
+            f"add the image {image.name} to {image_folder}/, or remove the label",
+        )
+
+    return explain
 
 
 # --- AMOS22 ----------------------------------------------------------------------------------
@@ -213,17 +360,28 @@ def read_amos22(root: str | Path, include_test: bool = False) -> RawDataset:
     if include_test:
         subsets.append(("Ts", "imagesTs", None))
     cases: list[RawCase] = []
+    problems: list[Problem] = []
+    used: set[Path] = set()
     unlabeled_va = 0
     for subset, img_dir, lab_dir in subsets:
         for img in sorted((root / img_dir).glob("*.nii.gz")):
+            if img.name.startswith("."):
+                continue
             cid = img.name[: -len(".nii.gz")]
             label = root / lab_dir / img.name if lab_dir else None
+            used.add(img)
             if label is not None and not label.is_file():
                 if subset == "Tr":
-                    raise FileNotFoundError(f"training image {img} has no label {label}")
+                    problems.append(_missing_label(cid, img, label))
+                    continue
                 label, unlabeled_va = None, unlabeled_va + 1
+            used.update([label] if label is not None else [])
             extra = {"modality": amos_modality(cid), "subset": subset}
             cases.append(RawCase(cid, img, label, extra))
+        problems += unused_files(root / img_dir, used)
+        if lab_dir:
+            problems += unused_files(root / lab_dir, used, _label_without_image(root / img_dir))
+    problems = _raise_or_keep(problems, root)
     if unlabeled_va:
         log.warning(
             "%s: %d imagesVa case(s) without labelsVa: listed as unlabeled", root, unlabeled_va
@@ -231,7 +389,29 @@ def read_amos22(root: str | Path, include_test: bool = False) -> RawDataset:
     if not any(c.extra["subset"] == "Tr" for c in cases):
         raise FileNotFoundError(f"no images in {root / 'imagesTr'}: not the AMOS22 download")
     _check_unique(cases, root)
-    return RawDataset("amos", cases, class_names, {"channel": "CT", "layout": "amos"})
+    return RawDataset("amos", cases, class_names, {"channel": "CT", "layout": "amos"}, problems)
+
+
+def _missing_label(case_id: str, image: Path, label: Path) -> Problem:
+    return Problem(
+        ERROR,
+        "missing label",
+        f"training image has no label {label}",
+        f"add {label.name} to {label.parent.name}/, or remove the image",
+        case_id,
+        image,
+    )
+
+
+def _label_without_image(image_folder: Path, image_name=lambda label: label.name):
+    def explain(path: Path) -> tuple[str, str]:
+        image = image_folder / image_name(path)
+        return (
+            f"label without an image ({image} is missing) or not named like one: not read",
+            f"add the image {image.name} to {image_folder.name}/, or remove the label",
+        )
+
+    return explain
 
 
 # --- Synapse / BTCV --------------------------------------------------------------------------
@@ -261,18 +441,30 @@ def read_btcv(root: str | Path, include_test: bool = False) -> RawDataset:
     else:
         img_dir, lab_dir, test_dir = root / "imagesTr", root / "labelsTr", root / "imagesTs"
     cases: list[RawCase] = []
+    problems: list[Problem] = []
+    used: set[Path] = set()
     folders = [(img_dir, lab_dir, "Tr")] + ([(test_dir, None, "Ts")] if include_test else [])
     for images, labels, subset in folders:
         for img in sorted(images.glob("img*.nii.gz")):
             cid = img.name[len("img") : -len(".nii.gz")]
             label = labels / f"label{cid}.nii.gz" if labels is not None else None
+            used.add(img)
             if label is not None and not label.is_file():
-                raise FileNotFoundError(f"training image {img} has no label {label}")
+                problems.append(_missing_label(cid, img, label))
+                continue
+            used.update([label] if label is not None else [])
             cases.append(RawCase(cid, img, label, {"modality": "CT", "subset": subset}))
+        problems += unused_files(images, used)
+        if labels is not None:
+            to_image = lambda p: "img" + p.name.removeprefix("label")  # noqa: E731
+            problems += unused_files(labels, used, _label_without_image(images, to_image))
+    problems = _raise_or_keep(problems, root)
     if not cases:
         raise FileNotFoundError(f"no img*.nii.gz in {img_dir}: not the BTCV RawData download")
     _check_unique(cases, root)
-    return RawDataset("synapse", cases, list(SYNAPSE_CLASSES), {"channel": "CT", "layout": "btcv"})
+    return RawDataset(
+        "synapse", cases, list(SYNAPSE_CLASSES), {"channel": "CT", "layout": "btcv"}, problems
+    )
 
 
 # --- preprocessed arrays of the reference code bases -----------------------------------------

@@ -9,7 +9,7 @@ Cache layout (``cache_dir``)::
 
     index.json               class names, protocol, its hash, the case list
     <case>_image.npy         float32 (X, Y, Z), RAS orientation
-    <case>_label.npy         uint8   (X, Y, Z)   (absent for unlabeled cases)
+    <case>_label.npy         uint8   (X, Y, Z)   (uint16 above 255 classes; absent if unlabeled)
     <case>.json              meta: shapes, spacing, original affine/shape, protocol hash, raw file
                              stamps (sources), empty_label, extra flags
 
@@ -317,7 +317,9 @@ def preprocess_case(
     """Runs the protocol on one raw case; NaN / Inf intensities raise or are repaired
     (``nonfinite``, see :func:`guard_nonfinite`).
 
-    Returns ``(image float32 (X, Y, Z), label uint8 (X, Y, Z) or None, meta dict)``.
+    Returns ``(image float32 (X, Y, Z), label (X, Y, Z) uint8 (uint16 for values > 255) or None,
+    meta dict)``. An image or label that is not one 3D volume (2D, several channels) raises
+    :class:`DataCheckError` naming the file.
     """
     if is_array_case(case):
         return _preprocess_arrays(case, protocol, nonfinite)
@@ -328,6 +330,8 @@ def preprocess_case(
     if labeled:
         data["label"] = str(case.label)
     data = Compose(_load_transforms(labeled))(data)
+    for role in ("image", "label") if labeled else ("image",):
+        _require_one_volume(data[role], case, role)
     data["image"] = guard_nonfinite(data["image"], case, nonfinite)
     if labeled and tuple(data["label"].shape) != tuple(data["image"].shape):
         raise ValueError(
@@ -354,11 +358,49 @@ def preprocess_case(
     }
     label = None
     if labeled:
-        raw = out["label"].numpy()[0]
-        label = np.rint(raw).astype(np.uint8)
+        label = as_label_array(out["label"].numpy()[0], case)
         if label.shape != image.shape:
             raise ValueError(f"{case.case_id}: label {label.shape} and image {image.shape} differ")
     return image, label, meta
+
+
+def cache_label_dtype(max_label: int) -> np.dtype:
+    """The cache's label type: uint8 up to 255, uint16 up to 65535 (more is refused)."""
+    if max_label <= np.iinfo(np.uint8).max:
+        return np.dtype(np.uint8)
+    if max_label <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    raise ValueError(f"label value {max_label} > 65535: not supported")
+
+
+def as_label_array(values: np.ndarray, case: RawCase) -> np.ndarray:
+    """Resampled label values -> integer map of :func:`cache_label_dtype` (never wrapped: a cast
+    to uint8 would store 259 as 3)."""
+    label = np.rint(values)
+    lo, hi = (float(label.min()), float(label.max())) if label.size else (0.0, 0.0)
+    if lo < 0:
+        raise ValueError(f"{case.case_id}: negative label value {lo:g} in {case.label}")
+    return label.astype(cache_label_dtype(int(hi)))
+
+
+def _require_one_volume(tensor, case: RawCase, role: str) -> None:
+    """Raises :class:`DataCheckError` naming the file unless ``tensor`` (C, X, Y, Z) is one 3D
+    volume (MONAI puts a file's 4th axis first: 2 channels -> C = 2; a 2D file -> 3 axes)."""
+    from scdl.data.checks import FIX_SHAPE
+
+    shape = tuple(tensor.shape)
+    if len(shape) == 4 and shape[0] == 1:
+        return
+    path = case.image if role == "image" else case.label
+    stored = (*shape[1:], shape[0]) if len(shape) == 4 else shape[1:]
+    what = (
+        f"{role} holds {shape[0]} channels in one file (shape {stored}); the model takes one, "
+        "and only the first would be used"
+        if len(shape) == 4
+        else f"{role} is not a 3D volume (shape {stored})"
+    )
+    problem = Problem(ERROR, "shape", what, FIX_SHAPE, case.case_id, path)
+    raise DataCheckError(str(problem), [problem])
 
 
 def is_array_case(case: RawCase) -> bool:
@@ -421,7 +463,7 @@ def _preprocess_arrays(
     image_out = np.ascontiguousarray(np.asarray(out["image"])[0], dtype=np.float32)
     label_out = None
     if label is not None:
-        label_out = np.rint(np.asarray(out["label"])[0]).astype(np.uint8)
+        label_out = as_label_array(np.asarray(out["label"])[0], case)
     spacing, affine, original_affine = _array_affines(
         original_shape, perm, image_out.shape, protocol.voxel_spacing
     )
@@ -476,8 +518,15 @@ def _raw_arrays(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
         return load_array_case(case)
     import nibabel as nib
 
-    image = np.asanyarray(nib.load(str(case.image)).dataobj)
-    label = np.asanyarray(nib.load(str(case.label)).dataobj) if case.label else None
+    from scdl.data.checks import squeeze_to_3d
+
+    image = squeeze_to_3d(np.asanyarray(nib.load(str(case.image)).dataobj))
+    label = squeeze_to_3d(np.asanyarray(nib.load(str(case.label)).dataobj)) if case.label else None
+    if label is not None and label.shape != image.shape:
+        raise ValueError(
+            f"{case.case_id}: label {case.label} shape {label.shape} differs from image "
+            f"{case.image} shape {image.shape}"
+        )
     return image, label
 
 
@@ -581,6 +630,7 @@ def prepare_dataset(
     index_extra: dict | None = None,
     check: bool = True,
     nonfinite: str = "error",
+    implausible_spacing: str = "error",
 ) -> Path:
     """Preprocesses every case of ``raw`` (or only ``case_ids``) into ``cache_dir``; idempotent.
 
@@ -588,7 +638,8 @@ def prepare_dataset(
     files (size + mtime, else content hash; :func:`case_is_cached`), are skipped. With ``check``,
     every case to be written is validated first (:func:`scdl.data.checks.check_cases`): any error
     raises :class:`DataCheckError` before anything is written. ``nonfinite`` (``error`` | ``repair``)
-    treats NaN / Inf intensities. ``index_extra`` adds keys to ``index.json`` (the catalog stores the
+    treats NaN / Inf intensities, ``implausible_spacing`` (``error`` | ``warn``) voxel sizes outside
+    the plausible range. ``index_extra`` adds keys to ``index.json`` (the catalog stores the
     unresolved config's hash).
     """
     from scdl.data.checks import check_cases, find_duplicates
@@ -600,7 +651,7 @@ def prepare_dataset(
     cases = [c for c in raw.cases if wanted is None or c.case_id in wanted]
     todo = [c for c in cases if not case_is_cached(cache, c.case_id, protocol.hash, c)]
     if check and todo:
-        report = check_cases(raw, todo, nonfinite, progress=progress)
+        report = check_cases(raw, todo, nonfinite, progress, implausible_spacing)
         # repaired intensities are reported by the preprocessing itself (once)
         report.problems = [p for p in report.problems if p.is_error or p.check != "non-finite"]
         report.raise_on_errors(f"{raw.name}: ")

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from scdl.evaluation.checkpoint import (
@@ -201,6 +202,25 @@ def list_inputs(source: str | Path) -> list[Path]:
     raise FileNotFoundError(f"input not found: {src}")
 
 
+class PredictOutputError(ValueError, CompactHydraException):
+    """An output folder that would overwrite or mix with the input scans."""
+
+
+def check_output_folder(inputs: list[Path], output: Path) -> None:
+    """Refuses an ``output`` folder that holds input scans: label maps would overwrite them (a
+    scan without ``_0000`` has the label's name) or mix with them (a second run would read the
+    label maps as scans)."""
+    out = output.expanduser().resolve()
+    inside = [p for p in inputs if p.resolve().parent == out]
+    if inside:
+        shown = ", ".join(p.name for p in inside[:3]) + (" ..." if len(inside) > 3 else "")
+        raise PredictOutputError(
+            f"output={output} holds the input scans ({shown}): the label maps would overwrite "
+            f"or mix with them. Nothing was written. Choose another folder, e.g. "
+            f"output={output.expanduser().resolve().parent / (out.name + '_pred')}"
+        )
+
+
 def run_protocol(run_cfg: DictConfig):
     """The preprocessing protocol the run trained with, fully resolved.
 
@@ -237,6 +257,9 @@ def predict(cfg: DictConfig) -> list[Path]:
     from scdl.data.layouts import ARRAY_LAYOUTS, RawCase
     from scdl.data.prepare import preprocess_case
 
+    inputs = list_inputs(cfg.input)
+    out_dir = Path(cfg.output).expanduser()
+    check_output_folder(inputs, out_dir)  # before the model is loaded: fail in a second
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     overrides = (
         {"data": OmegaConf.to_container(cfg.data, resolve=True)} if cfg.get("data") else None
@@ -254,8 +277,6 @@ def predict(cfg: DictConfig) -> list[Path]:
     module.to(device)
     precision = cfg.get("precision") or run_cfg.get("trainer", {}).get("precision")
     protocol = run_protocol(run_cfg)
-    inputs = list_inputs(cfg.input)
-    out_dir = Path(cfg.output).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("predicting %d scan(s) with %s -> %s", len(inputs), ckpt, out_dir)
 

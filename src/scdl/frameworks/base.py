@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scdl.data.labels import assert_unique_class_names
 from scdl.frameworks.plugin import FrameworkPlugin, PluginStep
 from scdl.inference import SlidingWindowConfig, sliding_window_probs
 from scdl.losses.rampup import sigmoid_rampup
@@ -77,6 +78,7 @@ class SemiSupervisedModule(L.LightningModule):
         if names and len(names) != self.num_classes:
             raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
         self.class_names = names or [f"class{i}" for i in range(self.num_classes)]
+        assert_unique_class_names(self.class_names, source="class_names")  # metric keys
         self.optimizer_factory = optimizer or (
             lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
         )

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from scdl.data.labels import assert_unique_class_names
+
 KNOWN_METRICS: tuple[str, ...] = ("dice", "asd", "hd95", "nsd")
 TRAIN_TEST_STEM = "test_metrics"  # <run>/test_metrics.{json,csv}, test_metrics_per_case.csv
 LEGACY_TRAIN_TEST_JSON = "test_dice.json"
@@ -98,6 +100,7 @@ def aggregate_metrics(
     )
     if len(names) != n_cls:
         raise ValueError(f"{len(names)} class names for {n_cls} classes")
+    assert_unique_class_names(names, source="class names of the results")  # keyed by name
     ids = list(case_ids) if case_ids is not None else [str(i) for i in range(len(cases))]
     per_class: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in names}
     overall: dict[str, dict[str, Any]] = {}
