@@ -183,3 +183,31 @@ def test_train_script_exits_2_with_the_install_hint():
     )
     assert proc.returncode == 2
     assert 'pip install -e ".[slurm]"' in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seed=-1", "seed=-1: expected an integer in 0..4294967295"),
+        ("seed=4294967296", "seed=4294967296: expected an integer in 0..4294967295"),
+        (
+            "framework.inference.overlap=1.0",
+            "framework.inference.overlap=1.0: expected a number in",
+        ),
+        ("framework.inference.overlap=[0.5,0.5]", "or 3 of them"),
+        ("framework.inference.sw_batch_size=0", "framework.inference.sw_batch_size=0"),
+    ],
+)
+def test_seed_and_sliding_window_values_are_checked_at_start(tmp_path, override, expected):
+    """seed=-1 failed in numpy during seeding, overlap=1.0 only at the first validation."""
+    assert expected in _error(tmp_path, "experiment=phantom_mt", override)
+
+
+def test_sliding_window_overrides_of_eval_and_predict_are_checked():
+    from scdl.inference import SlidingWindowConfig
+
+    with pytest.raises(ConfigError, match=r"overlap=1.0: expected a number in \[0, 1\)"):
+        SlidingWindowConfig(overlap=1.0)
+    with pytest.raises(ConfigError, match="mode='linear'"):
+        SlidingWindowConfig(mode="linear")
+    SlidingWindowConfig(overlap=[0.0, 0.66666, 0.83333])  # the papers' test stride

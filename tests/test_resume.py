@@ -136,7 +136,7 @@ def test_pickled_checkpoint_is_refused_with_the_file_named(phantom_cache, tmp_pa
         ],
         output_dir=tmp_path / "run",
     )
-    with pytest.raises(ResumeError, match="old.ckpt cannot be read"):
+    with pytest.raises(ResumeError, match="old.ckpt cannot be resumed from: .*pickled Python"):
         train(cfg)
 
 
@@ -233,3 +233,34 @@ def test_last_checkpoint_runs_after_the_best_checkpoint_whatever_the_config_orde
     last.setup(trainer, None, "fit")
     assert trainer.callbacks == [best, last]
     assert best._should_save_on_train_epoch_end(trainer) is False  # saved at validation end
+
+
+@pytest.mark.parametrize(
+    ("damage", "cause"),
+    [
+        (lambda b: b[: len(b) // 2], "is truncated or not a PyTorch checkpoint"),
+        (lambda b: b"", "is empty"),
+        (lambda b: b"<html>proxy error</html>", "is truncated or not a PyTorch checkpoint"),
+    ],
+)
+def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_to_resume_from(
+    tmp_path, damage, cause
+):
+    """resume=true on a cut-short last.ckpt (an interrupted copy) says so and lists the run's
+    other checkpoints; it blamed "pickled objects" and suggested eval.py."""
+    from omegaconf import OmegaConf
+
+    from scdl.resume import ResumeError, plan_resume
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    _fake_best(ckpts / "best-step000002-dice0.5000.ckpt", 0.5, 2)
+    _fake_best(ckpts / "last.ckpt", 0.5, 4)
+    last = ckpts / "last.ckpt"
+    last.write_bytes(damage(last.read_bytes()))
+    cfg = OmegaConf.create({"resume": True, "run_name": "run", "ckpt_path": None})
+    with pytest.raises(ResumeError) as err:
+        plan_resume(cfg, tmp_path / "run")
+    text = str(err.value)
+    assert f"{last} {cause}" in text and "pickled" not in text
+    assert "Other checkpoints in" in text and "best-step000002-dice0.5000.ckpt" in text

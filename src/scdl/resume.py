@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from scdl.callbacks.checkpoints import LAST
+from scdl.callbacks.checkpoints import LAST, CheckpointReadError, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,6 @@ def finished_record(output_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
-    """A checkpoint dict loaded weights-only on CPU (memory-mapped: cheap for metadata)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=mmap)
-
-
 def checkpoint_step(path: str | Path) -> int:
     return int(read_checkpoint(path).get("global_step", 0))
 
@@ -116,12 +110,15 @@ def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
         raise ResumeError(f"ckpt_path={ckpt}: no such checkpoint file")
     try:
         step = checkpoint_step(path)
-    except Exception as err:  # noqa: BLE001 - unreadable or pickled: say which file and why
-        raise ResumeError(
-            f"ckpt_path={path} cannot be read as a training checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}). Checkpoints written before this version hold "
-            "pickled objects: start a new run, or load only its weights with eval.py/predict.py."
-        ) from err
+    except CheckpointReadError as err:  # name the other checkpoints the run could resume from
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
+        where = (
+            f" Other checkpoints in {path.parent}: {', '.join(others)} (ckpt_path=<file> with the "
+            "same run_name resumes from one; a best-*.ckpt restarts at its step)"
+            if others
+            else " No other checkpoint is in that folder: start the run again (resume=false)."
+        )
+        raise ResumeError(f"ckpt_path={path} cannot be resumed from: {err}.{where}") from err
     same_run = output_dir.resolve() in path.resolve().parents
     log.info("resuming from %s (step %d)%s", path, step, "" if same_run else " into a new folder")
     return ResumePlan(str(path), step, same_run)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from scdl.callbacks.checkpoints import read_checkpoint
 from scdl.utils.config import register_resolvers
 
 if TYPE_CHECKING:  # lightning is slow to import; only the loader needs it, via build_module
@@ -40,8 +41,6 @@ def checkpoint_score(path: Path) -> tuple[float, str] | None:
     checkpoint callback recorded it inside the file (memory-mapped read: cheap)."""
     import math
     import re
-
-    from scdl.resume import read_checkpoint
 
     try:
         states = read_checkpoint(path).get("callbacks") or {}
@@ -102,10 +101,9 @@ def find_run_dir(ckpt_path: str | Path) -> Path:
 
 def _embedded_run_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
     from scdl.data.splits import Split, save_split_file
-    from scdl.resume import read_checkpoint as read_meta
 
     ckpt = Path(ckpt_path).resolve()
-    embedded = read_meta(ckpt).get("run_config")
+    embedded = read_checkpoint(ckpt).get("run_config")
     if not embedded:
         raise FileNotFoundError(
             f"{ckpt} carries no run config (written before checkpoints were self-contained) and "
@@ -185,22 +183,6 @@ def load_run_config(
         ):
             cfg.run_name = run_dir.name
     return cfg, run_dir
-
-
-def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint dict, on CPU, loaded weights-only: the checkpoints this project writes hold
-    plain values only, and a checkpoint from elsewhere cannot run code when loaded."""
-    import pickle
-
-    try:
-        return torch.load(Path(ckpt_path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{ckpt_path} holds pickled Python objects, which are not loaded (weights-only). It "
-            "was written by an older scdl version or another tool: re-save its state_dict with "
-            "plain values, e.g. torch.save({'state_dict': ckpt['state_dict'], 'hyper_parameters': "
-            "{...}}, path), after loading it yourself if you trust it."
-        ) from err
 
 
 def _index_classes(data_cfg: DictConfig) -> list[str] | None:

@@ -29,6 +29,28 @@ class SlidingWindowConfig:
     sw_batch_size: int = 2
     average: str = "probs"
 
+    def __post_init__(self) -> None:
+        from scdl.utils.config_checks import ConfigError  # printed by Hydra without traceback
+
+        problems = []
+        overlaps = [self.overlap] if isinstance(self.overlap, int | float) else list(self.overlap)
+        if not all(isinstance(o, int | float) and 0 <= o < 1 for o in overlaps):
+            # MONAI's stride is int(roi * (1 - overlap)): 1.0 gives stride 0
+            problems.append(f"overlap={self.overlap}: expected a number in [0, 1) (e.g. 0.5)")
+        roi = list(self.roi_size)
+        if len(roi) != 3 or not all(int(r) == r and r > 0 for r in roi):
+            problems.append(f"roi_size={roi}: expected 3 positive integers")
+        if self.mode not in ("gaussian", "constant"):
+            problems.append(f"mode={self.mode!r}: expected gaussian | constant")
+        if int(self.sw_batch_size) != self.sw_batch_size or self.sw_batch_size < 1:
+            problems.append(f"sw_batch_size={self.sw_batch_size}: expected an integer >= 1")
+        if self.average not in ("probs", "logits"):
+            problems.append(f"average={self.average!r}: expected probs | logits")
+        if problems:
+            raise ConfigError(
+                "sliding-window inference (framework.inference / inference): " + "; ".join(problems)
+            )
+
 
 @torch.no_grad()
 def sliding_window_probs(

@@ -262,6 +262,23 @@ def _check_trainer(c: _Checker) -> None:
     c.integer("trainer.log_every_n_steps", allow_null=False)
 
 
+def _check_run(c: _Checker) -> None:
+    v = c.get("seed")
+    if v is not _MISSING and v is not None and not (_is_int(v) and 0 <= v < 2**32):
+        c.add("seed", v, f"an integer in 0..{2**32 - 1} (or null: a random seed)", 1337)
+    overlap = c.get("framework.inference.overlap")
+    if overlap is not _MISSING and overlap is not None:
+        values = overlap if isinstance(overlap, list) else [overlap]
+        if not all(_is_number(o) and 0 <= o < 1 for o in values) or len(values) not in (1, 3):
+            c.add(
+                "framework.inference.overlap",
+                overlap,
+                "a number in [0, 1) or 3 of them (windows must advance)",
+                0.5,
+            )
+    c.integer("framework.inference.sw_batch_size")
+
+
 def _check_parts(c: _Checker) -> None:
     if "model" in c.cfg:
         c.target("model", f"select one with model={'|'.join(group_options('model'))}")
@@ -379,6 +396,7 @@ def validate_config(cfg: DictConfig) -> None:
     ``eval.py`` / ``predict.py`` can be checked too. Cheap: no model or data is built."""
     c = _Checker(cfg)
     _check_data(c)
+    _check_run(c)
     _check_optimizer(c)
     _check_trainer(c)
     _check_parts(c)
