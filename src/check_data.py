@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from scdl.utils.config import register_resolvers
+from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()
 
@@ -27,6 +28,7 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check_data")
+@user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> None:
     status = run(cfg)
     if status:

@@ -10,12 +10,14 @@ from dotenv import load_dotenv
 from omegaconf import DictConfig
 
 from scdl.utils.config import project_root, register_resolvers
+from scdl.utils.errors import config_folders, user_errors
 
 load_dotenv(project_root() / ".env")  # WANDB_API_KEY, ...
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> float | None:
     from scdl.evaluation.evaluate import evaluate
 

@@ -11,11 +11,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from scdl.utils.config import register_resolvers
+from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval_folder")
+@user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> float | None:
     from scdl.evaluation.folder import evaluate_folder_from_config
 

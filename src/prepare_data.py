@@ -8,11 +8,13 @@ import hydra
 from omegaconf import DictConfig
 
 from scdl.utils.config import register_resolvers
+from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare_data")
+@user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> None:
     from scdl.data.catalog import prepare_from_config
 

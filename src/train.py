@@ -8,12 +8,14 @@ from omegaconf import DictConfig
 
 from scdl.utils.config import project_root, register_resolvers
 from scdl.utils.config_checks import exit_if_missing_hydra_plugins
+from scdl.utils.errors import config_folders, user_errors
 
 load_dotenv(project_root() / ".env")  # secrets (WANDB_API_KEY, ...) never live in configs
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> float | None:
     from scdl.training import train
 

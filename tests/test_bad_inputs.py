@@ -243,3 +243,99 @@ def test_predict_refuses_an_output_folder_holding_its_inputs(tmp_path, name):
         with pytest.raises(PredictOutputError, match=f"holds the input scans \\({name}\\)"):
             predict(cfg)
     assert scan.read_bytes() == before
+
+
+# --- user errors print their message only -------------------------------------------------------
+
+
+def _unwritable() -> Path | None:
+    """A folder that cannot be created even by root (/sys), or None where it can."""
+    probe = Path("/sys/scdl-unwritable")
+    try:
+        probe.mkdir()
+    except OSError:
+        return probe
+    probe.rmdir()
+    return None
+
+
+def _cli(script: str, *overrides: str, cwd: Path) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    from scdl.utils.config import project_root
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(
+        [sys.executable, str(project_root() / "src" / f"{script}.py"), *overrides],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**env, "WANDB_MODE": "disabled"},
+        timeout=300,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_storage_errors_name_the_file_and_the_key_to_change():
+    import errno
+
+    from hydra.errors import CompactHydraException
+    from omegaconf import OmegaConf
+
+    from scdl.utils.errors import StorageError, config_folders, user_errors
+
+    cfg = OmegaConf.create({"data": {"cache_dir": "/data/ro/cache"}, "paths": {"log_dir": "/l"}})
+
+    @user_errors(config_folders)
+    def task(cfg, err):
+        raise err
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/ro/cache/a_image.npy")
+    with pytest.raises(StorageError) as info:
+        task(cfg, denied)
+    assert isinstance(info.value, CompactHydraException)
+    assert str(info.value) == (
+        "/data/ro/cache/a_image.npy: Permission denied. Fix: make it writable, or point the "
+        "output at a writable folder: data.cache_dir=<writable folder>"
+    )
+    full = OSError(errno.ENOSPC, "No space left on device", "/l/train/x.ckpt")
+    with pytest.raises(StorageError, match="no space left.*paths.log_dir=<writable folder>"):
+        task(cfg, full)
+    missing = FileNotFoundError(errno.ENOENT, "No such file", "/x")  # not the environment's
+    with pytest.raises(FileNotFoundError) as info:
+        task(cfg, missing)
+    assert info.value is missing
+
+
+def test_cli_user_errors_print_no_traceback(nnunet, tmp_path):
+    """eval_folder on a missing folder, prepare_data into an unwritable cache, check_data with
+    an unwritable log folder (it writes nothing)."""
+    rc, out = _cli("eval_folder", f"pred_dir={tmp_path}/nope", f"ref_dir={tmp_path}", cwd=tmp_path)
+    assert rc == 1 and "Traceback" not in out and f"not a folder: {tmp_path}/nope" in out
+    blocked = _unwritable()
+    if blocked is None:
+        pytest.skip("no unwritable folder here (/sys is writable)")
+    rc, out = _cli(
+        "prepare_data",
+        "data=nnunet",
+        f"data.root={nnunet}",
+        f"data.cache_dir={blocked}/cache",
+        f"paths.log_dir={tmp_path}/logs",
+        cwd=tmp_path,
+    )
+    assert rc == 1 and "Traceback" not in out, out[-2000:]
+    assert f"{blocked}: " in out and "data.cache_dir=<writable folder>" in out
+    rc, out = _cli(
+        "check_data",
+        "data=nnunet",
+        f"data.root={nnunet}",
+        f"paths.log_dir={blocked}/logs",
+        "data.module.num_val=1",
+        "data.module.num_test=1",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    assert rc == 0 and "passed: 0 error(s)" in out, out[-2000:]
+    assert not any(tmp_path.glob("*.log"))

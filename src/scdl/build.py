@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scdl.models.contracts import SegmentationBackbone, check_backbone
+from scdl.utils.errors import InputError
 
 if TYPE_CHECKING:
     import lightning as L
@@ -77,7 +78,7 @@ def setup_data(cfg: DictConfig):
     datamodule.prepare_split()
     with open_dict(cfg):
         if cfg.data.get("num_classes") not in (None, datamodule.num_classes):
-            raise ValueError(
+            raise InputError(
                 f"data.num_classes={cfg.data.num_classes} but the data set has "
                 f"{datamodule.num_classes} classes ({datamodule.class_names})"
             )

@@ -18,6 +18,7 @@ from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
 from scdl.resume import ResumePlan, in_multirun, mark_finished, plan_resume, set_aside_orphans
 from scdl.utils.config import instantiate_dict, wandb_mode
+from scdl.utils.errors import InputError
 from scdl.utils.hardware import configure_cpu_math
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,10 @@ def _check_multirun_ddp(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices", 1)
     many = devices not in (1, "1", [0]) and devices is not None
     if multirun and many and strategy in ("ddp", "auto") and "SLURM_NTASKS" not in os.environ:
-        raise RuntimeError(
+        raise InputError(
             "DDP (strategy=ddp) inside a local Hydra multirun re-runs the sweep in every rank. Use "
-            "trainer=ddp_spawn (or trainer.strategy=ddp_fork), one GPU per job with the joblib "
-            "launcher, or the SLURM launcher (hydra/launcher=slurm), which starts ranks itself."
+            "trainer.strategy=ddp_spawn, one GPU per job (launcher=joblib), or the SLURM launcher "
+            "(launcher=slurm), which starts the ranks itself."
         )
 
 
@@ -184,7 +185,7 @@ def pin_job_gpu(cfg: DictConfig) -> None:
         return
     gpu = claim_job_gpu(int(hcfg.job.num), gpus, Path(hcfg.sweep.dir) / ".gpu_locks")
     if gpu is None:
-        raise RuntimeError(
+        raise InputError(
             f"job {hcfg.job.num}: all {len(gpus)} GPUs ({','.join(gpus)}) are held by other "
             "jobs: set hydra.launcher.n_jobs to at most the number of GPUs"
         )

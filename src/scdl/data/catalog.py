@@ -41,6 +41,7 @@ from scdl.data.prepare import (
     prepare_dataset,
     read_index,
 )
+from scdl.utils.errors import InputError
 
 READERS: dict[str, Callable[..., RawDataset]] = {
     "nnunet": read_nnunet_raw,
@@ -115,7 +116,7 @@ def protocol_from_config(
     spec = _protocol_spec(cfg)
     if needs_data(spec):
         if raw is None:
-            raise ValueError(
+            raise InputError(
                 f"protocol {spec.get('name')!r} leaves values to the data set (spacing: median, "
                 "normalisation: auto or ct statistics): pass the raw data set"
             )
@@ -167,8 +168,8 @@ def reader_of(layout: str) -> Callable[..., RawDataset]:
         try:
             return get_method(layout)
         except Exception as err:  # noqa: BLE001 - name the key and what was tried
-            raise ValueError(f"data.layout={layout!r}: cannot import that reader ({err})") from err
-    raise ValueError(
+            raise InputError(f"data.layout={layout!r}: cannot import that reader ({err})") from err
+    raise InputError(
         f"unknown data.layout {layout!r}; known: {sorted(READERS)}, or the dotted path of a reader "
         "function (raw_dir, **options) -> RawDataset"
     )
@@ -176,7 +177,7 @@ def reader_of(layout: str) -> Callable[..., RawDataset]:
 
 def _check_layout_protocol(layout: str, spec: dict) -> None:
     if layout in ARRAY_LAYOUTS and (spec.get("orientation") or spec.get("spacing")):
-        raise ValueError(
+        raise InputError(
             f"data.layout={layout} holds preprocessed arrays without an affine, but protocol "
             f"{spec.get('name')!r} reorients/resamples (orientation={spec.get('orientation')}, "
             f"spacing={spec.get('spacing')}). Use the copying protocol: data/protocol=legacy_amos "

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from scdl.callbacks.checkpoints import read_checkpoint
 from scdl.utils.config import register_resolvers
+from scdl.utils.errors import InputError, InputFileError
 
 if TYPE_CHECKING:  # lightning is slow to import; only the loader needs it, via build_module
     import lightning as L
@@ -83,8 +84,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (folder / "last.ckpt").is_file():
             log.warning("no best-*.ckpt with a recorded score in %s: using last.ckpt", folder)
             return (folder / "last.ckpt").resolve()
-        raise FileNotFoundError(f"no checkpoint (*.ckpt) in {folder}")
-    raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise InputFileError(f"no checkpoint (*.ckpt) in {folder}")
+    raise InputFileError(f"checkpoint not found: {p}")
 
 
 def find_run_dir(ckpt_path: str | Path) -> Path:
@@ -93,7 +94,7 @@ def find_run_dir(ckpt_path: str | Path) -> Path:
     for parent in list(ckpt.parents)[:4]:
         if (parent / RUN_CONFIG).is_file():
             return parent
-    raise FileNotFoundError(
+    raise InputFileError(
         f"no {RUN_CONFIG} above {ckpt}: the checkpoint must sit inside its training run folder "
         "(<run>/checkpoints/*.ckpt), whose .hydra/config.yaml describes the model"
     )
@@ -105,7 +106,7 @@ def _embedded_run_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
     ckpt = Path(ckpt_path).resolve()
     embedded = read_checkpoint(ckpt).get("run_config")
     if not embedded:
-        raise FileNotFoundError(
+        raise InputFileError(
             f"{ckpt} carries no run config (written before checkpoints were self-contained) and "
             f"no {RUN_CONFIG} is above it: keep it inside its run folder (<run>/checkpoints/)"
         )
@@ -256,7 +257,7 @@ def resolve_classes(
     if n is None and cfg_n is not None:
         n = int(cfg_n)
     if n is None:
-        raise ValueError(
+        raise InputError(
             "cannot tell the number of classes: the checkpoint has no num_classes hyper-parameter "
             f"and the cache {cfg.data.get('cache_dir') if 'data' in cfg else '?'} has no index; "
             "set data.num_classes"
@@ -321,7 +322,7 @@ def apply_inference_overrides(module: L.LightningModule, inference: Mapping | No
     known = {f.name for f in dataclasses.fields(current)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown inference settings {unknown}; known: {sorted(known)}")
+        raise InputError(f"unknown inference settings {unknown}; known: {sorted(known)}")
     if "overlap" in values:
         values["overlap"] = float(values["overlap"])
     if "roi_size" in values:
@@ -351,7 +352,7 @@ def load_module_from_checkpoint(
     cfg, run_dir = load_run_config(ckpt_path, overrides)
     ckpt = read_checkpoint(ckpt_path)
     if "state_dict" not in ckpt:
-        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict')")
+        raise InputError(f"{ckpt_path} is not a Lightning checkpoint (no 'state_dict')")
     num_classes, class_names = resolve_classes(cfg, ckpt.get("hyper_parameters"))
     with open_dict(cfg):
         cfg.data.num_classes = num_classes

@@ -35,6 +35,7 @@ from scdl.evaluation.checkpoint import (
 from scdl.evaluation.predict import labels_to_original_grid, save_label_nifti, segment_volume
 from scdl.evaluation.protocols import compute_case_metrics
 from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
+from scdl.utils.errors import InputError
 from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def select_cases(
     from scdl.data.splits import load_split_file
 
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "all":
         index = read_index(run_cfg.data.cache_dir)
         return [c["case_id"] for c in index["cases"] if c.get("labeled", True)], "cache index"
@@ -80,7 +81,7 @@ def select_cases(
         parts, source = datamodule.prepare_split(), "data config"
     ids = list(getattr(parts, split))
     if not ids:
-        raise ValueError(f"the {split} split of {source} is empty")
+        raise InputError(f"the {split} split of {source} is empty")
     return ids, source
 
 
@@ -120,7 +121,7 @@ def case_metric_kwargs(
         if s.get("empty_distance") is not None:
             kw["empty_distance"] = float(s["empty_distance"])
     else:
-        raise ValueError(f"protocol must be paper|standard, got {protocol!r}")
+        raise InputError(f"protocol must be paper|standard, got {protocol!r}")
     return kw
 
 
@@ -220,7 +221,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     protocol = str(cfg.get("protocol", "standard"))
     if protocol not in ("paper", "standard"):
-        raise ValueError(f"protocol must be paper|standard, got {protocol!r}")
+        raise InputError(f"protocol must be paper|standard, got {protocol!r}")
     split = str(cfg.get("split", "test"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     overrides = _data_override(cfg)
@@ -261,7 +262,7 @@ def evaluate(cfg: DictConfig) -> dict:
     for case_id in progress_iter(case_ids, f"eval {split} ({protocol})", cfg.get("progress", True)):
         case = load_cached_case(cache, case_id, in_memory=True)
         if case.label is None:
-            raise ValueError(f"case {case_id} has no label: it cannot be evaluated")
+            raise InputError(f"case {case_id} has no label: it cannot be evaluated")
         pred = segment_volume(module, case.image, device, precision)
         unknown_spacing += not case.meta.get("spacing_known", True)
         kwargs = case_metric_kwargs(protocol, cfg.get("metrics"), case.meta["spacing"])

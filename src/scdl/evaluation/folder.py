@@ -24,6 +24,7 @@ import numpy as np
 
 from scdl.evaluation.protocols import compute_case_metrics, to_label_array
 from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
+from scdl.utils.errors import InputError, InputFileError
 from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,17 @@ def list_label_maps(folder: str | Path) -> dict[str, Path]:
     inside ``folder``."""
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"not a folder: {root}")
+        raise InputFileError(f"not a folder: {root}")
     found: dict[str, Path] = {}
     for p in sorted(root.iterdir()):
         name = _case_name(p) if p.is_file() else None
         if name is None:
             continue
         if name in found:
-            raise ValueError(f"{root}: {found[name].name} and {p.name} are the same case")
+            raise InputError(f"{root}: {found[name].name} and {p.name} are the same case")
         found[name] = p
     if not found:
-        raise FileNotFoundError(f"no .nii.gz / .nii files in {root}")
+        raise InputFileError(f"no .nii.gz / .nii files in {root}")
     return found
 
 
@@ -64,7 +65,7 @@ def match_cases(
     ``allow_missing``) a reference has no prediction; the message lists the files."""
     extra = sorted(set(preds) - set(refs))
     if extra:
-        raise ValueError(
+        raise InputError(
             f"{len(extra)} prediction(s) without a reference file of the same name: "
             + ", ".join(preds[c].name for c in extra[:10])
         )
@@ -74,11 +75,11 @@ def match_cases(
             refs[c].name for c in missing[:10]
         )
         if not allow_missing:
-            raise ValueError(msg + " (allow_missing=true scores only the matched cases)")
+            raise InputError(msg + " (allow_missing=true scores only the matched cases)")
         log.warning(msg)
     cases = sorted(set(preds) & set(refs))
     if not cases:
-        raise ValueError("no prediction matches a reference file")
+        raise InputError("no prediction matches a reference file")
     return cases
 
 
@@ -101,10 +102,10 @@ def class_names_from(
             elif isinstance(k, str) and k.isdigit():
                 pairs.append((int(k), str(v)))  # MSD / nnU-Net v1: id -> name
             else:
-                raise ValueError(f"{dataset_json}: cannot read label {k!r}: {v!r} (region labels?)")
+                raise InputError(f"{dataset_json}: cannot read label {k!r}: {v!r} (region labels?)")
         ids = sorted(i for i, _ in pairs)
         if ids != list(range(len(ids))):
-            raise ValueError(f"{dataset_json}: label ids must be 0..C-1, got {ids}")
+            raise InputError(f"{dataset_json}: label ids must be 0..C-1, got {ids}")
         return [n for _, n in sorted(pairs)]
     if num_classes:
         return ["background"] + [f"class_{i}" for i in range(1, int(num_classes))]
@@ -119,11 +120,11 @@ def check_pair(pred_path: Path, ref_path: Path, affine_atol: float = 1e-3) -> tu
     pred_img, ref_img = nib.load(str(pred_path)), nib.load(str(ref_path))
     p_shape, r_shape = _squeeze_shape(pred_img.shape), _squeeze_shape(ref_img.shape)
     if p_shape != r_shape:
-        raise ValueError(
+        raise InputError(
             f"{pred_path.name}: shape {p_shape} differs from the reference {ref_path} {r_shape}"
         )
     if not np.allclose(pred_img.affine, ref_img.affine, atol=affine_atol):
-        raise ValueError(
+        raise InputError(
             f"{pred_path.name}: affine differs from the reference {ref_path} (tolerance "
             f"{affine_atol}):\n{np.round(pred_img.affine, 4)}\nvs\n{np.round(ref_img.affine, 4)}"
         )
@@ -147,11 +148,11 @@ def load_labels(path: Path, num_classes: int | None = None) -> np.ndarray:
     try:
         labels = to_label_array(data)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
     if labels.size and labels.min() < 0:
-        raise ValueError(f"{path}: negative label {labels.min()}")
+        raise InputError(f"{path}: negative label {labels.min()}")
     if num_classes is not None and labels.size and labels.max() >= num_classes:
-        raise ValueError(f"{path}: label {labels.max()} but only {num_classes} classes")
+        raise InputError(f"{path}: label {labels.max()} but only {num_classes} classes")
     return labels
 
 
@@ -184,7 +185,7 @@ def evaluate_folder(
     from scdl.evaluation.evaluate import case_metric_kwargs
 
     if protocol not in ("paper", "standard"):
-        raise ValueError(f"protocol must be paper|standard, got {protocol!r}")
+        raise InputError(f"protocol must be paper|standard, got {protocol!r}")
     preds, refs = list_label_maps(pred_dir), list_label_maps(ref_dir)
     cases = match_cases(preds, refs, allow_missing)
     spacings = {c: check_pair(preds[c], refs[c], affine_atol) for c in cases}  # fail early

@@ -28,6 +28,7 @@ from scdl.evaluation.checkpoint import (
     select_device,
     with_class_mismatch_flag,
 )
+from scdl.utils.errors import InputError, InputFileError
 from scdl.utils.files import repeated
 from scdl.utils.progress import progress_iter
 
@@ -193,13 +194,13 @@ def list_inputs(source: str | Path) -> list[Path]:
             p for p in src.iterdir() if p.is_file() and p.name.endswith(NIFTI_EXTENSIONS)
         )
         if not files:
-            raise FileNotFoundError(f"no .nii.gz / .nii files in {src}")
+            raise InputFileError(f"no .nii.gz / .nii files in {src}")
         stems = [nifti_stem(f) for f in files]
         dup = repeated(stems)
         if dup:
-            raise ValueError(f"several inputs would write the same output: {dup}")
+            raise InputError(f"several inputs would write the same output: {dup}")
         return files
-    raise FileNotFoundError(f"input not found: {src}")
+    raise InputFileError(f"input not found: {src}")
 
 
 class PredictOutputError(ValueError, CompactHydraException):
@@ -238,7 +239,7 @@ def run_protocol(run_cfg: DictConfig):
     try:
         return protocol_from_config(data_cfg.protocol)
     except ValueError as err:
-        raise ValueError(
+        raise InputError(
             f"{err}. The resolved values are stored in the run's cache index "
             f"({data_cfg.cache_dir}/index.json), which is missing or from another protocol: point "
             "data.cache_dir at the training cache (predict.py ... +data.cache_dir=...) or set "
@@ -268,7 +269,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         ckpt, with_class_mismatch_flag(overrides, cfg), inference=cfg.get("inference")
     )
     if str(run_cfg.data.get("layout")) in ARRAY_LAYOUTS:
-        raise ValueError(
+        raise InputError(
             f"the run trained on preprocessed arrays (data.layout={run_cfg.data.layout}) without "
             "orientation or spacing: NIfTI scans cannot be brought into that frame reliably. "
             "Use eval.py on the array data set, or train on NIfTI data (docs/real-data.md)"
