@@ -211,3 +211,12 @@ def test_sliding_window_overrides_of_eval_and_predict_are_checked():
     with pytest.raises(ConfigError, match="mode='linear'"):
         SlidingWindowConfig(mode="linear")
     SlidingWindowConfig(overlap=[0.0, 0.66666, 0.83333])  # the papers' test stride
+
+
+def test_magicnet_cube_patch_is_checked_before_the_model_is_built(tmp_path):
+    """GA-MagicNet's cubes go through the VNet alone: a 32^3 patch (10^3 cubes) failed when the
+    model was built; with InstanceNorm a 48^3 patch (16^3 cubes, 1^3 bottleneck) failed later."""
+    text = _error(tmp_path, "experiment=phantom_magicnet", "data.module.patch_size=[32,32,32]")
+    assert "multiples of 48" in text and "data.module.patch_size=[48,48,48]" in text
+    text = _error(tmp_path, "experiment=amos_magicnet", "data.module.patch_size=[48,48,48]")
+    assert "at least 96" in text and "InstanceNorm" in text and "batchnorm allows 48" in text

@@ -1,7 +1,17 @@
-"""A training step's loss and gradients on a fixed batch, pinned bitwise against values written by
-an earlier version of the code (``tests/step_pin.json``: SHA-256 of each tensor's bytes). Refactors of the frameworks must keep
-them; a deliberate change of the training maths regenerates the pin file:
-``SCDL_WRITE_PIN=1 pytest tests/test_step_pin.py``."""
+"""A training step's loss and gradients on a fixed batch, pinned against values written by an
+earlier version of the code (``tests/step_pin.json``). Refactors of the frameworks must keep them.
+
+Float32 kernels round differently on different CPUs (an AMD EPYC with AVX512 and an Intel Xeon
+with AMX give different last bits for the SCDL steps), so the pin has two levels:
+
+- ``digests``: SHA-256 of each tensor's bytes, per machine kind (:func:`machine_kind`): bitwise
+  equality where the pin was written on a machine of this kind;
+- ``norms``: each tensor's L1 and L2 norm (float64), compared everywhere at ``rtol=1e-4`` (a
+  rounding difference moves them by ~1e-6; a change of the maths by far more).
+
+A deliberate change of the training maths regenerates the pin (``SCDL_WRITE_PIN=1 pytest
+tests/test_step_pin.py``: norms and this machine's digests, other machines' digests dropped);
+``SCDL_WRITE_PIN=add`` adds this machine kind's digests when its norms agree."""
 
 from __future__ import annotations
 
@@ -71,26 +81,62 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
-def _step(framework, prior) -> dict[str, str]:
+def _norms(t: torch.Tensor) -> list[float]:
+    t = t.detach().double()
+    return [float(t.abs().sum()), float(t.norm())]
+
+
+def machine_kind() -> str:
+    """What decides float32 rounding here: torch build, ATen CPU capability, CPU vendor and the
+    bf16 / AMX extensions."""
+    vendor, flags = "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id":
+                vendor = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    extensions = ",".join(f for f in ("avx512_bf16", "amx_tile") if f in flags) or "-"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"torch {torch.__version__} | {capability} | {vendor} | {extensions}"
+
+
+def _step(framework, prior) -> dict[str, torch.Tensor]:
     m = _module(framework, prior)
     torch.manual_seed(5)
     loss = m.training_step(_batch(), 0)
     loss.backward()
-    out = {"loss": _digest(loss)}
+    out = {"loss": loss.detach()}
     for name, p in m.named_parameters():
         if p.grad is not None:  # the plug-in was the attribute `scdl` when the pin was written
-            out[f"grad.{name.replace('plugin.', 'scdl.', 1)}"] = _digest(p.grad)
+            out[f"grad.{name.replace('plugin.', 'scdl.', 1)}"] = p.grad
     return out
 
 
 def test_training_step_losses_and_gradients_are_pinned():
     got = {f"{f}/{p}": _step(f, p) for f, p in CASES}
-    if os.environ.get("SCDL_WRITE_PIN"):
-        PIN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-        pytest.skip(f"wrote {PIN}")
+    digests = {c: {k: _digest(t) for k, t in ts.items()} for c, ts in got.items()}
+    norms = {c: {k: _norms(t) for k, t in ts.items()} for c, ts in got.items()}
+    here = machine_kind()
+    mode = os.environ.get("SCDL_WRITE_PIN")
     want = json.loads(PIN.read_text())
-    assert set(got) == set(want)
-    for case, tensors in want.items():
-        assert set(got[case]) == set(tensors), case
+    if mode and mode != "add":
+        want = {"norms": norms, "digests": {here: digests}}
+    assert set(norms) == set(want["norms"])
+    for case, tensors in want["norms"].items():
+        assert set(norms[case]) == set(tensors), case
         for key, value in tensors.items():
-            assert got[case][key] == value, f"{case}: {key} differs"
+            assert norms[case][key] == pytest.approx(value, rel=1e-4), f"{case}: {key} differs"
+    if mode:
+        want["digests"][here] = digests
+        PIN.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"wrote {PIN} ({here})")
+    if here not in want["digests"]:
+        return  # no bitwise pin for this machine kind: the norms above are the check
+    for case, tensors in want["digests"][here].items():
+        for key, value in tensors.items():
+            assert digests[case][key] == value, f"{case}: {key} differs bitwise on {here}"

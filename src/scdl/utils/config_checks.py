@@ -232,8 +232,37 @@ def _check_patch(c: _Checker, key: str, allow_null: bool = False) -> None:
         c.add(key, v, f"3 positive integers (X, Y, Z){rule}", example)
 
 
+def _check_cubes(c: _Checker) -> None:
+    """GA-MagicNet cuts each patch into ``model.cubes_per_axis`` cubes per axis that go through
+    the encoder alone: each cube side a multiple of the model's divisor; with InstanceNorm the
+    cube's bottleneck needs more than one voxel (a 16^3 cube has a 1^3 one)."""
+    n, patch = c.get("model.cubes_per_axis"), c.get("data.module.patch_size")
+    if not (_is_int(n) and n > 0 and isinstance(patch, list) and all(_is_int(p) for p in patch)):
+        return
+    divisor, _ = _model_multiple(c.cfg)
+    side = n * divisor
+    norm = c.get("model.normalization")
+    if norm == "instancenorm":
+        side *= 2
+    if all(p % (n * divisor) == 0 and p >= side for p in patch):
+        return
+    why = f"model.cubes_per_axis={n} cubes per axis, each a multiple of {divisor}" + (
+        " and at least 2 x that with InstanceNorm (its bottleneck needs > 1 voxel)"
+        if norm == "instancenorm"
+        else ""
+    )
+    c.add(
+        "data.module.patch_size",
+        patch,
+        f"sides that are multiples of {n * divisor} and at least {side} ({why}); or "
+        "model.normalization=batchnorm with smaller cubes",
+        f"[{side},{side},{side}]",
+    )
+
+
 def _check_data(c: _Checker) -> None:
     _check_patch(c, "data.module.patch_size")
+    _check_cubes(c)
     c.integer("data.module.labeled_bs", allow_null=False, example=2)
     c.integer("data.module.unlabeled_bs", minimum=0, allow_null=False, example=2)
     c.integer("data.module.iters_per_epoch", allow_null=False, example=100)

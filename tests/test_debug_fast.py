@@ -1,0 +1,76 @@
+"""``debug=fast``, the documented way to check that an experiment starts, runs every experiment of
+``conf/experiment``: its config passes the checks, its module is built, and Lightning trains it
+for 2 steps on batches of the debug patch size (random data: the AMOS / Synapse experiments need
+no download). The slow variant trains, validates and tests each phantom experiment on the tiny
+phantom through ``train()``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import open_dict
+
+from conftest import CONF_DIR, compose_cfg, semi_batch, tiny_train_overrides
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+NUM_CLASSES = {"phantom": 14, "synapse": 14, "amos": 16}
+
+
+class _RandomBatches(L.LightningDataModule):
+    """``steps`` training batches of the data module's layout (no validation)."""
+
+    def __init__(self, num_classes: int, size: int, steps: int) -> None:
+        super().__init__()
+        self.batches = [semi_batch(num_classes, size, seed) for seed in range(steps)]
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.batches, batch_size=None)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_fast_trains_every_experiment_for_two_steps(experiment, tmp_path):
+    from scdl.build import build_module
+    from scdl.utils.config_checks import validate_config
+
+    cfg = compose_cfg(
+        [f"experiment={experiment}", "debug=fast", f"paths.log_dir={tmp_path}"],
+        output_dir=tmp_path / "run",
+    )
+    validate_config(cfg)  # as train() does first
+    patch = list(cfg.data.module.patch_size)
+    assert len(set(patch)) == 1
+    with open_dict(cfg):
+        cfg.data.num_classes = NUM_CLASSES[experiment.split("_")[0]]
+    torch.manual_seed(0)
+    module = build_module(cfg)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=_RandomBatches(cfg.data.num_classes, patch[0], 2))
+    assert trainer.global_step == 2
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+PHANTOM = [e for e in EXPERIMENTS if e.startswith("phantom_")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", PHANTOM)
+def test_debug_fast_fits_validates_and_tests_every_phantom_experiment(
+    experiment, phantom_cache, tmp_path
+):
+    from scdl.training import train
+
+    overrides = [f"experiment={experiment}", *tiny_train_overrides(phantom_cache, tmp_path)]
+    metrics = train(compose_cfg([*overrides, "trainer.max_steps=2"], output_dir=tmp_path / "r"))
+    assert 0.0 <= metrics["test/dice"] <= 1.0
