@@ -246,16 +246,16 @@ def _check_cubes(c: _Checker) -> None:
         side *= 2
     if all(p % (n * divisor) == 0 and p >= side for p in patch):
         return
-    why = f"model.cubes_per_axis={n} cubes per axis, each a multiple of {divisor}" + (
-        " and at least 2 x that with InstanceNorm (its bottleneck needs > 1 voxel)"
-        if norm == "instancenorm"
-        else ""
-    )
+    why = f"model.cubes_per_axis={n} cubes per axis, each a multiple of {divisor}"
+    if norm == "instancenorm":
+        why += (
+            " and at least twice that with InstanceNorm, whose bottleneck needs more than one "
+            f"voxel; model.normalization=batchnorm allows {n * divisor}"
+        )
     c.add(
         "data.module.patch_size",
         patch,
-        f"sides that are multiples of {n * divisor} and at least {side} ({why}); or "
-        "model.normalization=batchnorm with smaller cubes",
+        f"sides that are multiples of {n * divisor} and at least {side} ({why})",
         f"[{side},{side},{side}]",
     )
 
