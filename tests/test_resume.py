@@ -264,3 +264,28 @@ def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_to_resume_from(
     text = str(err.value)
     assert f"{last} {cause}" in text and "pickled" not in text
     assert "Other checkpoints in" in text and "best-step000002-dice0.5000.ckpt" in text
+
+
+def test_resume_with_a_larger_max_steps_continues_a_finished_run(phantom_cache, tmp_path):
+    """resume=true trainer.max_steps=6 on a run that finished at step 4 trains steps 5-6 from its
+    last.ckpt, tests again and says how the lr schedule continues (it warned and did nothing)."""
+    import json
+
+    runs = tmp_path / "logs" / "debug" / "runs" / "phantom_mt"
+    common = ["checkpoint_every_n_steps=0", "test=true", "logger=csv"]
+    first = _train(phantom_cache, tmp_path, "grow", *common, "trainer.max_steps=4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = runs / "grow"
+    assert json.loads((run / "finished.json").read_text())
+    again = _train(phantom_cache, tmp_path, "grow", *common, "trainer.max_steps=4", "resume=true")
+    assert again.returncode == 0 and "nothing to do" in again.stderr + again.stdout
+    assert "a larger trainer.max_steps continues it" in again.stderr + again.stdout
+    longer = _train(phantom_cache, tmp_path, "grow", *common, "trainer.max_steps=6", "resume=true")
+    out = longer.stderr + longer.stdout
+    assert longer.returncode == 0, out[-3000:]
+    assert "finished at step 4; continuing it" in out and "x the base lr" in out
+    assert _state(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert (run / "finished-step4.json").is_file()
+    assert "test/dice" in json.loads((run / "finished.json").read_text())["metrics"]
+    train_steps = [int(r["step"]) for r in _rows(run) if r.get("train/loss")]
+    assert train_steps == list(range(6)), train_steps

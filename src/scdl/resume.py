@@ -88,15 +88,10 @@ def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
             )
         done = finished_record(output_dir)
         if done is not None:
-            log.warning(
-                "resume=true: run %s finished at %s: nothing to do (%s)",
-                output_dir,
-                done.get("finished_at", "?"),
-                "a new sweep_name starts a new sweep"
-                if in_multirun()
-                else "resume=false or a new run_name starts a new run",
-            )
-            return ResumePlan(finished=done)
+            extended = _extension(cfg, output_dir, done)
+            if extended is None:
+                return ResumePlan(finished=done)
+            ckpt = str(extended)
         last = output_dir / "checkpoints" / LAST
         if ckpt is None and last.is_file():
             ckpt = str(last)
@@ -122,6 +117,52 @@ def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
     same_run = output_dir.resolve() in path.resolve().parents
     log.info("resuming from %s (step %d)%s", path, step, "" if same_run else " into a new folder")
     return ResumePlan(str(path), step, same_run)
+
+
+def _extension(cfg: DictConfig, output_dir: Path, done: dict) -> Path | None:
+    """``last.ckpt`` of a finished run when ``trainer.max_steps`` asks for more steps than it
+    trained (the run is continued there, its ``finished.json`` kept as
+    ``finished-step<N>.json``); None when there is nothing left to do."""
+    last = output_dir / "checkpoints" / LAST
+    wanted = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    step = checkpoint_step(last) if last.is_file() else None
+    if step is None or wanted is None or int(wanted) <= step:
+        log.warning(
+            "resume=true: run %s finished at %s%s: nothing to do (%s)",
+            output_dir,
+            done.get("finished_at", "?"),
+            "" if step is None else f", step {step} (trainer.max_steps={wanted})",
+            "a larger trainer.max_steps continues it; a new sweep_name starts a new sweep"
+            if in_multirun()
+            else "a larger trainer.max_steps continues it; resume=false or a new run_name starts "
+            "a new run",
+        )
+        return None
+    horizon = OmegaConf.select(cfg, "framework.poly_horizon", default=None)
+    power = float(OmegaConf.select(cfg, "framework.poly_power", default=0.9) or 0.9)
+    if horizon is None:
+        factor = (1.0 - step / int(wanted)) ** power
+        schedule = (
+            f"the poly learning-rate schedule decays over the new trainer.max_steps={wanted}: "
+            f"from step {step} the lr is {factor:.3g} x the base lr (it was near 0 at the end of "
+            f"the finished run), so the result differs from a {wanted}-step run trained from the "
+            "start"
+        )
+    else:
+        schedule = f"the poly schedule keeps its horizon framework.poly_horizon={horizon}"
+    log.warning(
+        "resume=true trainer.max_steps=%s: run %s finished at step %d; continuing it from %s to "
+        "step %s (%s). The best checkpoint is chosen over the whole run and tested again.",
+        wanted,
+        output_dir,
+        step,
+        last,
+        wanted,
+        schedule,
+    )
+    finished = output_dir / FINISHED
+    os.replace(finished, output_dir / f"finished-step{step}.json")
+    return last
 
 
 def set_aside_orphans(checkpoints_dir: Path, resume_ckpt: str | Path) -> list[Path]:
