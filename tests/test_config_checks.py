@@ -220,3 +220,16 @@ def test_magicnet_cube_patch_is_checked_before_the_model_is_built(tmp_path):
     assert "multiples of 48" in text and "data.module.patch_size=[48,48,48]" in text
     text = _error(tmp_path, "experiment=amos_magicnet", "data.module.patch_size=[48,48,48]")
     assert "at least 96" in text and "InstanceNorm" in text and "batchnorm allows 48" in text
+
+
+def test_a_labeled_ratio_beside_a_split_file_is_refused(tmp_path):
+    """data.module.labeled_ratio=0.2 on AMOS trained the 5 % split file's cases in a run named
+    amos_cps_5p; a drawn split keeps the file's name only if renamed."""
+    text = _error(tmp_path, "experiment=amos_cps", "data.module.labeled_ratio=0.2")
+    assert "data.module.labeled_ratio=0.2 would be ignored" in text
+    assert "data.labeled=10p|2p|5p|full" in text and "data.module.split_file=null" in text
+    drawn = ["experiment=amos_cps", "data.module.split_file=null", "data.module.labeled_ratio=0.2"]
+    assert "the run would be named after 5p" in _error(tmp_path, *drawn)
+    cfg = _cfg(tmp_path, *drawn, "data.labeled=r20")
+    validate_config(cfg)
+    assert cfg.experiment_name == "amos_cps_r20"

@@ -260,9 +260,45 @@ def _check_cubes(c: _Checker) -> None:
     )
 
 
+def _check_split_keys(c: _Checker) -> None:
+    """A split file fixes the labeled cases: ``labeled_ratio`` / ``num_labeled`` beside it would
+    be ignored without a word, and the run named after the file (``amos_cps_5p``) would not say
+    what the user asked for."""
+    split_file = c.get("data.module.split_file")
+    drawn = {
+        key: c.get(f"data.module.{key}")
+        for key in ("labeled_ratio", "num_labeled")
+        if c.get(f"data.module.{key}") not in (None, _MISSING)
+    }
+    tag = c.get("data.labeled")
+    if split_file not in (None, _MISSING) and drawn:
+        given = ", ".join(f"data.module.{k}={_show(v)}" for k, v in drawn.items())
+        folder = Path(str(split_file)).parent
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        choice = f"data.labeled={'|'.join(names)}" if names and tag is not _MISSING else None
+        c.problems.append(
+            f"{given} would be ignored: data.module.split_file={split_file} fixes the labeled "
+            "cases. Fix: "
+            + (f"pick a split file with {choice}, or " if choice else "")
+            + "draw the split with data.module.split_file=null"
+            + (" and name it with data.labeled=<name> (it names the run)" if choice else "")
+        )
+    elif split_file is None and tag not in (None, _MISSING) and drawn:
+        split_dir = project_root() / "conf" / "data" / "splits" / str(c.get("data.name"))
+        if (split_dir / f"{tag}.json").is_file():
+            given = ", ".join(f"data.module.{k}={_show(v)}" for k, v in drawn.items())
+            c.problems.append(
+                f"data.labeled={tag} names the split file {split_dir / f'{tag}.json'}, but the "
+                f"split is drawn ({given}, data.module.split_file=null): the run would be named "
+                f"after {tag}. Fix: data.labeled=<a name for this split> (e.g. "
+                f"data.labeled=drawn{drawn.get('num_labeled') or drawn.get('labeled_ratio')})"
+            )
+
+
 def _check_data(c: _Checker) -> None:
     _check_patch(c, "data.module.patch_size")
     _check_cubes(c)
+    _check_split_keys(c)
     c.integer("data.module.labeled_bs", allow_null=False, example=2)
     c.integer("data.module.unlabeled_bs", minimum=0, allow_null=False, example=2)
     c.integer("data.module.iters_per_epoch", allow_null=False, example=100)
