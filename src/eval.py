@@ -10,6 +10,7 @@ from dotenv import load_dotenv
 from omegaconf import DictConfig
 
 from scdl.utils.config import project_root, register_resolvers
+from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 load_dotenv(project_root() / ".env")  # WANDB_API_KEY, ...
@@ -26,4 +27,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_command_line()  # unquoted paths, missing plugins: the fix, before Hydra fails
     main()

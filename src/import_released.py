@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from scdl.utils.config import register_resolvers
+from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()
@@ -22,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_command_line()  # unquoted paths, missing plugins: the fix, before Hydra fails
     main()

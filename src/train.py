@@ -7,7 +7,7 @@ from dotenv import load_dotenv
 from omegaconf import DictConfig
 
 from scdl.utils.config import project_root, register_resolvers
-from scdl.utils.config_checks import exit_if_missing_hydra_plugins
+from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 load_dotenv(project_root() / ".env")  # secrets (WANDB_API_KEY, ...) never live in configs
@@ -25,6 +25,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    # Hydra fails on a missing launcher / sweeper plugin before main(): name the extra to install
-    exit_if_missing_hydra_plugins()
+    # Hydra fails on unquoted paths and missing launcher / sweeper plugins before main(): say how
+    exit_on_bad_command_line()
     main()

@@ -339,3 +339,15 @@ def test_cli_user_errors_print_no_traceback(nnunet, tmp_path):
     )
     assert rc == 0 and "passed: 0 error(s)" in out, out[-2000:]
     assert not any(tmp_path.glob("*.log"))
+
+
+def test_hidden_macos_copies_are_not_taken_for_scans_or_predictions(tmp_path):
+    from scdl.evaluation.folder import list_label_maps
+    from scdl.evaluation.predict import list_inputs
+
+    scan = tmp_path / "a_0000.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int16), np.eye(4)), str(scan))
+    (tmp_path / "._a_0000.nii.gz").write_bytes(b"\0" * 64)
+    (tmp_path / "notes.txt").write_text("x")
+    assert list_inputs(tmp_path) == [scan]
+    assert list(list_label_maps(tmp_path)) == ["a_0000"]

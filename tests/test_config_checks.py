@@ -233,3 +233,22 @@ def test_a_labeled_ratio_beside_a_split_file_is_refused(tmp_path):
     cfg = _cfg(tmp_path, *drawn, "data.labeled=r20")
     validate_config(cfg)
     assert cfg.experiment_name == "amos_cps_r20"
+
+
+def test_unquoted_paths_with_spaces_or_non_ascii_are_named_with_the_quoting(tmp_path):
+    """Hydra's grammar fails on them with LexerNoViableAltException; the entry points say how to
+    quote before Hydra parses the command line."""
+    from scdl.utils.config_checks import unquoted_values
+
+    msgs = unquoted_values(["data.root=/data/my scans", "data.root=/data/ü", "x=[1, 2]"])
+    assert len(msgs) == 2
+    assert "\"data.root='/data/my scans'\"" in msgs[0] and "non-ASCII" in msgs[1]
+    assert unquoted_values(["data.root='/data/my scans'", "seed=1", "-m"]) == []
+    res = subprocess.run(
+        [sys.executable, str(project_root() / "src" / "check_data.py"), "data.root=/a b"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "Write it as \"data.root='/a b'\"" in res.stderr
+    assert "Traceback" not in res.stderr and "Lexer" not in res.stderr

@@ -41,13 +41,13 @@ def _case_name(path: Path) -> str | None:
 
 def list_label_maps(folder: str | Path) -> dict[str, Path]:
     """Case name (file name without ``.nii.gz`` / ``.nii``) -> file, for the NIfTI files directly
-    inside ``folder``."""
+    inside ``folder`` (hidden files such as macOS ``._*`` copies skipped)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputFileError(f"not a folder: {root}")
     found: dict[str, Path] = {}
     for p in sorted(root.iterdir()):
-        name = _case_name(p) if p.is_file() else None
+        name = _case_name(p) if p.is_file() and not p.name.startswith(".") else None
         if name is None:
             continue
         if name in found:

@@ -185,14 +185,17 @@ def nifti_stem(path: str | Path) -> str:
 
 
 def list_inputs(source: str | Path) -> list[Path]:
-    """One NIfTI file, or every ``*.nii.gz`` / ``*.nii`` directly inside a folder (sorted)."""
+    """One NIfTI file, or every ``*.nii.gz`` / ``*.nii`` directly inside a folder (sorted; hidden
+    files such as macOS ``._*`` copies are skipped, other files named in a warning)."""
     src = Path(source).expanduser()
     if src.is_file():
         return [src]
     if src.is_dir():
-        files = sorted(
-            p for p in src.iterdir() if p.is_file() and p.name.endswith(NIFTI_EXTENSIONS)
-        )
+        visible = [p for p in sorted(src.iterdir()) if not p.name.startswith(".")]
+        files = [p for p in visible if p.is_file() and p.name.endswith(NIFTI_EXTENSIONS)]
+        skipped = [p.name for p in visible if p not in files]
+        if skipped:
+            log.warning("%s: not NIfTI, not read: %s", src, ", ".join(skipped[:10]))
         if not files:
             raise InputFileError(f"no .nii.gz / .nii files in {src}")
         stems = [nifti_stem(f) for f in files]

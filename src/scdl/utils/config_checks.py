@@ -10,7 +10,8 @@ instead of a traceback from deep inside the data module or the optimiser. The er
 
 :func:`missing_hydra_plugins` covers what Hydra itself fails on before any of our code runs: a
 launcher / sweeper whose plugin package is not installed (``src/train.py`` calls
-:func:`exit_if_missing_hydra_plugins` before ``main()``).
+:func:`exit_on_bad_command_line` before ``main()``, which also names unquoted values with spaces or
+non-ASCII characters).
 
 Only omegaconf / hydra.errors are imported at module level: no torch, no lightning. The patch check
 imports the class of ``model._target_`` (not the network: nothing is built) to read its
@@ -589,6 +590,37 @@ def exit_if_missing_hydra_plugins(argv: Sequence[str] | None = None) -> None:
     """Prints the install hint and exits with status 2 when a selected plugin is missing (Hydra
     would otherwise fail with ``Could not find 'hydra/launcher/submitit_slurm'``)."""
     messages = missing_hydra_plugins(argv)
+    if messages:
+        for msg in messages:
+            print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def unquoted_values(argv: Sequence[str] | None = None) -> list[str]:
+    """Messages for overrides whose value holds spaces or non-ASCII characters without quotes:
+    Hydra's override grammar fails on them with ``LexerNoViableAltException``."""
+    argv = sys.argv[1:] if argv is None else argv
+    messages = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        if not value or value[0] in "'\"" or value.startswith(("[", "{", "${")):
+            continue
+        if any(ch.isspace() or ord(ch) > 127 for ch in value):
+            messages.append(
+                f"{key}={value}: a value with spaces or non-ASCII characters must be quoted for "
+                f"Hydra. Write it as \"{key}='{value}'\" (double quotes for the shell, single "
+                "quotes for Hydra)"
+            )
+    return messages
+
+
+def exit_on_bad_command_line(argv: Sequence[str] | None = None) -> None:
+    """What Hydra fails on before any of our code runs, said with the fix: unquoted values with
+    spaces or non-ASCII characters, and launcher / sweeper plugins that are not installed. Prints
+    the messages and exits with status 2."""
+    messages = unquoted_values(argv) + missing_hydra_plugins(argv)
     if messages:
         for msg in messages:
             print(f"error: {msg}", file=sys.stderr)
