@@ -421,8 +421,15 @@ def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypa
     assert any(m.startswith("images/paper_table/per_class_figure") for m in media)
     for method in ("Mean teacher", "Mean teacher + SCDL"):  # a bar chart (its table) per method
         assert any(m.startswith(f"table/paper_table/per_class/{method}_table") for m in media)
-    # the bar-chart panels are declared in the run's config, inside the offline .wandb file
+    # the bar-chart panels are declared in the run's config, inside the offline .wandb file, which
+    # W&B's writer process may still be flushing when finish() returns (seen under load: only the
+    # 7-byte header): wait for it
     (record,) = run.glob("run-*.wandb")
+    deadline = time.time() + 30
+    while time.time() < deadline and b"paired/Mean teacher + SCDL/dice_diff" not in (
+        record.read_bytes()
+    ):
+        time.sleep(0.5)
     assert b"paper_table/avg_dice" in record.read_bytes()
     assert any(m.startswith("table/paper_table/paired_") for m in media)  # paired statistics
     assert b"paired/Mean teacher + SCDL/dice_diff" in record.read_bytes()
