@@ -455,9 +455,15 @@ def test_run_config_of_a_run_without_paths_loads(tmp_path):
 
 
 # --- a sweep checks every job before the first trains; a failed job leaves the table of the rest ---
-def _multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _multirun(
+    cache: Path, tmp_path: Path, *overrides: str, drop: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``train.py -m`` on the tiny phantom with ``overrides`` (the tiny ones starting with a
+    prefix in ``drop`` left out), logs under ``tmp_path/logs``."""
+    tiny = [o for o in tiny_train_overrides(cache, tmp_path) if not o.startswith(("paths.", *drop))]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    cmd = [sys.executable, str(ROOT / "src" / "train.py"), "-m", *overrides]
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), "-m", *tiny, *overrides]
+    cmd.append(f"paths.log_dir={tmp_path}/logs")
     return subprocess.run(
         cmd, env={**env, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=600
     )
@@ -466,19 +472,17 @@ def _multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_a_sweep_with_one_bad_job_config_starts_no_job(phantom_cache, tmp_path):
     """GA-MagicNet cannot take a 32^3 patch: the sweep stops before job #0 trains (it trained
     every job before the bad one, then stopped)."""
-    tiny = [o for o in tiny_train_overrides(phantom_cache, tmp_path) if not o.startswith("paths.")]
     res = _multirun(
+        phantom_cache,
         tmp_path,
         "experiment=phantom_mt,phantom_magicnet",
-        *tiny,
-        f"paths.log_dir={tmp_path}/logs",
         "data.module.patch_size=[32,32,32]",
         "sweep_name=bad",
     )
     out = res.stdout + res.stderr
     assert res.returncode == 1 and "Traceback" not in out, out[-3000:]
     assert "1 of 2 sweep jobs have config errors; nothing was started" in out
-    assert "job #1 (experiment=phantom_magicnet" in out and "multiples of 48" in out
+    assert re.search(r"job #1 \(.*experiment=phantom_magicnet", out) and "multiples of 48" in out
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
@@ -486,17 +490,16 @@ def test_a_sweep_with_one_bad_job_config_starts_no_job(phantom_cache, tmp_path):
 def test_a_failed_job_leaves_the_paper_table_of_the_finished_ones(phantom_cache, tmp_path):
     """The second job fails at run time (99 labeled cases of a 6-case data set): the first job's
     row is in paper_table.md although Hydra stops before on_multirun_end."""
-    tiny = [o for o in tiny_train_overrides(phantom_cache, tmp_path) if not o.startswith("paths.")]
     res = _multirun(
+        phantom_cache,
         tmp_path,
         "experiment=phantom_mt",
-        *[o for o in tiny if not o.startswith("data.module.num_labeled")],
-        f"paths.log_dir={tmp_path}/logs",
         "data.module.num_labeled=2,99",
         "trainer.max_steps=2",
         "sweep_name=partial",
         "post_eval=[paper]",
         "+hydra.callbacks.paper_table._target_=scdl.sweeps.PaperTable",
+        drop=("data.module.num_labeled",),
     )
     assert res.returncode == 1, (res.stdout + res.stderr)[-3000:]
     table = tmp_path / "logs" / "debug" / "multiruns" / "partial" / "paper_table.md"
