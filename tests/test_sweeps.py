@@ -196,6 +196,7 @@ def test_sweep_gpus_from_list_count_or_the_shell(monkeypatch):
     from scdl.utils.hardware import ALL_GPUS_ENV, sweep_gpus
 
     monkeypatch.delenv(ALL_GPUS_ENV, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert sweep_gpus([0, 2]) == ["0", "2"]
     monkeypatch.delenv(ALL_GPUS_ENV)
     assert sweep_gpus(3) == ["0", "1", "2"]
@@ -205,6 +206,25 @@ def test_sweep_gpus_from_list_count_or_the_shell(monkeypatch):
     # a reused worker whose CUDA_VISIBLE_DEVICES was narrowed by its first job keeps the full list
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
     assert sweep_gpus("auto") == ["4", "5"]
+
+
+def test_explicit_job_gpus_index_the_gpus_the_shell_makes_visible(monkeypatch):
+    """job_gpus=[0,2] under CUDA_VISIBLE_DEVICES=4,5,6,7 (a SLURM allocation, a shared node) is
+    GPUs 4 and 6; it was 0 and 2, GPUs of someone else."""
+    from scdl.utils.errors import InputError
+    from scdl.utils.hardware import ALL_GPUS_ENV, sweep_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    for job_gpus, expected in (
+        ([0, 2], ["4", "6"]),
+        (2, ["4", "5"]),
+        ("auto", ["4", "5", "6", "7"]),
+    ):
+        monkeypatch.delenv(ALL_GPUS_ENV, raising=False)
+        assert sweep_gpus(job_gpus) == expected, job_gpus
+    monkeypatch.delenv(ALL_GPUS_ENV, raising=False)
+    with pytest.raises(InputError, match=r"job_gpus=\[4, 6\]: \[4, 6\] beyond the 4 GPUs"):
+        sweep_gpus([4, 6])
 
 
 _CLAIM = """

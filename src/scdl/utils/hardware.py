@@ -90,23 +90,40 @@ ALL_GPUS_ENV = "SCDL_SWEEP_GPUS"  # the GPUs of the whole sweep, remembered acro
 
 
 def sweep_gpus(job_gpus: str | list | int) -> list[str]:
-    """The GPU ids a sweep distributes over: an explicit list (``[0,1,2,3]``), a count (``4``),
-    or ``auto``: the launching shell's ``CUDA_VISIBLE_DEVICES``, else every GPU the driver lists
-    (``/proc/driver/nvidia/gpus``). Never initialises CUDA (that would freeze the visible set)."""
+    """The GPU ids a sweep distributes over: a count (``4``: the first 4), a list of indices
+    (``[0,2]``), or ``auto``: every GPU this process may use. Counts and indices refer to the GPUs
+    the launching shell makes visible: with ``CUDA_VISIBLE_DEVICES=4,5,6,7`` inherited,
+    ``job_gpus=[0,2]`` is GPUs 4 and 6 (an index beyond that list is refused). Without
+    ``CUDA_VISIBLE_DEVICES`` they are the driver's GPUs (``/proc/driver/nvidia/gpus``). Never
+    initialises CUDA (that would freeze the visible set)."""
     remembered = os.environ.get(ALL_GPUS_ENV)
     if remembered:  # a reused joblib worker: its own CUDA_VISIBLE_DEVICES was narrowed already
         return remembered.split(",")
-    if isinstance(job_gpus, int) and not isinstance(job_gpus, bool):
-        gpus = [str(i) for i in range(job_gpus)]
-    elif str(job_gpus) == "auto":
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [
+        g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()
+    ]
+    if str(job_gpus) == "auto":
         if visible:
-            gpus = [g.strip() for g in visible.split(",") if g.strip()]
+            gpus = visible
         else:
             drv = Path("/proc/driver/nvidia/gpus")
             gpus = [str(i) for i in range(len(list(drv.iterdir())))] if drv.is_dir() else []
     else:
-        gpus = [str(g) for g in job_gpus]
+        count = isinstance(job_gpus, int) and not isinstance(job_gpus, bool)
+        indices = list(range(job_gpus)) if count else list(job_gpus)
+        if visible:
+            bad = [i for i in indices if not (str(i).isdigit() and int(i) < len(visible))]
+            if bad:
+                from scdl.utils.errors import InputError
+
+                raise InputError(
+                    f"job_gpus={job_gpus}: {bad} beyond the {len(visible)} GPUs the shell makes "
+                    f"visible (CUDA_VISIBLE_DEVICES={','.join(visible)}); job_gpus counts or "
+                    f"indexes that list (0..{len(visible) - 1}), or use job_gpus=auto"
+                )
+            gpus = [visible[int(i)] for i in indices]
+        else:
+            gpus = [str(i) for i in indices]
     os.environ[ALL_GPUS_ENV] = ",".join(gpus)
     return gpus
 
