@@ -107,3 +107,39 @@ class ScriptedScore(Callback):
             return original(name, value, *args, **kwargs)
 
         pl_module.log = log
+
+
+class RankProbe(Callback):
+    """Writes ``<folder>/rank<r>.json`` at the end of training: per training step, a digest of the
+    labeled patches and of the torch / numpy random states at the step's start (what the noise,
+    the SCDL samples and dropout are drawn from)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.steps: list[dict] = []
+
+    @staticmethod
+    def _digest(data: bytes) -> str:
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import numpy as np
+
+        self.steps.append(
+            {
+                "step": trainer.global_step,
+                "patches": self._digest(batch["labeled"]["image"].numpy().tobytes()),
+                "torch_rng": self._digest(torch.get_rng_state().numpy().tobytes()),
+                "numpy_rng": self._digest(np.random.get_state()[1].tobytes()),  # noqa: NPY002
+            }
+        )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+        from pathlib import Path
+
+        path = Path(self.folder) / f"rank{trainer.global_rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.steps))

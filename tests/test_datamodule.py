@@ -73,12 +73,15 @@ def test_class_balanced_sampling_oversamples_small_organs(phantom_cache):
 
 
 def test_crop_streams_differ_between_ranks(phantom_cache, monkeypatch):
+    """The rank is the dataset's (set from the trainer), whatever the environment says."""
     case = load_cached_case(phantom_cache, "phantom_000")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("SLURM_PROCID", "0")
 
     def draw(rank, positions=range(5)):
-        monkeypatch.setenv("RANK", str(rank))
         torch.manual_seed(0)
         ds = PatchDataset([case], (32, 32, 32), length=5)
+        ds.rank = rank
         return torch.stack([ds[i]["image"] for i in positions])
 
     assert torch.equal(draw(0), draw(0))  # reproducible

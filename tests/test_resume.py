@@ -289,3 +289,17 @@ def test_resume_with_a_larger_max_steps_continues_a_finished_run(phantom_cache, 
     assert "test/dice" in json.loads((run / "finished.json").read_text())["metrics"]
     train_steps = [int(r["step"]) for r in _rows(run) if r.get("train/loss")]
     assert train_steps == list(range(6)), train_steps
+
+
+def test_prediction_leaves_the_random_streams_alone():
+    """Validation ran the SCDL plug-in, which drew from the global stream: a run resumed from the
+    checkpoint written right before a validation then drew other noise than the uninterrupted run
+    (tests/test_ddp.py resumes such a checkpoint on 2 ranks)."""
+    from test_step_pin import _module
+
+    module = _module("mean_teacher", "head").eval()
+    image = torch.randn(1, 1, 24, 24, 24)
+    before = torch.get_rng_state()
+    probs = module.predict_volume(image)
+    assert probs.shape == (1, 4, 24, 24, 24)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -72,6 +72,13 @@ class ProxyEmbeddingPlot(L.Callback):
             return
         if trainer.current_epoch % self.every_n_epochs:
             return
+        # SCDL samples proxies from the global stream, on rank 0 only: a figure must not move the
+        # training's random numbers (a resumed run and the other ranks would drift from it)
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._plot(trainer, pl_module)
+
+    def _plot(self, trainer, pl_module) -> None:
         plugin = pl_module.plugin  # an SCDLPlugin (checked in on_validation_batch_end)
         roi = pl_module.inference_cfg.roi_size
         image = centre_crop(self._batch["image"], roi).to(pl_module.device)

@@ -19,7 +19,6 @@ it: the data module saves the number of batches consumed and the stream seed in 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -34,13 +33,6 @@ from scdl.data.prepare import CachedCase, load_cached_case, read_index
 from scdl.data.splits import Split, load_split_file, make_split
 
 Sampling = Literal["uniform", "class_balanced"]
-
-
-def _global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 def pad_to_min_size(
@@ -62,7 +54,9 @@ class PatchDataset(Dataset):
     Item ``p`` (any integer >= 0) comes from case ``perm[p % length] % #cases``, with ``perm`` a
     permutation of ``range(length)`` seeded by ``(seed, rank, p // length)``, so every block of
     ``length`` positions visits the cases equally often; its crop is drawn with an RNG seeded by
-    ``(seed, rank, p)``. ``seed`` None: ``torch.initial_seed()`` at the first item.
+    ``(seed, rank, p)``. ``seed`` None: ``torch.initial_seed()`` at the first item. ``rank`` is set
+    by the data module from the trainer (the global rank), never read from environment variables:
+    inside ``srun --pty bash`` every rank inherits ``SLURM_PROCID=0``.
 
     Args:
         cases: cached cases (labels required when ``with_label``).
@@ -93,6 +87,7 @@ class PatchDataset(Dataset):
             raise ValueError(f"unknown sampling {sampling!r}; expected uniform|class_balanced")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.length = int(length)
+        self.rank = 0  # the global rank of the process reading it (SemiSupervisedDataModule)
         self.with_label = with_label
         self.sampling = sampling if with_label else "uniform"
         self.items: list[dict] = []
@@ -151,7 +146,7 @@ class PatchDataset(Dataset):
     def _entropy(self, *keys: int) -> list[int]:
         if self.seed is None:
             self.seed = torch.initial_seed() % 2**32
-        return [int(self.seed), _global_rank(), *keys]
+        return [int(self.seed), int(self.rank), *keys]
 
     def case_index(self, position: int) -> int:
         """Which case stream position ``position`` crops."""
@@ -388,7 +383,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
     def _stream_loader(self, dataset: PatchDataset, batch_size: int) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        dataset.seed = self.stream_seed
+        dataset.seed, dataset.rank = self.stream_seed, rank
         sampler = PatchStreamSampler(dataset, world, rank, start=self.resume_batches * batch_size)
         return _StreamLoader(
             dataset,

@@ -96,6 +96,7 @@ class SemiSupervisedModule(L.LightningModule):
         self.nonfinite_steps = 0  # skipped steps in total (restored on resume)
         self._consecutive_nonfinite = 0
         self._step_skipped = False
+        self._rng_restored = False  # on_load_checkpoint restored this rank's random streams
         self._last_logs: dict = {}
         self.plugin: FrameworkPlugin | None = None
         # the resolved run config (plain values: model, plug-in, data classes and protocol,
@@ -287,16 +288,45 @@ class SemiSupervisedModule(L.LightningModule):
             # global_step is incremented after this hook: it is still this step's index
             self.after_optimizer_step(self.global_step)
 
+    def on_train_start(self) -> None:
+        """Under DDP every rank was seeded alike, which gives every rank the same initial weights;
+        from here each rank draws its own random numbers (teacher noise, SCDL samples, dropout,
+        cube permutations): rank r > 0 reseeds its streams from (seed, r) and rank 0 keeps its own,
+        so a one-process run is unchanged. A resumed run has restored each rank's own streams."""
+        trainer = self.trainer
+        if trainer.world_size > 1 and not self._rng_restored:
+            seed_rank_streams(trainer.global_rank)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
         if self.run_config is not None:  # a checkpoint copied anywhere evaluates on its own
             checkpoint["run_config"] = self.run_config
         checkpoint["rng_states"] = rng_states()
+        # every rank dumps the checkpoint (rank 0 writes it): keep each rank's streams
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, checkpoint["rng_states"])
+            checkpoint["rng_states_per_rank"] = gathered
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
-        if "rng_states" in checkpoint:  # a resumed run continues the random streams
+        trainer = self._trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        per_rank = checkpoint.get("rng_states_per_rank")
+        if per_rank and len(per_rank) == world:  # a resumed run continues each rank's streams
+            set_rng_states(per_rank[rank])
+            self._rng_restored = True
+        elif "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+            self._rng_restored = world == 1
+            if world > 1:
+                log.warning(
+                    "the checkpoint holds the random streams of %s, not of these %d ranks: each "
+                    "rank reseeds its own (the resumed run is not bitwise that of an uninterrupted "
+                    "one)",
+                    f"{len(per_rank)} ranks" if per_rank else "one process",
+                    world,
+                )
 
     @property
     def base_lr(self) -> float | None:
@@ -314,10 +344,17 @@ class SemiSupervisedModule(L.LightningModule):
                         conv.to(memory_format=torch.channels_last_3d)
 
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
-        """Whole volume (B, 1, X, Y, Z) -> class probabilities (B, C, X, Y, Z)."""
-        return sliding_window_probs(
-            lambda x: self.segment(self.to_memory_format(x)), image, self.inference_cfg
-        )
+        """Whole volume (B, 1, X, Y, Z) -> class probabilities (B, C, X, Y, Z).
+
+        Leaves the random streams as it found them (a plug-in may sample while predicting):
+        validation must not move the training's random numbers, or a run resumed from the
+        checkpoint written before a validation would draw other noise than the uninterrupted run.
+        """
+        devices = [image.device] if image.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return sliding_window_probs(
+                lambda x: self.segment(self.to_memory_format(x)), image, self.inference_cfg
+            )
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -407,6 +444,17 @@ def rng_states() -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
+
+
+def seed_rank_streams(rank: int) -> None:
+    """Reseeds the torch (CPU and CUDA), numpy and Python random streams of DDP rank ``rank`` > 0
+    from ``(torch.initial_seed(), rank)``; rank 0 keeps its streams."""
+    if rank == 0:
+        return
+    seed = int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - the global stream the frameworks draw from
+    random.seed(seed)
 
 
 def set_rng_states(states: dict) -> None:
