@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scdl.utils.distributed import all_reduce_sum
+
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Voxel count per class of an integer label map of any shape; values outside
@@ -18,6 +20,28 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     flat = labels.reshape(-1).long()
     flat = flat[(flat >= 0) & (flat < num_classes)]
     return torch.bincount(flat, minlength=num_classes).double()
+
+
+def dice_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class ``(tp, |pred|, |target|)`` voxel counts, int64 ``(3, C)``, of two integer label
+    maps of the same shape; voxels whose target is outside ``[0, C)`` are skipped. Counts add up
+    over batches and DDP ranks (:func:`hard_batch_dice` of the sum is the Dice of the union)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)  # drop ignore labels
+    pred, target = pred[keep], target[keep]
+    tp = torch.bincount(target[pred == target], minlength=num_classes)[:num_classes]
+    n_pred = torch.bincount(pred, minlength=num_classes)[:num_classes]
+    n_true = torch.bincount(target, minlength=num_classes)[:num_classes]
+    return torch.stack([tp, n_pred, n_true])
+
+
+def dice_from_counts(counts: torch.Tensor, smooth: float = 1e-8) -> torch.Tensor:
+    """DHC's hard Dice ``(C,)`` float32 from :func:`dice_counts` ``(3, C)``."""
+    tp, n_pred, n_true = counts.float()
+    # 2tp + fp + fn = |pred_c| + |true_c|
+    return (2 * tp + smooth) / (n_pred + n_true + smooth + 1e-8)
 
 
 def hard_batch_dice(
@@ -31,16 +55,7 @@ def hard_batch_dice(
     Shapes: ``pred`` and ``target`` integer label maps of the same shape, e.g. (B, X, Y, Z); voxels
     whose target is outside ``[0, C)`` are skipped. Returns float32 ``(C,)``.
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
-    keep = (target >= 0) & (target < num_classes)  # drop ignore labels
-    pred, target = pred[keep], target[keep]
-    tp = torch.bincount(target[pred == target], minlength=num_classes)[:num_classes].float()
-    n_pred = torch.bincount(pred, minlength=num_classes)[:num_classes].float()
-    n_true = torch.bincount(target, minlength=num_classes)[:num_classes].float()
-    # 2tp + fp + fn = |pred_c| + |true_c|
-    return (2 * tp + smooth) / (n_pred + n_true + smooth + 1e-8)
+    return dice_from_counts(dice_counts(pred, target, num_classes), smooth)
 
 
 class DistDW(nn.Module):
@@ -163,11 +178,13 @@ class DiffDW(nn.Module):
         """Update from a prediction and the labeled target; returns the new weights ``(C,)``.
 
         ``pred``: logits/probabilities (B, C, *S) (argmax over dim 1) or a label map (B, *S);
-        ``target``: integer label map (B, *S).
+        ``target``: integer label map (B, *S). Under DDP the Dice is that of all ranks' batches
+        (their counts are summed), so every rank makes the same update.
         """
         if pred.ndim == target.ndim + 1:
             pred = pred.argmax(dim=1)
-        return self.update_from_dice(hard_batch_dice(pred, target, self.num_classes))
+        counts = all_reduce_sum(dice_counts(pred, target, self.num_classes))
+        return self.update_from_dice(dice_from_counts(counts))
 
 
 class WeightedCEDiceLoss(nn.Module):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from scdl.losses.dhc import DiffDW, DistDW, WeightedCEDiceLoss, class_counts
+from scdl.utils.distributed import all_reduce_sum
 
 
 class DHCWeightedLoss(nn.Module):
@@ -58,14 +59,15 @@ class DHCWeightedLoss(nn.Module):
     def observe(self, labels: torch.Tensor) -> None:
         """Feeds extra label maps (e.g. pseudo-labels) to the distribution weighter."""
         if self.weighting == "distribution":
-            self.weighter.update(counts=class_counts(labels, self.num_classes))
+            self.weighter.update(counts=all_reduce_sum(class_counts(labels, self.num_classes)))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.weighting == "difficulty":
                 weights = self.weighter.update(logits.detach(), target)
             else:
-                weights = self.weighter.update(counts=class_counts(target, self.num_classes))
+                counts = all_reduce_sum(class_counts(target, self.num_classes))  # all ranks' batch
+                weights = self.weighter.update(counts=counts)
         return self.loss(logits, target, weights)
 
     @property

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from scdl.utils.distributed import all_reduce_sum
+
 
 class ClassFrequencyWeights(nn.Module):
     """Per-class blending weights from the histogram of recent pseudo-labels.
@@ -51,7 +53,8 @@ class ClassFrequencyWeights(nn.Module):
         """Adds the hard labels (any shape, values in [0, C)) to the pending counts and refreshes
         the histogram when ``iteration % update_every == 0``."""
         flat = pseudo_labels.detach().reshape(-1).long()
-        self.pending += torch.bincount(flat, minlength=self.num_classes).to(self.pending)
+        counts = torch.bincount(flat, minlength=self.num_classes)
+        self.pending += all_reduce_sum(counts).to(self.pending)  # DDP: every rank's pseudo-labels
         if iteration % self.update_every == 0 and self.pending.sum() > 0:
             self.counts.copy_(self.pending)
             self.pending.zero_()

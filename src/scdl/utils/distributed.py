@@ -1,0 +1,23 @@
+"""The few collective operations the losses need under DDP (no-ops in one process)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all DDP ranks (a new tensor; ``tensor`` itself in one process).
+
+    Statistics that stateful loss weights learn from (class counts, Dice counts) are summed over
+    the ranks before the update, so every rank updates from the global batch, as one process
+    with the whole batch would; DDP's buffer broadcast would otherwise overwrite every rank's
+    state with rank 0's, which saw only its own part of the batch."""
+    if not is_distributed() or torch.distributed.get_world_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total
