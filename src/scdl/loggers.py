@@ -25,6 +25,8 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from scdl.utils.files import create_once
+
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.csv"
@@ -129,10 +131,8 @@ def wandb_run_id(run_dir: str | Path) -> str:
     path = Path(run_dir) / "wandb_run_id"
     if path.is_file() and (run_id := path.read_text().strip()):
         return run_id
-    run_id = secrets.token_hex(4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n")
-    return run_id
+    # created once, atomically: ranks and requeued jobs starting together agree on one id
+    return create_once(path, secrets.token_hex(4) + "\n").strip()
 
 
 WANDB_TAG_MAX = 64  # W&B refuses longer tags

@@ -18,6 +18,7 @@ from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
 from scdl.resume import ResumePlan, in_multirun, mark_finished, plan_resume, set_aside_orphans
 from scdl.utils.config import instantiate_dict, wandb_mode
+from scdl.utils.distributed import launch_is_global_zero
 from scdl.utils.errors import InputError
 from scdl.utils.hardware import configure_cpu_math
 
@@ -90,10 +91,12 @@ def train(cfg: DictConfig) -> dict:
             Path(cfg.data.cache_dir), datamodule.split.labeled, module.num_classes, cfg.minority_k
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_split_file(datamodule.split, output_dir / "split.json")
+    zero = launch_is_global_zero()  # run-folder writes: one rank (all SLURM ranks start together)
+    if zero:
+        save_split_file(datamodule.split, output_dir / "split.json")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = {**resolved, "split": datamodule.split.to_dict()}
-    if plan.same_run:
+    if plan.same_run and zero:
         set_aside_orphans(output_dir / "checkpoints", plan.ckpt_path)
 
     callbacks = instantiate_dict(cfg.get("callbacks"))

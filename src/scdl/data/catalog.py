@@ -244,6 +244,29 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
     )
 
 
+def _wait_for_rank_zero(data_cfg: DictConfig, wait_s: float, poll_s: float = 5.0) -> Path:
+    """Polls until the cache that global rank 0 is preparing is complete (a barrier through the
+    file system: no process group exists before the trainer)."""
+    import time
+
+    cache = Path(data_cfg.cache_dir)
+    log.info("waiting for global rank 0 to prepare %s", cache)
+    start = last_note = time.monotonic()
+    while time.monotonic() - start < wait_s:
+        time.sleep(poll_s)
+        _, stale = _cache_state(data_cfg, report=False)
+        if not stale:
+            log.info("cache %s ready after %.0f s", cache, time.monotonic() - start)
+            return cache
+        if time.monotonic() - last_note > 300:
+            log.info("still waiting for rank 0 to prepare %s", cache)
+            last_note = time.monotonic()
+    raise DataNotFoundError(
+        f"{data_cfg.name}: rank 0 did not finish preparing {cache} within {wait_s:.0f} s. Prepare "
+        f"it once before launching the ranks: `python src/prepare_data.py data={data_cfg.name} ...`"
+    )
+
+
 def _read_index_or_none(cache: Path) -> dict | None:
     try:
         return read_index(cache)
@@ -293,24 +316,39 @@ def changed_raw_cases(data_cfg: DictConfig, index: dict) -> list[str]:
     ]
 
 
-def ensure_prepared(data_cfg: DictConfig) -> Path:
-    """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale
-    (another protocol, or raw files changed since they were preprocessed)."""
-    _require_root(data_cfg)
-    cache = Path(data_cfg.cache_dir)
-    index = _read_index_or_none(cache)
+def _cache_state(data_cfg: DictConfig, report: bool = True) -> tuple[dict | None, bool]:
+    """The cache index (None if missing) and whether the cache must be (re)written: another
+    protocol, or (with ``auto_prepare``) raw files changed since they were preprocessed."""
+    index = _read_index_or_none(Path(data_cfg.cache_dir))
     stale = not _written_with(index, data_cfg)
     if not stale and data_cfg.get("auto_prepare", False) and "protocol_hash" in index:
         changed = changed_raw_cases(data_cfg, index)
-        if changed:
+        if changed and report:
             log.warning(
                 "%d raw case(s) changed since they were preprocessed (%s): preprocessing them again",
                 len(changed),
                 ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else ""),
             )
-            stale = True
+        stale = bool(changed)
+    return index, stale
+
+
+def ensure_prepared(data_cfg: DictConfig, wait_s: float = 12 * 3600.0) -> Path:
+    """Prepares the cache when ``data.auto_prepare`` is set and the cache is missing or stale
+    (another protocol, or raw files changed since they were preprocessed).
+
+    Only global rank 0 prepares (:func:`scdl.utils.distributed.launch_is_global_zero`: ranks that
+    SLURM or torchrun start together would otherwise all write the same cache); the other ranks
+    wait up to ``wait_s`` for the cache rank 0 writes."""
+    from scdl.utils.distributed import launch_is_global_zero
+
+    _require_root(data_cfg)
+    cache = Path(data_cfg.cache_dir)
+    index, stale = _cache_state(data_cfg)
     if stale and data_cfg.get("auto_prepare", False):
-        return prepare_from_config(data_cfg)
+        if launch_is_global_zero():
+            return prepare_from_config(data_cfg)
+        return _wait_for_rank_zero(data_cfg, wait_s)
     if index is None:
         raise DataNotFoundError(
             f"{data_cfg.name}: no prepared cache at {cache} (index.json missing). Prepare it with "

@@ -218,15 +218,35 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
-def _remove_stale_tmp(cache: Path) -> None:
-    """Deletes ``.tmp-<pid>-*`` files left by killed runs (never those of a live process)."""
+def _remove_stale_tmp(cache: Path, max_age_s: float = 86400.0) -> None:
+    """Deletes ``.tmp-<pid>@<host>-*`` files left by killed runs: those of this machine whose
+    process is gone, and those of other machines older than ``max_age_s`` (a pid means nothing on
+    another node of a shared file system, where a live job may be writing)."""
+    import time
+
+    from scdl.utils.files import host_tag, tmp_owner
+
+    here = host_tag()
     for tmp in cache.glob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(tmp.name.split("-")[1])
-            os.kill(pid, 0)  # raises if no such process
-            if pid != os.getpid():
+        owner = tmp_owner(tmp.name)
+        if owner is None:
+            continue
+        pid, host = owner
+        if host is not None and host != here:
+            try:
+                old = time.time() - tmp.stat().st_mtime > max_age_s
+            except OSError:
                 continue
-        except (ValueError, IndexError, ProcessLookupError):
+            if old:
+                tmp.unlink(missing_ok=True)
+            continue
+        if pid == os.getpid():
+            tmp.unlink(missing_ok=True)
+            continue
+        try:
+            os.kill(pid, 0)  # raises if no such process
+            continue  # alive
+        except ProcessLookupError:
             pass
         except PermissionError:  # alive, owned by someone else
             continue

@@ -21,3 +21,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     total = tensor.detach().clone()
     torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
     return total
+
+
+def launch_is_global_zero() -> bool:
+    """Whether this process will be global rank 0, known before the trainer exists (preparing
+    the cache, setting checkpoints aside): from the launcher's variables, as Lightning's cluster
+    environments read them. SLURM (``srun``, detected as Lightning does: not inside ``srun --pty
+    bash``) sets ``SLURM_PROCID``; torchrun ``RANK``; Lightning's own launcher starts ranks > 0 with
+    ``LOCAL_RANK`` > 0, and other nodes with ``NODE_RANK`` > 0."""
+    import os
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect():
+        return int(os.environ.get("SLURM_PROCID", "0")) == 0
+    if TorchElasticEnvironment.detect():
+        return int(os.environ.get("RANK", "0")) == 0
+    return all(int(os.environ.get(var, "0") or 0) == 0 for var in ("LOCAL_RANK", "NODE_RANK"))
