@@ -199,6 +199,18 @@ def pin_job_gpu(cfg: DictConfig) -> None:
 def _log_precision(cfg: DictConfig) -> None:
     """Flushes denormals on CPU and logs the precision in use, and why, at start-up."""
     tcfg = cfg.trainer
+    if tcfg.get("accelerator") in ("gpu", "cuda"):
+        from scdl.utils.hardware import gpu_precision_choice
+
+        auto, precision = gpu_precision_choice(), str(tcfg.get("precision"))
+        log.info(
+            "GPU precision %s (%s)",
+            precision,
+            f"chosen for these GPUs: {auto.reason}"
+            if precision == auto.precision
+            else f"set by the config; these GPUs would get {auto.precision}: {auto.reason}",
+        )
+        return
     if tcfg.get("accelerator") != "cpu":
         return
     from scdl.utils.hardware import cpu_precision_choice

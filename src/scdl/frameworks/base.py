@@ -245,9 +245,12 @@ class SemiSupervisedModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A finite loss can still give NaN/Inf gradients (e.g. an overflow under bf16 autocast):
         then the step is skipped as well (gradients dropped, no parameter or EMA update) and
-        counted. Gradients are already all-reduced here, so every DDP rank decides alike. Under
-        fp16 mixed precision the GradScaler does this itself."""
-        if self._step_skipped or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        counted. Gradients are already all-reduced here, so every DDP rank decides alike.
+
+        Under fp16 mixed precision the gradients arrive unscaled, and the GradScaler skips the
+        optimiser step itself (and lowers its scale): the step is counted here alike, and the EMA
+        update skipped (:meth:`optimizer_step`)."""
+        if self._step_skipped:
             return
         grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
         grads = [g for g in grads if g is not None]
@@ -256,6 +259,14 @@ class SemiSupervisedModule(L.LightningModule):
         if not grads or bool(
             torch.isfinite(torch.stack([g.sum(dtype=torch.float64) for g in grads]).sum())
         ):
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self._skip_step(
+                f"non-finite gradients at step {self.global_step} (fp16 overflow: the GradScaler "
+                "skips the step and lowers its scale)",
+                "A few at the start are the scaler calibrating; if they persist use "
+                "trainer.precision=bf16-mixed (GPUs with bf16: A100, H100, ...) or 32-true.",
+            )
             return
         optimizer.zero_grad(set_to_none=True)  # optimisers skip parameters without a gradient
         self._skip_step(

@@ -23,7 +23,8 @@ def project_root() -> Path:
 
 def register_resolvers() -> None:
     """``${project_root:}``, ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs),
-    ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`)
+    ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`),
+    ``${gpu_precision:}`` (:func:`scdl.utils.hardware.gpu_precision_choice`)
     and ``${if_multirun:A,B}`` (A in a Hydra multirun job, else B: W&B run names and groups)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
@@ -35,6 +36,12 @@ def register_resolvers() -> None:
         )
         OmegaConf.register_new_resolver(
             "cpu_channels_last", lambda: cpu_precision_choice().channels_last, use_cache=True
+        )
+    if not OmegaConf.has_resolver("gpu_precision"):  # conf/trainer/gpu.yaml: by the GPUs' bf16
+        from scdl.utils.hardware import gpu_precision_choice
+
+        OmegaConf.register_new_resolver(
+            "gpu_precision", lambda: gpu_precision_choice().precision, use_cache=True
         )
     if not OmegaConf.has_resolver("if_multirun"):  # conf/logger/wandb.yaml: name and group
         OmegaConf.register_new_resolver("if_multirun", _if_multirun)

@@ -78,6 +78,44 @@ def cpu_precision_choice() -> PrecisionChoice:
     return PrecisionChoice("32-true", False, why)
 
 
+def gpu_compute_capabilities() -> list[float]:
+    """Compute capabilities of the GPUs this process may use (``nvidia-smi``; CUDA is not
+    initialised, so a sweep job can still pin its GPU afterwards); [] without NVIDIA GPUs."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    caps = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        index, _, cap = (part.strip() for part in line.partition(","))
+        try:
+            caps[index] = float(cap)
+        except ValueError:
+            continue
+    visible = [
+        g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()
+    ]
+    chosen = [caps[g] for g in visible if g in caps] if visible else list(caps.values())
+    return chosen or list(caps.values())
+
+
+@lru_cache(maxsize=1)
+def gpu_precision_choice() -> PrecisionChoice:
+    """``bf16-mixed`` on GPUs with native bf16 (compute capability 8.0+: A100, H100, H200, RTX 30xx
+    and later): no GradScaler, fp32's range; ``16-mixed`` (with a GradScaler, whose skipped steps
+    the framework counts) on older GPUs."""
+    caps = gpu_compute_capabilities()
+    if caps and min(caps) >= 8.0:
+        return PrecisionChoice("bf16-mixed", False, f"compute capability {min(caps):g} >= 8.0")
+    why = f"compute capability {min(caps):g} < 8.0" if caps else "no GPU compute capability found"
+    return PrecisionChoice("16-mixed", False, f"{why}: fp16 with a GradScaler")
+
+
 def configure_cpu_math(flush_denormal: bool = True) -> None:
     """Flushes denormal floats to zero on CPU (no effect on results that matter for training: values
     below 1e-38; 4x faster float32 convolutions where denormals occur)."""
