@@ -68,6 +68,13 @@ def test_ddp_two_cpu_processes(phantom_cache, tmp_path):
         json.loads((run_dir / "split.json").read_text())["test"]
     )
     assert len(results["per_case"]) == 2
+    # N ranks keep the 1-process cadence: debug=fast validates every 2 optimiser steps (it was
+    # every step: each rank drew iters_per_epoch / N batches per epoch)
+    import csv
+
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        val_steps = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("val/dice")})
+    assert val_steps == [1, 3], val_steps  # the CSV step of the validations after steps 2 and 4
     # every rank its own patches and random streams, at every step
     ranks = _probed(probe)
     assert len(ranks[0]) == len(ranks[1]) == 4

@@ -173,16 +173,21 @@ class PatchDataset(Dataset):
 
 
 class PatchStreamSampler(DistributedSampler):
-    """Stream positions of one rank: each epoch yields the next ``ceil(length / world_size)``
-    positions, starting at ``start`` (a resumed run's first epoch yields only its remainder).
+    """Stream positions of one rank: each epoch yields the next ``length`` positions of the
+    dataset (``iters_per_epoch`` batches), starting at ``start`` (a resumed run's first epoch
+    yields only its remainder).
 
-    A :class:`DistributedSampler` so that Lightning keeps it under DDP instead of wrapping it: the
-    rank is already part of the patch seeds (:class:`PatchDataset`).
+    Every rank draws a whole epoch of its own patches (the rank is part of the patch seeds,
+    :class:`PatchDataset`), so an epoch, and with it the validation cadence, is
+    ``iters_per_epoch`` optimiser steps whatever the number of ranks: N ranks train the same
+    recipe (steps, learning rate, ramp-ups, validation every ``iters_per_epoch`` steps) with an
+    N times larger batch. A :class:`DistributedSampler` so that Lightning keeps it under DDP
+    instead of wrapping it.
     """
 
     def __init__(self, dataset: PatchDataset, num_replicas: int = 1, rank: int = 0, start: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.per_epoch = -(-len(dataset) // num_replicas)
+        self.per_epoch = len(dataset)
         self.start = int(start)
 
     def __iter__(self):
