@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= phantom_scdl
 ARGS ?=
 
-.PHONY: help setup data train test test-all lint format bench clean-logs notebooks
+.PHONY: help setup data train test test-all lint format bench gpu-check clean-logs notebooks
 
 help:
 	@echo "make train      set up, generate the phantom, train + test experiment=$(EXPERIMENT)"
@@ -16,6 +16,7 @@ help:
 	@echo "make data       generate + preprocess the phantom data set only"
 	@echo "make lint       ruff check + format check"
 	@echo "make bench      benchmark suite (< 10 min on CPU; CUDA when present): table + bench/results/*.json"
+	@echo "make gpu-check  every framework 30 steps at 96^3 in bf16 / fp16 on a GPU (< 8 min): s/step, memory"
 	@echo "make notebooks  execute notebooks/*.ipynb into docs/notebooks/ (Markdown + figures)"
 
 $(STAMP): pyproject.toml
@@ -58,6 +59,10 @@ format: setup
 bench: data
 	# every figure with its target and verdict (README "Performance"); JSON in bench/results/
 	$(BIN)/python bench/suite.py $(ARGS)
+
+# on a GPU machine: s/step, patches/s, peak memory, scaler-skipped steps (bench/gpu_check.py)
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py $(ARGS)
 
 # SCDL_NOTEBOOK_* variables choose the inputs (see each notebook's first cell); NB="01_data" runs one
 notebooks: $(NB_STAMP)

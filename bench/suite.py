@@ -14,6 +14,9 @@ Sections (each in a subprocess of its own, so its peak memory is its own):
   forward + backward as the token grid and the proxy samples S grow.
 - ``data``: patches/s delivered by the training DataLoader (workers as configured) vs consumed by
   the step, on the phantom and on an AMOS-sized fixture (160 x 160 x 80, 16 classes): >= 2x.
+- ``prepare``: cases/s of checking + preprocessing CT-sized NIfTI fixtures (512 x 512 x 120 int16,
+  0.8 x 0.8 x 2.5 mm, to 1.5 x 1.5 x 2 mm) with 1 and with N worker processes
+  (``data.prepare_workers``), run alternately; the caches are compared byte for byte.
 - ``inference``: voxels/s of ``eval.py``'s path vs a direct MONAI ``sliding_window_inference``
   with the same model, window and overlap (ratio <= 1.05), and time against volume size.
 - ``flops``: achieved GFLOP/s of the backbone step (``torch.utils.flop_counter``) against the
@@ -44,7 +47,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SECTIONS = ("step", "lightning", "scdl", "data", "inference", "flops", "profile")
+SECTIONS = ("step", "lightning", "scdl", "data", "prepare", "inference", "flops", "profile")
 FRAMEWORKS = {  # experiment -> row name
     "phantom_scdl": "mean teacher + SCDL",
     "phantom_mt": "mean teacher (backbone only)",
@@ -167,18 +170,36 @@ def autocast(device: str, dtype: torch.dtype | None):
 
 
 def step_fn(module, batch, opt, device: str, dtype) -> Callable[[], None]:
+    """One training step as Lightning runs it: fp16 with a GradScaler (16-mixed), bf16 and
+    fp32 without."""
     state = {"i": 0}
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     def step() -> None:
         with autocast(device, dtype):
             loss = module.training_loss(batch, state["i"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         module.after_optimizer_step(state["i"])
         state["i"] += 1
 
     return step
+
+
+def training_math(device: str) -> None:
+    """The CUDA settings training runs with (scdl.training, conf/trainer/gpu.yaml): TF32 matmuls
+    and convolutions (``float32_matmul_precision("high")``; cuDNN allows TF32 by default) and cuDNN
+    autotuning (``benchmark: true``)."""
+    torch.set_float32_matmul_precision("high")
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def precisions(device: str) -> dict[str, tuple[torch.dtype | None, bool]]:
@@ -195,9 +216,12 @@ def precisions(device: str) -> dict[str, tuple[torch.dtype | None, bool]]:
 
 
 def machine_precision(device: str) -> str:
-    """The precision training uses on this machine (CPU: by native bf16; CUDA: fp16 as configured)."""
+    """The precision training uses on this machine (CPU: by native bf16; CUDA: bf16 on compute
+    capability 8.0+, else fp16, as ``trainer=gpu`` chooses)."""
     if device.startswith("cuda"):
-        return "fp16"
+        from scdl.utils.hardware import gpu_precision_choice
+
+        return "bf16" if gpu_precision_choice().precision.startswith("bf16") else "fp16"
     from scdl.utils.hardware import cpu_precision_choice
 
     c = cpu_precision_choice()
@@ -237,6 +261,13 @@ def section_step(args) -> dict:
             module, batch, opt, dev, None if extra else dtype
         )
     res.update(interleaved(others, args.repeats, 1, dev))
+    if dev.startswith("cuda"):  # the papers' patch as well (every framework: bench/gpu_check.py)
+        say(f"building phantom_scdl at 96^3 ({auto})")
+        module, batch, opt, _, _ = build(
+            "phantom_scdl", cl, dev, "data.module.patch_size=[96,96,96]"
+        )
+        paper = {f"phantom_scdl|{auto} 96^3": step_fn(module, batch, opt, dev, dtype)}
+        res.update(interleaved(paper, args.repeats, 1, dev))
     for key, s in res.items():
         exp, pname = key.split("|")
         out["rows"].append(
@@ -246,7 +277,7 @@ def section_step(args) -> dict:
                 "precision": pname,
                 "step_s": s,
                 "patches_per_s": 4 / s["median"],
-                "patch": patch,
+                "patch": [96, 96, 96] if pname.endswith("96^3") else patch,
             }
         )
     out["machine_precision"] = auto
@@ -461,6 +492,66 @@ def section_data(args) -> dict:
     return out
 
 
+def section_prepare(args) -> dict:
+    """Cases/s of prepare_dataset (checks + preprocessing) with 1 and N workers on CT-sized cases."""
+    import filecmp
+
+    import nibabel as nib
+    import numpy as np
+
+    from scdl.data.layouts import read_nnunet_raw
+    from scdl.data.prepare import PreprocessProtocol, prepare_dataset
+    from scdl.utils.parallel import available_cores
+
+    n_cases, shape = 8, (512, 512, 120)  # enough cases to amortise the workers' start-up
+    tmp = Path(tempfile.mkdtemp(prefix="scdl_bench_prepare_"))
+    root = tmp / "Dataset900_CT"
+    say(f"writing {n_cases} CT-sized cases ({'x'.join(map(str, shape))} int16 NIfTI)")
+    labels = {"background": 0, **{f"organ{i}": i for i in range(1, 5)}}
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "file_ending": ".nii.gz"})
+    )
+    rng = np.random.default_rng(0)
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    for i in range(n_cases):
+        image = rng.normal(40, 30, shape).astype(np.int16)
+        label = np.zeros(shape, np.uint8)
+        for k in range(1, 5):
+            lo = rng.integers(0, [s - s // 4 for s in shape])
+            label[tuple(slice(a, a + s // 4) for a, s in zip(lo, shape, strict=True))] = k
+        nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / f"ct_{i:03d}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / f"ct_{i:03d}.nii.gz"))
+    raw = read_nnunet_raw(root)
+    protocol = PreprocessProtocol(name="bench")
+    workers = max(2, min(available_cores(), n_cases))
+    times: dict[int, list[float]] = {1: [], workers: []}
+    for rep in range(1 if args.repeats < 3 else 2):
+        for w in (1, workers):  # alternately: load drifts hit both
+            cache = tmp / f"cache_w{w}_r{rep}"
+            t0 = time.perf_counter()
+            prepare_dataset(raw, protocol, cache, progress=False, workers=w)
+            times[w].append(time.perf_counter() - t0)
+            say(f"  {w} worker(s): {n_cases / times[w][-1]:.3f} cases/s")
+    serial, parallel = tmp / "cache_w1_r0", tmp / f"cache_w{workers}_r0"
+    same = all(
+        filecmp.cmp(serial / p.name, parallel / p.name, shallow=False) for p in serial.glob("*.npy")
+    )
+    rows = [
+        {"workers": w, "cases_per_s": n_cases / statistics.median(ts), "seconds": ts}
+        for w, ts in times.items()
+    ]
+    return {
+        "rows": rows,
+        "ratio": rows[1]["cases_per_s"] / rows[0]["cases_per_s"],
+        "identical": same,
+        "cases": n_cases,
+        "shape": list(shape),
+        "cores": available_cores(),
+    }
+
+
 def _consumed_at(patch: list[int], device: str) -> float:
     """Patches/s the mean-teacher + SCDL step consumes at ``patch`` (machine precision)."""
     auto = machine_precision(device)
@@ -577,7 +668,8 @@ def section_profile(args) -> dict:
         for _ in range(2):
             fn()
         sync(dev)
-    key = "self_cuda_time_total" if dev.startswith("cuda") else "self_cpu_time_total"
+    # torch 2.13: the device time is self_device_time_total (self_cuda_time_total is gone)
+    key = "self_device_time_total" if dev.startswith("cuda") else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events)
     rows = [
@@ -606,6 +698,7 @@ def run_section(name: str, args) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.device == "cpu":
         torch.set_flush_denormal(True)
+    training_math(args.device)  # the matmul peak and the steps with the same TF32 settings
     t0 = time.perf_counter()
     result = globals()[f"section_{name}"](args)
     result["seconds"] = time.perf_counter() - t0
@@ -762,6 +855,22 @@ def report(res: dict) -> str:
             L.append(
                 f"| {'x'.join(map(str, r['shape']))} | {fmt(r['ours_s'])} | {fmt(r['monai_s'])} | "
                 f"{r['voxels_per_s'] / 1e6:.2f} | {r['ratio']:.3f} | {verdict(r['ratio'] <= 1.05)} |"
+            )
+    if "prepare" in res:
+        prep = res["prepare"]
+        L += [
+            "",
+            f"**Check + preprocessing** ({prep['cases']} CT-sized cases, "
+            f"{'x'.join(map(str, prep['shape']))} int16 NIfTI, to 1.5 x 1.5 x 2 mm; "
+            f"{prep['cores']} cores; caches byte-identical: {prep['identical']})",
+            "",
+            "| workers | cases/s | vs 1 worker |",
+            "|---|---|---|",
+        ]
+        base = prep["rows"][0]["cases_per_s"]
+        for r in prep["rows"]:
+            L.append(
+                f"| {r['workers']} | {r['cases_per_s']:.3f} | {r['cases_per_s'] / base:.2f}x |"
             )
     if "flops" in res:
         L += [

@@ -116,3 +116,17 @@ def test_cpu_precision_follows_native_bf16(monkeypatch):
     assert (choice.precision, choice.channels_last) == ("bf16-mixed", True)
     assert "avx512_bf16" in choice.reason
     hardware.native_bf16.cache_clear()
+
+
+def test_memory_mapped_cases_are_cut_from_the_file_not_a_copy(phantom_cache):
+    """data.module.in_memory=false: the ranks of a node share the cache through the page cache,
+    so the patch dataset must keep the memory map (a copy per rank is what in_memory=true is)."""
+    case = load_cached_case(phantom_cache, "phantom_000", in_memory=False)
+    assert isinstance(case.image, np.memmap)
+    ds = PatchDataset([case], (32, 32, 32), length=2)
+    item = ds.items[0]["image"]
+    base = item
+    while getattr(base, "base", None) is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert isinstance(base, np.memmap) and np.shares_memory(item, case.image)
+    assert ds[0]["image"].shape == (1, 32, 32, 32)

@@ -76,3 +76,30 @@ def test_zscore_protocol_and_bad_config(phantom_raw, tmp_path):
     assert meta["protocol_hash"] == protocol.hash
     with pytest.raises(ValueError, match="clip"):
         PreprocessProtocol(clip=None, normalisation="window")
+
+
+def test_parallel_preparation_writes_the_serial_cache_byte_for_byte(tmp_path, monkeypatch):
+    """data.prepare_workers: cases checked and preprocessed in worker processes give the same
+    files as the serial pass; a failing case is named (issue 24 item 10)."""
+    import filecmp
+
+    from real_data_fixtures import write_nnunet
+    from scdl.data.errors import DataCheckError
+    from scdl.data.layouts import read_nnunet_raw
+    from scdl.data.prepare import PreprocessProtocol, prepare_dataset
+
+    monkeypatch.setattr("scdl.utils.parallel.MIN_PARALLEL_BYTES", 0)  # a pool for tiny cases too
+    raw = read_nnunet_raw(write_nnunet(tmp_path, num_cases=4, num_test=1, shape=(20, 18, 12)))
+    protocol = PreprocessProtocol()
+    serial = prepare_dataset(raw, protocol, tmp_path / "serial", progress=False, workers=1)
+    parallel = prepare_dataset(raw, protocol, tmp_path / "parallel", progress=False, workers=2)
+    names = sorted(p.name for p in serial.iterdir())
+    assert names == sorted(p.name for p in parallel.iterdir()) and len(names) == 15
+    for name in names:
+        if name.endswith(".npy"):
+            assert filecmp.cmp(serial / name, parallel / name, shallow=False), name
+    # a case that fails in a worker is named with its file
+    bad = raw.cases[2]
+    bad.image.write_bytes(bad.image.read_bytes()[:200])
+    with pytest.raises(DataCheckError, match=f"{bad.case_id}: {bad.image}"):
+        prepare_dataset(raw, protocol, tmp_path / "broken", progress=False, workers=2)

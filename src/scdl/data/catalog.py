@@ -42,6 +42,7 @@ from scdl.data.prepare import (
     read_index,
 )
 from scdl.utils.errors import InputError
+from scdl.utils.parallel import resolve_workers
 
 READERS: dict[str, Callable[..., RawDataset]] = {
     "nnunet": read_nnunet_raw,
@@ -226,9 +227,12 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
     check = bool(data_cfg.get("check", True))
     nonfinite = str(data_cfg.get("nonfinite", "error"))
     spacing = str(data_cfg.get("implausible_spacing", "error"))
+    workers = resolve_workers(data_cfg.get("prepare_workers", "auto"))
     if check and needs_data(spec) and not _plan_reusable(cache, config_hash):
         # the statistics read every labeled case: validate them all first
-        check_cases(raw, None, nonfinite, progress, spacing).raise_on_errors(f"{raw.name}: ")
+        check_cases(raw, None, nonfinite, progress, spacing, workers).raise_on_errors(
+            f"{raw.name}: "
+        )
         check = False
     protocol = _resolved_protocol(spec, config_hash, raw, cache, progress)
     extra = {"config_hash": config_hash, "layout": str(data_cfg.layout)}
@@ -241,6 +245,7 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
         check=check,
         nonfinite=nonfinite,
         implausible_spacing=spacing,
+        workers=workers,
     )
 
 

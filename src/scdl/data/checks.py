@@ -41,12 +41,14 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from scdl.data.errors import ERROR, WARNING, DataCheckError, Problem
 from scdl.data.layouts import RawCase, RawDataset
+from scdl.utils.parallel import map_cases, resolve_workers, workers_for
 
 log = logging.getLogger(__name__)
 
@@ -615,11 +617,10 @@ def check_cases(
     nonfinite: str = "error",
     progress: bool = True,
     implausible_spacing: str = "error",
+    workers: int = 1,
 ) -> CheckReport:
-    """Runs :func:`check_case` on ``cases`` (default all) and the duplicate check on all cases;
-    the reader's own findings (:attr:`RawDataset.problems`) come first."""
-    from scdl.utils.progress import progress_iter
-
+    """Runs :func:`check_case` on ``cases`` (default all; ``workers`` at once) and the duplicate
+    check on all cases; the reader's own findings (:attr:`RawDataset.problems`) come first."""
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"data.nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
     if implausible_spacing not in SPACING_MODES:
@@ -628,8 +629,15 @@ def check_cases(
         )
     cases = list(raw.cases if cases is None else cases)
     report = CheckReport(raw.name, list(raw.problems), cases_checked=len(cases))
-    for case in progress_iter(cases, f"check {raw.name}", progress and len(cases) > 1):
-        problems, facts = check_case(case, raw.num_classes, nonfinite, implausible_spacing)
+    check = partial(
+        check_case,
+        num_classes=raw.num_classes,
+        nonfinite=nonfinite,
+        implausible_spacing=implausible_spacing,
+    )
+    workers = workers_for([c.image for c in cases], workers)
+    found = map_cases(check, cases, workers, f"check {raw.name}", progress and len(cases) > 1)
+    for case, (problems, facts) in zip(cases, found, strict=True):
         report.problems += problems
         report.facts[case.case_id] = facts
     report.duplicates = find_duplicates(raw.cases)
@@ -800,6 +808,7 @@ def check_from_config(data_cfg, progress: bool = True) -> CheckReport:
         nonfinite=str(data_cfg.get("nonfinite", "error")),
         progress=progress,
         implausible_spacing=str(data_cfg.get("implausible_spacing", "error")),
+        workers=resolve_workers(data_cfg.get("prepare_workers", "auto")),
     )
     report.problems[:0] = dataset_json_problems(raw, Path(data_cfg.raw_dir))
     module_cfg = data_cfg.get("module") or {}

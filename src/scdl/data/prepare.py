@@ -34,6 +34,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,7 @@ import numpy as np
 from scdl.data.errors import ERROR, DataCheckError, Problem
 from scdl.data.layouts import RawCase, RawDataset
 from scdl.utils.files import TMP_PREFIX, atomic_write
+from scdl.utils.parallel import map_cases, workers_for
 from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)
@@ -641,6 +643,37 @@ def _index_case(cache: Path, case: RawCase) -> dict:
     return entry
 
 
+def _prepare_case_into(
+    case: RawCase,
+    protocol: PreprocessProtocol,
+    cache: Path,
+    num_classes: int,
+    nonfinite: str = "error",
+) -> None:
+    """Preprocesses one case and writes it to ``cache`` (arrays first, the meta file last, each
+    atomically): the unit of work of :func:`prepare_dataset`, in a worker process or not."""
+    options = {} if nonfinite == "error" else {"nonfinite": nonfinite}  # default: 2-argument call
+    try:
+        image, label, meta = preprocess_case(case, protocol, **options)
+    except (DataCheckError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised naming the case and its files
+        raise _case_failed(case, e) from e
+    if label is not None and label.max() >= num_classes:
+        raise ValueError(
+            f"{case.case_id}: label value {int(label.max())} >= {num_classes} classes "
+            f"({case.label})"
+        )
+    meta["protocol_hash"] = protocol.hash
+    meta["sources"] = source_stamps(case)
+    if label is not None:
+        meta["empty_label"] = not bool(label.any())
+    _save_npy_atomic(cache / f"{case.case_id}_image.npy", image)
+    if label is not None:
+        _save_npy_atomic(cache / f"{case.case_id}_label.npy", label)
+    _write_json_atomic(cache / f"{case.case_id}.json", meta)  # last: marks the case complete
+
+
 def prepare_dataset(
     raw: RawDataset,
     protocol: PreprocessProtocol,
@@ -651,6 +684,7 @@ def prepare_dataset(
     check: bool = True,
     nonfinite: str = "error",
     implausible_spacing: str = "error",
+    workers: int = 1,
 ) -> Path:
     """Preprocesses every case of ``raw`` (or only ``case_ids``) into ``cache_dir``; idempotent.
 
@@ -660,7 +694,8 @@ def prepare_dataset(
     raises :class:`DataCheckError` before anything is written. ``nonfinite`` (``error`` | ``repair``)
     treats NaN / Inf intensities, ``implausible_spacing`` (``error`` | ``warn``) voxel sizes outside
     the plausible range. ``index_extra`` adds keys to ``index.json`` (the catalog stores the
-    unresolved config's hash).
+    unresolved config's hash). ``workers`` > 1 checks and preprocesses that many cases at once
+    (processes of one thread each; the cache is byte-identical to the serial pass's).
     """
     from scdl.data.checks import check_cases, find_duplicates
 
@@ -671,7 +706,7 @@ def prepare_dataset(
     cases = [c for c in raw.cases if wanted is None or c.case_id in wanted]
     todo = [c for c in cases if not case_is_cached(cache, c.case_id, protocol.hash, c)]
     if check and todo:
-        report = check_cases(raw, todo, nonfinite, progress, implausible_spacing)
+        report = check_cases(raw, todo, nonfinite, progress, implausible_spacing, workers)
         # repaired intensities are reported by the preprocessing itself (once)
         report.problems = [p for p in report.problems if p.is_error or p.check != "non-finite"]
         report.raise_on_errors(f"{raw.name}: ")
@@ -680,29 +715,11 @@ def prepare_dataset(
         reuse = not todo and (cache / "index.json").is_file()  # nothing changed: keep the record
         old = read_index(cache).get("duplicates") if reuse else None
         duplicates = old if old is not None else find_duplicates(raw.cases)
-    options = {} if nonfinite == "error" else {"nonfinite": nonfinite}  # default: 2-argument call
-    for case in progress_iter(
-        todo, f"preprocess {raw.name} ({protocol.name})", progress and bool(todo)
-    ):
-        try:
-            image, label, meta = preprocess_case(case, protocol, **options)
-        except (DataCheckError, MemoryError):
-            raise
-        except Exception as e:  # noqa: BLE001 - re-raised naming the case and its files
-            raise _case_failed(case, e) from e
-        if label is not None and label.max() >= raw.num_classes:
-            raise ValueError(
-                f"{case.case_id}: label value {int(label.max())} >= {raw.num_classes} classes "
-                f"({case.label})"
-            )
-        meta["protocol_hash"] = protocol.hash
-        meta["sources"] = source_stamps(case)
-        if label is not None:
-            meta["empty_label"] = not bool(label.any())
-        _save_npy_atomic(cache / f"{case.case_id}_image.npy", image)
-        if label is not None:
-            _save_npy_atomic(cache / f"{case.case_id}_label.npy", label)
-        _write_json_atomic(cache / f"{case.case_id}.json", meta)  # last: marks the case complete
+    work = partial(_prepare_case_into, protocol=protocol, cache=cache, num_classes=raw.num_classes)
+    if nonfinite != "error":
+        work = partial(work, nonfinite=nonfinite)
+    workers = workers_for([c.image for c in todo], workers)
+    map_cases(work, todo, workers, f"preprocess {raw.name} ({protocol.name})", progress)
     ids = {c.case_id for c in cases}
     _write_json_atomic(
         cache / "index.json",
