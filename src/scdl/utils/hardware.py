@@ -44,6 +44,15 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def command_output(cmd: list[str], timeout: float = 20.0) -> str:
+    """stdout of a system command that may be missing or fail ("" then)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
 @lru_cache(maxsize=1)
 def native_bf16() -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively, and the evidence (CPU flag or sysctl)."""
@@ -54,16 +63,7 @@ def native_bf16() -> tuple[bool, str]:
     if "bf16" in flags:  # Arm (Features line of /proc/cpuinfo)
         return True, "CPU feature bf16"
     if platform.system() == "Darwin" and platform.machine() == "arm64":
-        try:
-            out = subprocess.run(
-                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        if out == "1":
+        if command_output(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], 5).strip() == "1":
             return True, "hw.optional.arm.FEAT_BF16"
     capability = torch.backends.cpu.get_cpu_capability()
     return False, f"no native bf16 (capability {capability}, no amx_bf16/avx512_bf16 flag)"
@@ -81,17 +81,9 @@ def cpu_precision_choice() -> PrecisionChoice:
 def gpu_compute_capabilities() -> list[float]:
     """Compute capabilities of the GPUs this process may use (``nvidia-smi``; CUDA is not
     initialised, so a sweep job can still pin its GPU afterwards); [] without NVIDIA GPUs."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
+    out = command_output(["nvidia-smi", "--query-gpu=index,compute_cap", "--format=csv,noheader"])
     caps = {}
-    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+    for line in out.splitlines():
         index, _, cap = (part.strip() for part in line.partition(","))
         try:
             caps[index] = float(cap)
