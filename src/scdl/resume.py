@@ -20,6 +20,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from scdl.callbacks.checkpoints import LAST, CheckpointReadError, read_checkpoint
+from scdl.utils.schedules import poly_factor
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _extension(cfg: DictConfig, output_dir: Path, done: dict) -> Path | None:
     horizon = OmegaConf.select(cfg, "framework.poly_horizon", default=None)
     power = float(OmegaConf.select(cfg, "framework.poly_power", default=0.9) or 0.9)
     if horizon is None:
-        factor = (1.0 - step / int(wanted)) ** power
+        factor = poly_factor(step, int(wanted), power)
         schedule = (
             f"the poly learning-rate schedule decays over the new trainer.max_steps={wanted}: "
             f"from step {step} the lr is {factor:.3g} x the base lr (it was near 0 at the end of "

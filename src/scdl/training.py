@@ -203,13 +203,8 @@ def _log_precision(cfg: DictConfig) -> None:
         from scdl.utils.hardware import gpu_precision_choice
 
         auto, precision = gpu_precision_choice(), str(tcfg.get("precision"))
-        log.info(
-            "GPU precision %s (%s)",
-            precision,
-            f"chosen for these GPUs: {auto.reason}"
-            if precision == auto.precision
-            else f"set by the config; these GPUs would get {auto.precision}: {auto.reason}",
-        )
+        why = _precision_source(precision == auto.precision, auto, "these GPUs")
+        log.info("GPU precision %s (%s)", precision, why)
         return
     if tcfg.get("accelerator") != "cpu":
         return
@@ -223,10 +218,15 @@ def _log_precision(cfg: DictConfig) -> None:
         "CPU precision %s, channels_last=%s, denormals flushed (%s)",
         precision,
         channels_last,
-        f"chosen for this CPU: {auto.reason}"
-        if chosen
-        else f"set by the config; this CPU would get {auto.precision}: {auto.reason}",
+        _precision_source(chosen, auto, "this CPU"),
     )
+
+
+def _precision_source(chosen: bool, auto, hardware: str) -> str:
+    """Why a run uses its precision: chosen for ``hardware``, or set by the config."""
+    if chosen:
+        return f"chosen for {hardware}: {auto.reason}"
+    return f"set by the config; {hardware} would get {auto.precision}: {auto.reason}"
 
 
 def _best_checkpoint(trainer: L.Trainer, cfg: DictConfig) -> str | None:

@@ -244,7 +244,7 @@ def read_nnunet_raw(
                 continue
             used.update([label] if label is not None else [])
             cases.append(RawCase(cid, img, label))
-        explain = _nnunet_explainer(root / folder, ext, label_folder is None)
+        explain = _nnunet_explainer(root / folder, ext)
         problems += unused_files(root / folder, used, explain)
         if label_folder:
             problems += unused_files(root / label_folder, used, _orphan_label(root, folder, ext))
@@ -262,7 +262,7 @@ def read_nnunet_raw(
     )
 
 
-def _nnunet_explainer(folder: Path, ext: str, unlabeled: bool):
+def _nnunet_explainer(folder: Path, ext: str):
     """Why a scan-like file of an nnU-Net image folder was not read, and the fix."""
 
     def explain(path: Path) -> tuple[str, str]:

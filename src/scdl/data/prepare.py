@@ -715,9 +715,13 @@ def prepare_dataset(
         reuse = not todo and (cache / "index.json").is_file()  # nothing changed: keep the record
         old = read_index(cache).get("duplicates") if reuse else None
         duplicates = old if old is not None else find_duplicates(raw.cases)
-    work = partial(_prepare_case_into, protocol=protocol, cache=cache, num_classes=raw.num_classes)
-    if nonfinite != "error":
-        work = partial(work, nonfinite=nonfinite)
+    work = partial(
+        _prepare_case_into,
+        protocol=protocol,
+        cache=cache,
+        num_classes=raw.num_classes,
+        nonfinite=nonfinite,
+    )
     workers = workers_for([c.image for c in todo], workers)
     map_cases(work, todo, workers, f"preprocess {raw.name} ({protocol.name})", progress)
     ids = {c.case_id for c in cases}

@@ -30,6 +30,7 @@ from scdl.metrics import (
     save_metrics,
 )
 from scdl.models.contracts import SegmentationBackbone
+from scdl.utils.distributed import is_distributed
 from scdl.utils.schedules import poly_lr
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class SemiSupervisedModule(L.LightningModule):
             checkpoint["run_config"] = self.run_config
         checkpoint["rng_states"] = rng_states()
         # every rank dumps the checkpoint (rank 0 writes it): keep each rank's streams
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, checkpoint["rng_states"])
             checkpoint["rng_states_per_rank"] = gathered

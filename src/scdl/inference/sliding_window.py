@@ -32,24 +32,52 @@ class SlidingWindowConfig:
     def __post_init__(self) -> None:
         from scdl.utils.config_checks import ConfigError  # printed by Hydra without traceback
 
-        problems = []
-        overlaps = [self.overlap] if isinstance(self.overlap, int | float) else list(self.overlap)
-        if not all(isinstance(o, int | float) and 0 <= o < 1 for o in overlaps):
-            # MONAI's stride is int(roi * (1 - overlap)): 1.0 gives stride 0
-            problems.append(f"overlap={self.overlap}: expected a number in [0, 1) (e.g. 0.5)")
-        roi = list(self.roi_size)
-        if len(roi) != 3 or not all(int(r) == r and r > 0 for r in roi):
-            problems.append(f"roi_size={roi}: expected 3 positive integers")
-        if self.mode not in ("gaussian", "constant"):
-            problems.append(f"mode={self.mode!r}: expected gaussian | constant")
-        if int(self.sw_batch_size) != self.sw_batch_size or self.sw_batch_size < 1:
-            problems.append(f"sw_batch_size={self.sw_batch_size}: expected an integer >= 1")
-        if self.average not in ("probs", "logits"):
-            problems.append(f"average={self.average!r}: expected probs | logits")
+        problems = window_problems(
+            overlap=self.overlap,
+            roi_size=self.roi_size,
+            mode=self.mode,
+            sw_batch_size=self.sw_batch_size,
+            average=self.average,
+        )
         if problems:
             raise ConfigError(
                 "sliding-window inference (framework.inference / inference): " + "; ".join(problems)
             )
+
+
+def _whole(value) -> bool:
+    """A whole number (``2`` or ``2.0``), not a bool or a string."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and int(value) == value
+
+
+def window_problems(prefix: str = "", **values) -> list[str]:
+    """What is wrong with sliding-window settings (``overlap``, ``roi_size``, ``mode``,
+    ``sw_batch_size``, ``average``; those given and not None), each as ``<prefix><key>=<value>:
+    expected ...``. Used by :class:`SlidingWindowConfig` and by the config checks at start-up."""
+    problems = []
+    overlap = values.get("overlap")
+    if overlap is not None:
+        overlaps = [overlap] if isinstance(overlap, int | float) else list(overlap)
+        ok = all(isinstance(o, int | float) and not isinstance(o, bool) for o in overlaps)
+        if not (ok and all(0 <= o < 1 for o in overlaps) and len(overlaps) in (1, 3)):
+            # MONAI's stride is int(roi * (1 - overlap)): 1.0 gives stride 0
+            problems.append(
+                f"{prefix}overlap={overlap}: expected a number in [0, 1) or 3 of them (windows "
+                "must advance; e.g. 0.5)"
+            )
+    roi = values.get("roi_size")
+    if roi is not None and (len(roi) != 3 or not all(_whole(r) and r > 0 for r in roi)):
+        problems.append(f"{prefix}roi_size={list(roi)}: expected 3 positive integers")
+    mode = values.get("mode")
+    if mode is not None and mode not in ("gaussian", "constant"):
+        problems.append(f"{prefix}mode={mode!r}: expected gaussian | constant")
+    batch = values.get("sw_batch_size")
+    if batch is not None and not (_whole(batch) and batch >= 1):
+        problems.append(f"{prefix}sw_batch_size={batch}: expected an integer >= 1")
+    average = values.get("average")
+    if average is not None and average not in ("probs", "logits"):
+        problems.append(f"{prefix}average={average!r}: expected probs | logits")
+    return problems
 
 
 @torch.no_grad()

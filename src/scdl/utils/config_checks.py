@@ -266,11 +266,8 @@ def _check_split_keys(c: _Checker) -> None:
     be ignored without a word, and the run named after the file (``amos_cps_5p``) would not say
     what the user asked for."""
     split_file = c.get("data.module.split_file")
-    drawn = {
-        key: c.get(f"data.module.{key}")
-        for key in ("labeled_ratio", "num_labeled")
-        if c.get(f"data.module.{key}") not in (None, _MISSING)
-    }
+    given_keys = {key: c.get(f"data.module.{key}") for key in ("labeled_ratio", "num_labeled")}
+    drawn = {key: v for key, v in given_keys.items() if v not in (None, _MISSING)}
     tag = c.get("data.labeled")
     if split_file not in (None, _MISSING) and drawn:
         given = ", ".join(f"data.module.{k}={_show(v)}" for k, v in drawn.items())
@@ -332,17 +329,12 @@ def _check_run(c: _Checker) -> None:
     v = c.get("seed")
     if v is not _MISSING and v is not None and not (_is_int(v) and 0 <= v < 2**32):
         c.add("seed", v, f"an integer in 0..{2**32 - 1} (or null: a random seed)", 1337)
-    overlap = c.get("framework.inference.overlap")
-    if overlap is not _MISSING and overlap is not None:
-        values = overlap if isinstance(overlap, list) else [overlap]
-        if not all(_is_number(o) and 0 <= o < 1 for o in values) or len(values) not in (1, 3):
-            c.add(
-                "framework.inference.overlap",
-                overlap,
-                "a number in [0, 1) or 3 of them (windows must advance)",
-                0.5,
-            )
-    c.integer("framework.inference.sw_batch_size")
+    from scdl.inference.sliding_window import window_problems  # the checks of the class itself
+
+    window = {key: c.get(f"framework.inference.{key}") for key in ("overlap", "sw_batch_size")}
+    c.problems += window_problems(
+        "framework.inference.", **{k: v for k, v in window.items() if v is not _MISSING}
+    )
 
 
 def _check_parts(c: _Checker) -> None:

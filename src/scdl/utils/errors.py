@@ -50,7 +50,7 @@ def storage_message(err: OSError, where: dict[str, Any] | None = None) -> str:
             try:
                 target, folder = path.resolve(), Path(str(folder)).resolve()
                 # the file is inside the folder, or is a parent being created for it
-                if folder and (target.is_relative_to(folder) or folder.is_relative_to(target)):
+                if target.is_relative_to(folder) or folder.is_relative_to(target):
                     key = name
                     break
             except (OSError, ValueError):

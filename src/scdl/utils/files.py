@@ -24,12 +24,17 @@ def tmp_owner(name: str) -> tuple[int, str | None] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
+def tmp_sibling(path: Path) -> Path:
+    """This process's temporary file for ``path``: ``.tmp-<pid>@<host>-<name>`` beside it."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}@{host_tag()}-{path.name}")
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Writes ``path`` through ``write(tmp)`` into a temporary sibling, then renames it into place,
     so a killed process never leaves a truncated ``path`` (only a ``.tmp-<pid>@<host>-*`` file,
     whose host says on which machine its pid lives: caches on shared file systems are written
     from several nodes)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}@{host_tag()}-{path.name}")
+    tmp = tmp_sibling(path)
     write(tmp)
     os.replace(tmp, path)
 
@@ -39,7 +44,7 @@ def create_once(path: Path, text: str) -> str:
     temporary file, which fails if ``path`` appeared meanwhile); returns the file's text, which is
     another process's when it created the file first (DDP ranks, a requeued job)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}@{host_tag()}-{path.name}")
+    tmp = tmp_sibling(path)
     tmp.write_text(text)
     try:
         os.link(tmp, path)

@@ -78,6 +78,11 @@ def cpu_precision_choice() -> PrecisionChoice:
     return PrecisionChoice("32-true", False, why)
 
 
+def visible_gpus() -> list[str]:
+    """The entries of ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs), [] when it is unset or empty."""
+    return [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+
+
 def gpu_compute_capabilities() -> list[float]:
     """Compute capabilities of the GPUs this process may use (``nvidia-smi``; CUDA is not
     initialised, so a sweep job can still pin its GPU afterwards); [] without NVIDIA GPUs."""
@@ -89,9 +94,7 @@ def gpu_compute_capabilities() -> list[float]:
             caps[index] = float(cap)
         except ValueError:
             continue
-    visible = [
-        g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()
-    ]
+    visible = visible_gpus()
     chosen = [caps[g] for g in visible if g in caps] if visible else list(caps.values())
     return chosen or list(caps.values())
 

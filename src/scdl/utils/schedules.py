@@ -24,8 +24,10 @@ def poly_lr(
     horizon = int(horizon or max_steps)
     if horizon <= 0:
         raise ValueError(f"poly_lr needs a positive horizon, got {horizon}")
+    return LambdaLR(optimizer, lambda step: poly_factor(step, horizon, power))
 
-    def factor(step: int) -> float:
-        return (1.0 - min(step, horizon - 1) / horizon) ** power
 
-    return LambdaLR(optimizer, factor)
+def poly_factor(step: int, horizon: int, power: float = 0.9) -> float:
+    """The lr multiplier of :func:`poly_lr` at ``step``: ``(1 - min(step, horizon - 1) /
+    horizon) ** power``."""
+    return (1.0 - min(step, horizon - 1) / horizon) ** power
