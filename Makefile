@@ -57,7 +57,7 @@ format: setup
 	$(BIN)/ruff format src tests bench
 
 bench: data
-	# every figure with its target and verdict (README "Performance"); JSON in bench/results/
+	# every figure with its target and verdict (docs/performance.md); JSON in bench/results/
 	$(BIN)/python bench/suite.py $(ARGS)
 
 # on a GPU machine: s/step, patches/s, peak memory, scaler-skipped steps (bench/gpu_check.py)

@@ -1,4 +1,4 @@
-"""A framework written the way README "Extending" describes (used by tests/test_extending.py):
+"""A framework written the way docs/extending.md "Extending" describes (used by tests/test_extending.py):
 supervised-only training on the labeled patches, with whatever plug-in the config attaches."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A data-set reader written the way README "Extending" describes: one function, selected with
+"""A data-set reader written the way docs/extending.md "Extending" describes: one function, selected with
 ``data.layout=custom_layout.read_flat_folder`` (used by tests/test_extending.py)."""
 
 from __future__ import annotations

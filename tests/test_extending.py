@@ -1,4 +1,4 @@
-"""The extension points of README "Extending" work as documented: a data set reader by dotted
+"""The extension points of docs/extending.md "Extending" work as documented: a data set reader by dotted
 path, a framework through the plug-in hooks, a backbone through the contract."""
 
 from __future__ import annotations

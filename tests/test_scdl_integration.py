@@ -181,7 +181,7 @@ def test_aux_rampup_weighs_the_scdl_terms_by_the_sigmoid_ramp_of_the_host_step()
     ],
 )
 def test_variant_ablations_compose_and_reach_the_module(tmp_path, ablation, scale, axis, ramp):
-    """ablation=plus and its single switches (README "Does SCDL help?") arrive in the built module."""
+    """ablation=plus and its single switches (docs/results.md "Does SCDL help?") arrive in the built module."""
     from conftest import compose_cfg
     from scdl.build import build_module
 
