@@ -103,14 +103,19 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
             "result": res,
         }
 
-    records = [record("baseline", s, 0.0) for s in (1, 2)] + [
-        record("full", s, 0.1) for s in (1, 2)
+    records = [record("baseline", s, 0.0) for s in (1, 2, 3)] + [
+        record("full", s, 0.1) for s in (1, 2, 3)
     ]
     table = comparison_table(records, n_boot=500)
     assert "vs exp/baseline" in table
-    # +0.1 Dice on every class of every case: +10 points, zero-width intervals, p = 2/2^6
-    cell = "+10.0 [+10.0, +10.0] (t: [+10.0, +10.0]) *"
-    assert f"| exp/full | 1,2 | 6 | {cell} | 0.0312 | {cell} | 0.0312 | 2 / 2 |" in table
+    # +0.1 Dice on every class of every case: +10 points, zero-width intervals; claimed on the
+    # primary endpoint (mean Dice, Holm over a family of 1), the minority column descriptive
+    primary, secondary = "+10.0 [+10.0, +10.0] * | <0.001", "+10.0 [+10.0, +10.0] | <0.001"
+    assert f"| exp/full | 1,2,3 | 6 | {primary} | {secondary} | 2 / 2 |" in table
+    assert "Holm-adjusted over its 1 comparisons" in table
+    # two seeds: the difference, and why there is no interval
+    two = comparison_table([r for r in records if r["seed"] != 3], n_boot=200)
+    assert "| exp/full | 1,2 | 6 | +10.0 (no interval: 2 seeds (an interval needs 3)) | – |" in two
     # the same comparisons as data, and their forest plot (summary --plot)
     from scdl.evaluation.paper_table import plot_paired
     from scdl.evaluation.summary import paired_vs_baseline, per_class_paired_table
@@ -122,8 +127,8 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     assert per_class[2:] == [
         "| class | exp/full |",
         "|---|---|",
-        "| big | +10.0 (t: +10.0, +10.0) * |",
-        "| tiny | +10.0 (t: +10.0, +10.0) * |",
+        "| big | +10.0 [+10.0, +10.0] |",
+        "| tiny | +10.0 [+10.0, +10.0] |",
     ]
     base, pairs = paired_vs_baseline(records, n_boot=200)
     assert base == "exp/baseline" and [c["method"] for c in pairs] == ["exp/full"]
@@ -215,3 +220,22 @@ def test_seeds_option_reports_every_arm_on_the_same_seeds(tmp_path, capsys):
     assert [row.split(" | ")[1:3] for row in rows] == [["full", "1,2"], ["plus", "1,2"]]
     with pytest.raises(SystemExit, match=r"no finished run of seeds \[9\] \(found: 1,2,3\)"):
         main([str(tmp_path), "--seeds", "9"])
+
+
+def test_arms_run_on_another_split_are_not_paired_and_the_table_says_why(tmp_path):
+    """Same seeds, same case ids, but one arm's split.json differs (another unlabeled scan): the
+    pair is refused by name, not computed."""
+    from scdl.evaluation.summary import comparison_table
+
+    cache = _label_cache(tmp_path)
+    for seed in (1, 2, 3):
+        _run(tmp_path, f"b{seed}", "baseline", seed, [0.5, 0.1, 0.3], cache, cases=5)
+        _run(tmp_path, f"f{seed}", "full", seed, [0.6, 0.1, 0.3], cache, cases=5)
+    records = collect([tmp_path], k=1)
+    assert "[+" in comparison_table(records, n_boot=200)  # paired: an interval
+    other = json.loads((tmp_path / "f2" / "split.json").read_text())
+    other["unlabeled"] = ["z"]
+    (tmp_path / "f2" / "split.json").write_text(json.dumps(other))
+    table = comparison_table(collect([tmp_path], k=1), n_boot=200)
+    assert "| exp/full | – | – | not paired: " in table
+    assert "f2 and " in table and "used another split (split.json)" in table

@@ -123,8 +123,9 @@ def test_paper_table_refuses_runs_with_different_classes(tmp_path, label_cache):
 
 def test_paper_table_pairs_each_scdl_row_with_its_framework(tmp_path, label_cache, caplog):
     """SCDL rows vs the framework without SCDL, paired by seed and case: every case gains 0.1 mean
-    Dice and 0.3 on the minority class, so the interval is [0.1, 0.1]; a row without a common
-    seed is left out with a warning."""
+    Dice and 0.3 on the minority class; with 2 seeds x 2 cases there is no interval, only the
+    difference and why (a bootstrap over 2 cases printed a '95 % CI' before); a row without a
+    common seed is left out with a warning."""
     from scdl.evaluation.paper_table import build_table, collect_runs, to_markdown, write_paired_csv
 
     sweep = tmp_path / "sweep"
@@ -138,19 +139,20 @@ def test_paper_table_pairs_each_scdl_row_with_its_framework(tmp_path, label_cach
     assert pair["method"] == "Mean teacher + SCDL" and pair["baseline"] == "Mean teacher"
     assert pair["mean"]["seeds"] == [1, 2] and pair["mean"]["num_cases"] == 2
     assert pair["mean"]["diff"] == pytest.approx(0.1)
-    assert pair["mean"]["ci"] == pytest.approx((0.1, 0.1)) and pair["mean"]["excludes_zero"]
+    assert pair["mean"]["ci"] is None and not pair["mean"]["claimed"]
     assert pair["minority"]["diff"] == pytest.approx(0.3)
     assert pair["mean"]["wilcoxon_p"] == pytest.approx(0.5)  # 2 cases: the smallest exact p
     assert "Mean teacher + SCDL (plus)" in caplog.text and "no seed" in caplog.text
     md = to_markdown(table)
     assert (
-        "| Mean teacher + SCDL | Mean teacher | 1,2 | 2 | +10.0 [+10.0, +10.0] (t: [+10.0, +10.0]) * | 0.5 |"
-        in md
+        "| Mean teacher + SCDL | Mean teacher | 1,2 | 2 | +10.0 (no interval: 2 seeds (an interval "
+        "needs 3) and 2 test cases (needs 5)) | – |" in md
     )
     write_paired_csv(table, tmp_path / "p.csv")
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert (
-        lines[0].startswith("method,baseline,seeds,cases,dice_diff,dice_ci_lo") and len(lines) == 2
+        lines[0].startswith("method,baseline,seeds,cases,dice_diff,dice_ci_lo,dice_ci_hi,dice_p,")
+        and len(lines) == 2
     )
 
 

@@ -14,9 +14,12 @@ method) and, when W&B is on, logs them to a ``summary`` run in the sweep's W&B g
 
 Every row with SCDL is also compared with the same framework without it (the row whose name lacks
 `` + SCDL`` and the ablation suffix), paired by seed and test case (:mod:`scdl.evaluation.statistics`):
-the mean difference of Avg Dice and of the minority classes' Dice with a two-level bootstrap 95 %
-interval over seeds and cases and a Wilcoxon signed-rank p-value over cases. They are printed under
-the table, written to ``paper_table_paired.csv`` and logged to the W&B summary run.
+the mean difference of Avg Dice (the primary endpoint) and of the minority classes' Dice
+(descriptive) with the two-way random-effects 95 % interval over seeds and test cases, a p-value
+Holm-adjusted over the table's primary comparisons, and the crossed bootstrap and seed-level t
+intervals as checks. Below 3 seeds or 5 test cases there is no interval, only the difference and
+why. They are printed under the table, written to ``paper_table_paired.csv`` and logged to the
+W&B summary run.
 """
 
 from __future__ import annotations
@@ -78,6 +81,24 @@ def data_set_name(cfg) -> str:
     return str(cfg.get("data", {}).get("name", "?"))
 
 
+def run_pairing(run: Path, cfg) -> dict[str, str] | None:
+    """The run's :func:`scdl.evaluation.statistics.pairing_key` (split.json and the data config),
+    or None for a run folder without ``split.json``."""
+    import json
+
+    from scdl.evaluation.statistics import pairing_key
+
+    split = run / "split.json"
+    if not split.is_file():
+        return None
+    node = cfg.get("data", OmegaConf.create())
+    try:  # resolved values are what the run used; an interpolation that no longer resolves
+        data = OmegaConf.to_container(node, resolve=True)  # (a Hydra-only one) is hashed as text
+    except Exception:  # noqa: BLE001
+        data = OmegaConf.to_container(node, resolve=False)
+    return pairing_key(json.loads(split.read_text()), data)
+
+
 def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any]:
     """A table record of one run from its results (the schema of :mod:`scdl.metrics.results`);
     ``asd=False`` for results that score Dice only (the training test)."""
@@ -92,6 +113,7 @@ def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any
         "asd": metrics["overall"]["asd"]["mean"] if asd else None,
         "per_class": {n: metrics["per_class"][n]["dice"]["mean"] for n in metrics["classes"]},
         "result": metrics,  # per-case values, for the paired statistics
+        "pairing": run_pairing(run, cfg),  # split and data hashes: what a pair must share
     }
 
 
@@ -194,9 +216,10 @@ def paired_comparisons(
     groups: dict[str, list[dict]], minority: list[str], order: list[str], n_boot: int = 10000
 ) -> list[dict[str, Any]]:
     """Each SCDL row against its framework without SCDL, paired by seed and test case: the
-    :func:`scdl.evaluation.statistics.compare` results over all classes (``mean``) and over the
-    ``minority`` classes. Rows without a counterpart or without a common seed are left out."""
-    from scdl.evaluation.statistics import compare_runs
+    :func:`scdl.evaluation.statistics.compare` results over all classes (``mean``, the primary
+    endpoint, claimed by Holm over these rows) and over the ``minority`` classes (descriptive).
+    Rows without a counterpart or without a common seed are left out (logged)."""
+    from scdl.evaluation.statistics import claim_primary, compare_runs
 
     out = []
     for method in order:
@@ -209,6 +232,7 @@ def paired_comparisons(
             log.warning("paired statistics %s vs %s skipped: %s", method, base, err)
             continue
         out.append({"method": method, "baseline": base, **pair})
+    claim_primary(out)
     return out
 
 
@@ -232,28 +256,42 @@ def paired_markdown(table: dict) -> str:
         )
     lines += [
         "",
-        "Paired differences (Dice points; pairs: same seed, same test case): mean over seeds of the "
-        "per-seed mean over cases, two-level bootstrap 95 % interval (seeds, then cases), then the "
-        "95 % Student-t interval over the per-seed differences (t: ...); * = both intervals "
-        "exclude 0; p: two-sided Wilcoxon signed-rank test over cases; seeds for ±3: the seed pairs a "
-        "t interval of ±3 points would need at the measured spread (Avg Dice / minority).",
+        "Paired differences (Dice points; pairs: same seed, same test case, same split and "
+        "preprocessing): the mean of the seeds x cases table; 95 % interval: two-way random effects "
+        "(seeds and test cases both random: a new seed on new cases of this kind); p: its t test, "
+        "Holm-adjusted over the Avg Dice comparisons of this table (the primary endpoint); * = "
+        "claimed (Holm p < 0.05); the minority column is descriptive (no claim); seeds for ±3: seed "
+        "pairs for a ±3-point interval on these cases at the measured spread - at its 80 % upper "
+        "bound ('more cases': the case variance alone is wider).",
     ]
     return "\n".join(lines)
+
+
+PAIRED_STATS = (
+    "diff", "ci_lo", "ci_hi", "p", "p_holm", "claimed", "boot_lo", "boot_hi",
+    "t_ci_lo", "t_ci_hi", "wilcoxon_p", "seeds_for_3", "seeds_for_3_upper", "no_interval",
+)  # fmt: skip
+
+
+def paired_values(c: dict) -> list[Any]:
+    """The :data:`PAIRED_STATS` of one comparison (None where not computed)."""
+    ci, boot, t_ci = (c.get(k) or (None, None) for k in ("ci", "boot_ci", "t_ci"))
+    return [
+        c["diff"], *ci, c.get("p"), c.get("p_holm"), bool(c.get("claimed")), *boot, *t_ci,
+        c["wilcoxon_p"], c.get("seeds_needed"), c.get("seeds_needed_upper"), c.get("no_interval"),
+    ]  # fmt: skip
 
 
 def paired_rows(table: dict) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the paired comparisons (CSV and W&B table): differences in [0, 1]."""
     columns = ["method", "baseline", "seeds", "cases"]
-    stats = ("diff", "ci_lo", "ci_hi", "t_ci_lo", "t_ci_hi", "p", "seeds_for_3")
-    columns += [f"{w}_{s}" for w in ("dice", "minority") for s in stats]
+    columns += [f"{w}_{s}" for w in ("dice", "minority") for s in PAIRED_STATS]
     rows = []
     for c in table.get("paired", []):
         row = [c["method"], c["baseline"], " ".join(str(s) for s in c["mean"]["seeds"])]
         row.append(c["mean"]["num_cases"])
         for key in ("mean", "minority"):
-            t_ci = c[key]["t_ci"] or (None, None)
-            row += [c[key]["diff"], *c[key]["ci"], *t_ci, c[key]["wilcoxon_p"]]
-            row.append(c[key]["seeds_needed"])
+            row += paired_values(c[key])
         rows.append(row)
     return columns, rows
 
@@ -352,9 +390,10 @@ def draw_per_class(table: dict, ax: Any, ylabel: str = "test Dice % (paper proto
 
 
 def plot_paired(table: dict, path: Path, against: str | None = None) -> Path | None:
-    """Forest plot of the paired comparisons: per row the difference (dot), its bootstrap
-    interval (thick) and seed-level t interval (thin), for Avg Dice and the minority classes; a
-    line at 0. ``against``: what every row is compared with (the x axis then reads "row -
+    """Forest plot of the paired comparisons: per row the difference (dot), its random-effects
+    95 % interval (thick) and the crossed bootstrap (thin), for Avg Dice and the minority classes;
+    a line at 0; red = claimed (Holm over the primary endpoint); no bar where there is no
+    interval. ``against``: what every row is compared with (the x axis then reads "row -
     against"; default: the same method without SCDL, as in the paper table). None (nothing
     written) without comparisons."""
     if not table.get("paired"):
@@ -371,10 +410,11 @@ def plot_paired(table: dict, path: Path, against: str | None = None) -> Path | N
     ):
         for i, c in enumerate(pairs):
             res, y = c[key], len(pairs) - 1 - i
-            if res["t_ci"] is not None:
-                ax.plot([v * 100 for v in res["t_ci"]], [y, y], color="0.6", lw=1.5)
-            ax.plot([v * 100 for v in res["ci"]], [y, y], color="C0", lw=5, alpha=0.7)
-            ax.plot(res["diff"] * 100, y, "o", color="C3" if res["excludes_zero"] else "k")
+            if res.get("boot_ci") is not None:
+                ax.plot([v * 100 for v in res["boot_ci"]], [y, y], color="0.6", lw=1.5)
+            if res.get("ci") is not None:
+                ax.plot([v * 100 for v in res["ci"]], [y, y], color="C0", lw=5, alpha=0.7)
+            ax.plot(res["diff"] * 100, y, "o", color="C3" if res.get("claimed") else "k")
         ax.axvline(0, color="k", lw=0.8, ls="--")
         ax.set_title(title)
         ax.set_xlabel(
@@ -385,7 +425,8 @@ def plot_paired(table: dict, path: Path, against: str | None = None) -> Path | N
         [f"{c['method']} (n={len(c['mean']['seeds'])})" for c in reversed(pairs)], fontsize=8
     )
     fig.suptitle(
-        "Paired differences: bootstrap 95 % (thick), seed-level t 95 % (thin), red = both exclude 0",
+        "Paired differences: random-effects 95 % over seeds and cases (thick), crossed bootstrap "
+        "(thin), red = claimed (Holm over Avg Dice)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -454,8 +495,9 @@ def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str |
                 for key, name in (("mean", "dice"), ("minority", "minority_dice")):
                     prefix = f"paired/{c['method']}/{name}"
                     run.summary[f"{prefix}_diff"] = c[key]["diff"]
-                    run.summary[f"{prefix}_ci_lo"], run.summary[f"{prefix}_ci_hi"] = c[key]["ci"]
-                    run.summary[f"{prefix}_p"] = c[key]["wilcoxon_p"]
+                    ci = c[key].get("ci") or (None, None)
+                    run.summary[f"{prefix}_ci_lo"], run.summary[f"{prefix}_ci_hi"] = ci
+                    run.summary[f"{prefix}_p"] = c[key].get("p_holm", c[key].get("p"))
         run.log(logs)
     finally:
         wandb.finish()

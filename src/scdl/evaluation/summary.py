@@ -23,12 +23,14 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from scdl.data.class_stats import smallest_classes
-from scdl.evaluation.paper_table import data_set_name, run_config
+from scdl.evaluation.paper_table import data_set_name, run_config, run_pairing
 from scdl.evaluation.statistics import (
+    claim_primary,
     compare_classes,
     compare_runs,
     format_cell,
     format_needed,
+    run_score,
     runs_by_seed,
     seed_order,
 )
@@ -95,6 +97,7 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
         names = res["classes"]
         small = smallest_classes(Path(cfg.data.cache_dir), split["labeled"], len(names) + 1, k)
         mean = np.asarray(class_means(res, "dice"), dtype=float)
+        small_names = [names[c - 1] for c in small]
         records.append(
             {
                 "run": str(run),
@@ -102,11 +105,14 @@ def collect(roots: list[Path], k: int = 4) -> list[dict]:
                 "ablation": cfg.get("ablation_name", "none"),
                 "seed": cfg.get("seed"),
                 "data": data_set_name(cfg),
-                "dice": float(np.nanmean(mean)),
-                "small_dice": float(np.nanmean(mean[[c - 1 for c in small]])),
-                "small_classes": [names[c - 1] for c in small],
+                # cases first (a case's mean over its classes), then the mean over cases: the
+                # order of the paired differences, so column means and differences agree
+                "dice": run_score(res),
+                "small_dice": run_score(res, small_names),
+                "small_classes": small_names,
                 "per_class": dict(zip(names, mean.tolist(), strict=True)),
                 "result": res,  # per-case values for the paired statistics
+                "pairing": run_pairing(run, cfg),  # split and data hashes a pair must share
                 # what a variant is chosen on (never the test cases): the run's best validation
                 "val_dice": finished.get("metrics", {}).get("best/val/dice"),
             }
@@ -142,8 +148,9 @@ def markdown_table(records: list[dict]) -> str:
         lines.append(f"{data}| {exp} | {abl} | {seeds} | {val} | {fmt(d)} | {fmt(s)}{smalls} |")
     lines.append("")
     lines.append(
-        "mean ± sample standard deviation (ddof=1) over seeds of the per-run test means; best val "
-        "Dice: the best validation Dice of each run (finished.json), what variants are chosen on"
+        "mean ± sample standard deviation (ddof=1) over seeds of the per-run test means (a run's "
+        "mean: over test cases of each case's mean over its classes); best val Dice: the best "
+        "validation Dice of each run (finished.json), what variants are chosen on"
     )
     return "\n".join(lines)
 
@@ -153,23 +160,28 @@ def _group_key(record: dict) -> str:
 
 
 def paired_vs_baseline(
-    records: list[dict], baseline: str | None = None, n_boot: int = 10000
+    records: list[dict], baseline: str | None = None, n_boot: int = 10000, primary: str = "mean"
 ) -> tuple[str, list[dict]]:
     """Every (experiment, ablation) group against ``baseline`` (``experiment/ablation``; default
     the group with ablation ``baseline``, else the first), paired by seed and test case: per group
     ``{"method", "baseline", "mean", "minority"}`` with the :func:`~scdl.evaluation.statistics.
     compare` results over all classes and over the smallest classes, or ``{"method", "error"}``
-    when nothing pairs. Runs of several data sets are compared within each data set (``method``
-    then ends with `` on <data set>``). Returns the baseline's key and the list."""
+    when nothing pairs (other seeds, cases, split or preprocessing). Runs of several data sets are
+    compared within each data set (``method`` then ends with `` on <data set>``). The ``primary``
+    endpoint (``mean`` or ``minority``) of all of them is one family: Holm-adjusted, claimed where
+    the adjusted p < 0.05; the other endpoint is descriptive. Returns the baseline's key and the
+    list."""
     data_sets = _data_sets(records)
     if len(data_sets) == 1:
-        return _paired_in_one_data_set(records, baseline, n_boot)
-    key, out = baseline or "", []
-    for data in data_sets:
-        key, pairs = _paired_in_one_data_set(
-            [r for r in records if _data_set(r) == data], baseline, n_boot
-        )
-        out += [{**c, "method": f"{c['method']} on {data}", "data": data} for c in pairs]
+        key, out = _paired_in_one_data_set(records, baseline, n_boot)
+    else:
+        key, out = baseline or "", []
+        for data in data_sets:
+            key, pairs = _paired_in_one_data_set(
+                [r for r in records if _data_set(r) == data], baseline, n_boot
+            )
+            out += [{**c, "method": f"{c['method']} on {data}", "data": data} for c in pairs]
+    claim_primary(out, primary)  # one family: every comparison printed, on the primary endpoint
     return key, out
 
 
@@ -211,11 +223,14 @@ def _paired_in_one_data_set(
     return baseline, out
 
 
-def comparison_table(records: list[dict], baseline: str | None = None, n_boot: int = 10000) -> str:
+def comparison_table(
+    records: list[dict], baseline: str | None = None, n_boot: int = 10000, primary: str = "mean"
+) -> str:
     """The comparisons of :func:`paired_vs_baseline` as Markdown: the mean difference of mean Dice
-    and of the minority classes' Dice with a bootstrap 95 % interval over seeds and cases, the
-    seed-level t interval and a Wilcoxon p-value over cases (:mod:`scdl.evaluation.statistics`)."""
-    baseline, pairs = paired_vs_baseline(records, baseline, n_boot)
+    and of the minority classes' Dice with the two-way random-effects 95 % interval over seeds and
+    test cases and its p-value (Holm-adjusted on the ``primary`` endpoint, descriptive on the
+    other; :mod:`scdl.evaluation.statistics`)."""
+    baseline, pairs = paired_vs_baseline(records, baseline, n_boot, primary)
     if not pairs:
         return ""
     multi = len(_data_sets(records)) > 1
@@ -224,25 +239,38 @@ def comparison_table(records: list[dict], baseline: str | None = None, n_boot: i
         if multi
         else records[0]["small_classes"]
     )
+    family = sum(c[primary].get("p") is not None for c in pairs if primary in c)
+    primary_head, secondary_head = "Δ mean Dice", f"Δ Dice of {', '.join(small)}"
+    if primary == "minority":
+        primary_head, secondary_head = secondary_head, primary_head
     lines = [
         f"Paired differences vs {baseline}{' within each data set' if multi else ''} "
-        "(B - A, Dice points; 95 % two-level bootstrap interval "
-        "over seeds and cases, then (t: the 95 % Student-t interval over the per-seed differences); "
-        "* = both intervals exclude 0; Wilcoxon signed-rank p over cases; seeds for ±3: the seed pairs "
-        "a t interval of ±3 points would need at the measured spread, mean / small classes)",
+        "(B - A, Dice points; pairs: same seed, same test case, same split and preprocessing). "
+        "95 % interval: two-way random effects, seeds and test cases both random (the difference "
+        "expected for a new seed on new cases of this kind). "
+        f"Primary endpoint: {primary_head} (p: Holm-adjusted over its {family} comparisons in "
+        f"this table; * = claimed, adjusted p < 0.05). {secondary_head}: descriptive (raw p, no "
+        "claim). No interval below 3 seeds or 5 cases. Seeds for ±3: seed pairs for a ±3-point "
+        "interval on these cases at the measured seed spread - at its 80 % upper bound "
+        "('more cases': the case variance alone is wider), primary / secondary.",
         "",
-        f"| B | seeds | cases | Δ mean Dice [95 % CI] | p | Δ Dice of {', '.join(small)} [95 % CI] | p | seeds for ±3 |",
+        f"| B | seeds | cases | {primary_head} [95 % CI] | p | {secondary_head} [95 % CI] | p "
+        "| seeds for ±3 |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    secondary = "minority" if primary == "mean" else "mean"
     for c in pairs:
         if "error" in c:
             lines.append(f"| {c['method']} | – | – | not paired: {c['error']} | | | | |")
             continue
-        mean_c, small_c = c["mean"], c["minority"]
-        seeds = ",".join(str(x) for x in mean_c["seeds"])
+        first, second = c[primary], c[secondary]
+        seeds = ",".join(str(x) for x in first["seeds"])
+        cases = str(first["num_cases"])
+        if first["cases_dropped"]:
+            cases += f" (without {', '.join(first['cases_dropped'])}: classes absent)"
         lines.append(
-            f"| {c['method']} | {seeds} | {mean_c['num_cases']} | {format_cell(mean_c)} | "
-            f"{format_cell(small_c)} | {format_needed(mean_c, small_c)} |"
+            f"| {c['method']} | {seeds} | {cases} | {format_cell(first)} | "
+            f"{format_cell(second)} | {format_needed(first, second)} |"
         )
     return "\n".join(lines)
 
@@ -270,17 +298,18 @@ def per_class_paired_table(
     records: list[dict], baseline: str | None = None, n_boot: int = 2000
 ) -> str:
     """Per class, the paired difference of each group vs ``baseline`` (Dice points, same seed and
-    test case) with its seed-level t interval, ``*`` where both intervals exclude 0: which
-    classes carry a difference (one data set; '' for several or a single group)."""
+    test case) with its random-effects 95 % interval: which classes carry a difference. A
+    description (classes x arms comparisons, no correction, no claim). One data set; '' for
+    several or a single group."""
     if len(_data_sets(records)) > 1 or len({_group_key(r) for r in records}) < 2:
         return ""
     groups, baseline = _groups_and_baseline(records, baseline)
     names = list(records[0]["per_class"])
 
     def cell(c: dict) -> str:
-        t = c.get("t_ci")
-        interval = f" (t: {t[0] * 100:+.1f}, {t[1] * 100:+.1f})" if t is not None else ""
-        return f"{c['diff'] * 100:+.1f}{interval}{' *' if c['excludes_zero'] else ''}"
+        ci = c.get("ci")
+        interval = f" [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]" if ci is not None else ""
+        return f"{c['diff'] * 100:+.1f}{interval}"
 
     columns: dict[str, list[str]] = {}  # method -> one cell per class; unpaired groups left out
     for method, rs in groups.items():
@@ -296,8 +325,9 @@ def per_class_paired_table(
         return ""
     methods = list(columns)
     lines = [
-        f"Per-class paired differences vs {baseline} (Dice points; (t: 95 % seed-level interval); "
-        "* = bootstrap and t intervals exclude 0)",
+        f"Per-class paired differences vs {baseline} (Dice points [random-effects 95 % interval "
+        "over seeds and cases]); descriptive: one comparison per class and arm, no correction for "
+        "their number, no claim",
         "",
         "| class | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -386,9 +416,11 @@ def only_seeds(records: list[dict], seeds: set[int]) -> list[dict]:
     return kept
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("roots", nargs="+", type=Path, help="run or multirun folders")
+    parser.add_argument(
+        "roots", nargs="+", type=Path, help="run or multirun folders, or results/ archive folders"
+    )
     parser.add_argument("--smallest", type=int, default=4, help="k smallest classes")
     parser.add_argument("--per-class", action="store_true", help="also print per-class Dice")
     parser.add_argument(
@@ -403,11 +435,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seeds", default=None, help="only these seeds, e.g. 1,2,3 or 1-3 (default: all)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--primary",
+        choices=("mean", "minority"),
+        default="mean",
+        help="the pre-declared primary endpoint: claims (Holm) on it only (default: mean Dice)",
+    )
+    return parser.parse_args(argv)
+
+
+def render(args: argparse.Namespace) -> str:
+    """The tables :func:`main` prints, as one string (the results archive regenerates its
+    committed tables with it). SystemExit naming the problem where nothing can be summarised."""
     if args.paper:
-        print(paper_table(args.roots))
-        return
-    records = collect(args.roots, args.smallest)
+        return paper_table(args.roots)
+    from scdl.evaluation.archive import load_records
+
+    records = load_records(args.roots) + collect(args.roots, args.smallest)
     if not records:
         raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
     if args.seeds is not None:
@@ -419,26 +463,28 @@ def main(argv: list[str] | None = None) -> None:
         check_one_run_per_seed(records)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    print(markdown_table(records))
-    comparison = comparison_table(records, args.baseline)
+    parts = [markdown_table(records)]
+    comparison = comparison_table(records, args.baseline, primary=args.primary)
     if comparison:
-        print()
-        print(comparison)
+        parts.append(comparison)
     if args.per_class:
-        print()
-        print(per_class_table(records))
+        parts.append(per_class_table(records))
         paired = per_class_paired_table(records, args.baseline)
         if paired:
-            print()
-            print(paired)
+            parts.append(paired)
     if args.plot is not None:
         from scdl.evaluation.paper_table import plot_paired
 
-        base, pairs = paired_vs_baseline(records, args.baseline)
+        base, pairs = paired_vs_baseline(records, args.baseline, primary=args.primary)
         pairs = [c for c in pairs if "error" not in c]
         if plot_paired({"paired": pairs}, args.plot, against=base) is None:
             raise SystemExit("--plot: no paired comparison to plot")
-        print(f"\nforest plot: {args.plot}")
+        parts.append(f"forest plot: {args.plot}")
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(render(parse_args(argv)))
 
 
 if __name__ == "__main__":

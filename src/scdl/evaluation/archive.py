@@ -1,0 +1,192 @@
+"""Results as data: the per-case test results of the runs a table reports, committed under
+``results/`` and turned into that table by one command.
+
+A run folder (``logs/...``) holds checkpoints and logs and stays on the machine that trained it;
+the archive keeps what a table needs from it, small enough for git: one ``<name>.run.json`` per
+run with the summary record (experiment, ablation, seed, data set, the smallest classes, best
+validation Dice, the per-case per-class test Dice), the pairing hashes (split and data), the
+run's command-line overrides, a hash of its resolved config (machine paths left out) and its
+``provenance.json`` (commit, machine kind, precision). A study folder also holds ``tables.yaml``:
+the tables regenerated from the folder alone.
+
+::
+
+    python -m scdl.evaluation.archive export results/<study> <run or sweep folders...>
+    python -m scdl.evaluation.archive tables results/<study>          # rewrite its tables
+    python -m scdl.evaluation.archive tables results --check          # exit 1 where one differs
+
+``tables.yaml``::
+
+    tables:
+      - file: summary.md            # written into the study folder
+        args: [--per-class]         # arguments of python -m scdl.evaluation.summary (roots: the folder)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHIVE_VERSION = 1
+SUFFIX = ".run.json"
+TABLES = "tables.yaml"
+# Config sections that differ between machines without changing the run (where files live, how
+# Hydra logs): left out of the config hash.
+MACHINE_KEYS = ("paths", "hydra", "run_dir", "ckpt_path")
+
+
+def config_hash(cfg: dict) -> str:
+    """sha256 (16 hex) of a resolved config without the machine-specific sections."""
+    kept = {k: v for k, v in cfg.items() if k not in MACHINE_KEYS}
+    if isinstance(kept.get("data"), dict):  # data paths: where the cache is, not what is in it
+        kept["data"] = {
+            k: v for k, v in kept["data"].items() if k not in ("root", "cache_dir", "raw_dir")
+        }
+        if isinstance(kept["data"].get("module"), dict):
+            kept["data"]["module"] = {
+                k: v for k, v in kept["data"]["module"].items() if k != "cache_dir"
+            }
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def archive_record(record: dict) -> dict[str, Any]:
+    """The archived form of a :func:`scdl.evaluation.summary.collect` record."""
+    from omegaconf import OmegaConf
+
+    from scdl.evaluation.paper_table import run_config
+    from scdl.utils.provenance import read_provenance
+
+    run = Path(record["run"])
+    overrides_file = run / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
+    try:
+        resolved = OmegaConf.to_container(run_config(run), resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra can resolve: hash it as text
+        resolved = OmegaConf.to_container(run_config(run), resolve=False)
+    kept = {k: v for k, v in record.items() if k != "run"}
+    if kept.get("result", {}).get("ckpt"):  # the checkpoint's name, not this machine's path
+        kept["result"] = {**kept["result"], "ckpt": Path(kept["result"]["ckpt"]).name}
+    return {
+        "archive_version": ARCHIVE_VERSION,
+        "name": run.name,
+        **kept,
+        "overrides": overrides,
+        "config_sha256": config_hash(resolved),
+        "provenance": read_provenance(run),
+    }
+
+
+def record_file_name(record: dict) -> str:
+    parts = (record["data"], record["experiment"], record["ablation"], f"seed{record['seed']}")
+    return "__".join(str(p).replace("/", "-") for p in parts) + SUFFIX
+
+
+def export(study: Path, roots: Sequence[Path], k: int = 4) -> list[Path]:
+    """Writes one ``.run.json`` per finished run below ``roots`` into ``study`` (an existing file
+    of the same data set, experiment, ablation and seed is replaced). Returns the files."""
+    from scdl.evaluation.summary import collect
+
+    records = collect(list(roots), k)
+    if not records:
+        raise SystemExit(f"no finished runs below {', '.join(map(str, roots))}")
+    study.mkdir(parents=True, exist_ok=True)
+    written = []
+    for record in records:
+        path = study / record_file_name(record)
+        path.write_text(json.dumps(archive_record(record), indent=1) + "\n")  # class order kept
+        written.append(path)
+    return written
+
+
+def load_records(roots: Sequence[Path]) -> list[dict]:
+    """The archived records below ``roots`` in the form :func:`scdl.evaluation.summary.collect`
+    returns (``run``: the archive file)."""
+    records = []
+    for root in roots:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(root.rglob(f"*{SUFFIX}"))
+        for path in files:
+            data = json.loads(path.read_text())
+            if data.get("archive_version") != ARCHIVE_VERSION:
+                raise SystemExit(
+                    f"{path}: archive version {data.get('archive_version')}, this code reads "
+                    f"{ARCHIVE_VERSION}"
+                )
+            records.append({**data, "run": str(path)})
+    return records
+
+
+def table_specs(study: Path) -> list[dict]:
+    path = study / TABLES
+    spec = yaml.safe_load(path.read_text()) or {}
+    tables = spec.get("tables")
+    if not isinstance(tables, list) or not all(isinstance(t, dict) and "file" in t for t in tables):
+        raise SystemExit(f"{path}: expected 'tables:' as a list of {{file, args}} entries")
+    return tables
+
+
+def render_table(study: Path, spec: dict) -> str:
+    """One table of ``study`` regenerated from the folder alone."""
+    from scdl.evaluation.summary import parse_args, render
+
+    return render(parse_args([str(study), *[str(a) for a in spec.get("args", [])]])) + "\n"
+
+
+def studies(root: Path) -> list[Path]:
+    """Every study folder (one with a ``tables.yaml``) at or below ``root``."""
+    return sorted(p.parent for p in Path(root).rglob(TABLES))
+
+
+def regenerate(root: Path, check: bool = False) -> list[str]:
+    """Rewrites (or with ``check`` compares) every table of every study below ``root``;
+    returns the tables that differed from the committed files."""
+    differ = []
+    for study in studies(root):
+        for spec in table_specs(study):
+            text = render_table(study, spec)
+            target = study / spec["file"]
+            if not target.is_file() or target.read_text() != text:
+                differ.append(str(target))
+                if not check:
+                    target.write_text(text)
+    return differ
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="archive finished runs into a study folder")
+    ex.add_argument("study", type=Path)
+    ex.add_argument("roots", nargs="+", type=Path)
+    ex.add_argument("--smallest", type=int, default=4)
+    tb = sub.add_parser("tables", help="regenerate the tables of the studies below a folder")
+    tb.add_argument("root", type=Path, nargs="?", default=Path("results"))
+    tb.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        for path in export(args.study, args.roots, args.smallest):
+            print(path)
+        return 0
+    differ = regenerate(args.root, check=args.check)
+    for path in differ:
+        print(f"{'differs' if args.check else 'rewritten'}: {path}")
+    if args.check and differ:
+        print(
+            "the committed tables differ from their data: rerun "
+            f"python -m scdl.evaluation.archive tables {args.root}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
