@@ -29,6 +29,10 @@ def test_tiny_fit_then_test(phantom_cache, tmp_path):
     assert (out / "test_metrics_per_case.csv").read_text().startswith("case,class,dice")
     case_ids = [c["case"] for c in results["per_case"]]
     assert json.loads((out / "split.json").read_text())["test"] == case_ids
+    # what produced the figures: commit and machine kind, one entry per start, no host name
+    (start,) = json.loads((out / "provenance.json").read_text())["starts"]
+    assert len(start["commit"]) == 40 and start["cpu_capability"]
+    assert start["cpu"] and start["torch"] == torch.__version__ and "host" not in str(start)
     # the checkpoint holds the EMA teacher, so resuming restores it
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert any(k.startswith("teacher.module.") for k in state)

@@ -94,6 +94,9 @@ def train(cfg: DictConfig) -> dict:
     zero = launch_is_global_zero()  # run-folder writes: one rank (all SLURM ranks start together)
     if zero:
         save_split_file(datamodule.split, output_dir / "split.json")
+        from scdl.utils.provenance import record_start
+
+        record_start(output_dir, cfg.trainer.get("precision"))  # commit + machine of the figures
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = {**resolved, "split": datamodule.split.to_dict()}
     if plan.same_run and zero:
