@@ -112,7 +112,7 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     # primary endpoint (mean Dice, Holm over a family of 1), the minority column descriptive
     primary, secondary = "+10.0 [+10.0, +10.0] * | <0.001", "+10.0 [+10.0, +10.0] | <0.001"
     assert f"| exp/full | 1,2,3 | 6 | {primary} | {secondary} | 2 / 2 |" in table
-    assert "Holm-adjusted over its 1 comparisons" in table
+    assert "Holm-adjusted over its 1 comparisons with an interval" in table
     # two seeds: the difference, and why there is no interval
     two = comparison_table([r for r in records if r["seed"] != 3], n_boot=200)
     assert "| exp/full | 1,2 | 6 | +10.0 (no interval: 2 seeds (an interval needs 3)) | – |" in two

@@ -20,6 +20,9 @@ the tables regenerated from the folder alone.
     tables:
       - file: summary.md            # written into the study folder
         args: [--per-class]         # arguments of python -m scdl.evaluation.summary (roots: the folder)
+      - file: prior.md
+        tool: prior_diagnostics     # python -m scdl.evaluation.prior_diagnostics --table <files>
+        args: [diagnostics/full_seed1.json]   # relative to the study folder
 """
 
 from __future__ import annotations
@@ -134,10 +137,20 @@ def table_specs(study: Path) -> list[dict]:
 
 
 def render_table(study: Path, spec: dict) -> str:
-    """One table of ``study`` regenerated from the folder alone."""
-    from scdl.evaluation.summary import parse_args, render
+    """One table of ``study`` regenerated from the folder alone: ``tool: summary`` (default) over
+    the folder's records, or ``tool: prior_diagnostics`` over the JSON files named in ``args``."""
+    tool = spec.get("tool", "summary")
+    args = [str(a) for a in spec.get("args", [])]
+    if tool == "summary":
+        from scdl.evaluation.summary import parse_args, render
 
-    return render(parse_args([str(study), *[str(a) for a in spec.get("args", [])]])) + "\n"
+        return render(parse_args([str(study), *args])) + "\n"
+    if tool == "prior_diagnostics":
+        from scdl.evaluation.prior_diagnostics import markdown
+
+        files = [study / a for a in args]
+        return markdown({p.stem: json.loads(p.read_text()) for p in files}) + "\n"
+    raise SystemExit(f"{study / TABLES}: unknown tool {tool!r} (summary or prior_diagnostics)")
 
 
 def studies(root: Path) -> list[Path]:

@@ -248,8 +248,14 @@ def comparison_table(
         "(B - A, Dice points; pairs: same seed, same test case, same split and preprocessing). "
         "95 % interval: two-way random effects, seeds and test cases both random (the difference "
         "expected for a new seed on new cases of this kind). "
-        f"Primary endpoint: {primary_head} (p: Holm-adjusted over its {family} comparisons in "
-        f"this table; * = claimed, adjusted p < 0.05). {secondary_head}: descriptive (raw p, no "
+        f"Primary endpoint: {primary_head} ("
+        + (
+            f"p: Holm-adjusted over its {family} comparisons with an interval in this table; "
+            "* = claimed, adjusted p < 0.05"
+            if family
+            else "no comparison in this table has an interval: nothing is claimed"
+        )
+        + f"). {secondary_head}: descriptive (raw p, no "
         "claim). No interval below 3 seeds or 5 cases. Seeds for ±3: seed pairs for a ±3-point "
         "interval on these cases at the measured seed spread - at its 80 % upper bound "
         "('more cases': the case variance alone is wider), primary / secondary.",
