@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= phantom_scdl
 ARGS ?=
 
-.PHONY: help setup data train test test-all lint format bench gpu-check clean-logs notebooks
+.PHONY: help setup data train test test-all lint format bench gpu-check clean-logs notebooks tables
 
 help:
 	@echo "make train      set up, generate the phantom, train + test experiment=$(EXPERIMENT)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench      benchmark suite (< 10 min on CPU; CUDA when present): table + bench/results/*.json"
 	@echo "make gpu-check  every framework 30 steps at 96^3 in bf16 / fp16 on a GPU (< 8 min): s/step, memory"
 	@echo "make notebooks  execute notebooks/*.ipynb into docs/notebooks/ (Markdown + figures)"
+	@echo "make tables     regenerate the tables under results/ from their per-case data"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +60,10 @@ format: setup
 bench: data
 	# every figure with its target and verdict (docs/performance.md); JSON in bench/results/
 	$(BIN)/python bench/suite.py $(ARGS)
+
+# every table of results/<study>/ from the study's .run.json files (docs/results.md)
+tables: setup
+	$(BIN)/python -m scdl.evaluation.archive tables results $(ARGS)
 
 # on a GPU machine: s/step, patches/s, peak memory, scaler-skipped steps (bench/gpu_check.py)
 gpu-check: setup

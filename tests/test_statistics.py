@@ -42,18 +42,33 @@ def test_mean_squares_and_the_random_effects_interval_by_hand():
     """d = seed effect + case effect + residual on a 3 x 2 table, computed by hand:
     grand 2, seed means (1, 2, 3), case means (1.5, 2.5): MS_seed = 2 * 2 / 2 = 2,
     MS_case = 3 * 0.5 / 1 = 1.5, residuals (+-0.5 in the first and last seed, 0 in the middle)
-    -> MS_res = 1 / 2 = 0.5; se^2 = (2 + 1.5 - 0.5) / 6 = 0.5; Satterthwaite df =
-    3^2 / (2^2 / 2 + 1.5^2 / 1 + 0.5^2 / 2) = 9 / 4.375."""
+    -> MS_res = 1 / 2 = 0.5; se^2 = (2 + 1.5) / 6; Satterthwaite df =
+    3.5^2 / (2^2 / 2 + 1.5^2 / 1) = 12.25 / 4.25."""
     d = np.array([[0.0, 2.0], [1.5, 2.5], [3.0, 3.0]])
     assert mean_squares(d) == pytest.approx((2.0, 1.5, 0.5))
     re = random_effects_interval(d)
-    df = 9 / 4.375
-    half = student_t.ppf(0.975, df) * np.sqrt(0.5)
+    df = 12.25 / 4.25
+    se = np.sqrt(3.5 / 6)
+    half = student_t.ppf(0.975, df) * se
     assert re["df"] == pytest.approx(df)
     assert (re["lo"], re["hi"]) == pytest.approx((2 - half, 2 + half))
-    assert re["p"] == pytest.approx(2 * student_t.sf(2 / np.sqrt(0.5), df))
+    assert re["p"] == pytest.approx(2 * student_t.sf(2 / se, df))
     comps = variance_components(d)
     assert comps == pytest.approx({"seed": (2 - 0.5) / 2, "case": (1.5 - 0.5) / 3, "residual": 0.5})
+
+
+def test_the_interval_stays_finite_when_the_mean_squares_cancel():
+    """4 seeds x 6 cases of pure residual noise where MS_seed + MS_case - MS_res nearly cancels
+    (0.1 % of MS_res): the unbiased form's Satterthwaite degrees of freedom were ~1e-5 and its
+    interval +-10^5 points wide (seen on the liver of results/decision_phantom_500); the degrees
+    of freedom now stay >= min(S - 1, C - 1)."""
+    rng = np.random.default_rng(16)
+    rng.normal(size=4)
+    d = rng.normal(0, 0.2, (4, 6))
+    ms_seed, ms_case, ms_res = mean_squares(d)
+    assert 0 < ms_seed + ms_case - ms_res < 0.01 * ms_res  # the cancelling case
+    re = random_effects_interval(d)
+    assert re["df"] >= 3 and re["hi"] - re["lo"] < 1.0
 
 
 def test_crossed_and_nested_differ_when_cases_vary_and_seeds_agree():
@@ -70,6 +85,7 @@ def test_crossed_and_nested_differ_when_cases_vary_and_seeds_agree():
     # the stated interval is the case-level t here (seed and residual variance 0): t_5
     re = random_effects_interval(d)
     half = student_t.ppf(0.975, 5) * per_case.std(ddof=1) / np.sqrt(6)
+    assert re["df"] == pytest.approx(5)
     assert (re["lo"], re["hi"]) == pytest.approx((d.mean() - half, d.mean() + half))
     res = compare(*_pair(d))
     assert res["ci"] == pytest.approx((re["lo"], re["hi"]))
