@@ -62,18 +62,13 @@ def config_hash(cfg: dict) -> str:
 
 def archive_record(record: dict) -> dict[str, Any]:
     """The archived form of a :func:`scdl.evaluation.summary.collect` record."""
-    from omegaconf import OmegaConf
-
-    from scdl.evaluation.paper_table import run_config
+    from scdl.evaluation.paper_table import resolved_container, run_config
     from scdl.utils.provenance import read_provenance
 
     run = Path(record["run"])
     overrides_file = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
-    try:
-        resolved = OmegaConf.to_container(run_config(run), resolve=True)
-    except Exception:  # noqa: BLE001 - an interpolation only Hydra can resolve: hash it as text
-        resolved = OmegaConf.to_container(run_config(run), resolve=False)
+    resolved = resolved_container(run_config(run))
     kept = {k: v for k, v in record.items() if k != "run"}
     if kept.get("result", {}).get("ckpt"):  # the checkpoint's name, not this machine's path
         kept["result"] = {**kept["result"], "ckpt": Path(kept["result"]["ckpt"]).name}

@@ -91,12 +91,18 @@ def run_pairing(run: Path, cfg) -> dict[str, str] | None:
     split = run / "split.json"
     if not split.is_file():
         return None
-    node = cfg.get("data", OmegaConf.create())
-    try:  # resolved values are what the run used; an interpolation that no longer resolves
-        data = OmegaConf.to_container(node, resolve=True)  # (a Hydra-only one) is hashed as text
-    except Exception:  # noqa: BLE001
-        data = OmegaConf.to_container(node, resolve=False)
+    data = resolved_container(cfg.get("data", OmegaConf.create()))
     return pairing_key(json.loads(split.read_text()), data)
+
+
+def resolved_container(node) -> Any:
+    """A saved run config (node) as plain containers, resolved: the values the run used. An
+    interpolation that no longer resolves outside Hydra (``${hydra:...}``) leaves the whole node
+    unresolved, as text (still the same text for the same config)."""
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except Exception:  # noqa: BLE001 - any resolver error: fall back to the text
+        return OmegaConf.to_container(node, resolve=False)
 
 
 def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any]:

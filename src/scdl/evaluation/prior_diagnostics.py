@@ -31,14 +31,12 @@ import torch.nn.functional as F
 
 
 def foreground_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
-    """Mean Dice over the foreground classes present in ``pred`` or ``label`` (same shape)."""
-    values = []
-    for c in range(1, num_classes):
-        p, g = pred == c, label == c
-        total = int(p.sum()) + int(g.sum())
-        if total:
-            values.append(2.0 * int((p & g).sum()) / total)
-    return float(np.mean(values)) if values else float("nan")
+    """Mean Dice over the foreground classes present in ``pred`` or ``label`` (same shape):
+    :func:`scdl.metrics.dice.per_class_dice` with classes empty on both sides skipped."""
+    from scdl.metrics.dice import per_class_dice
+
+    scores = per_class_dice(pred, label, num_classes, absent="skip_both_empty").numpy()
+    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
 
 def token_class_accuracy(
