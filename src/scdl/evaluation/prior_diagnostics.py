@@ -59,7 +59,8 @@ def central_patch(volume: torch.Tensor, size: int) -> tuple[slice, ...]:
 def diagnose_checkpoint(
     ckpt: Path, split: dict, parts: Sequence[str] = ("labeled", "val"), precision: str = "auto"
 ) -> dict:
-    """The diagnostics of one checkpoint (see the module docstring); ``precision``: ``auto``
+    """The diagnostics of one checkpoint (see the module docstring; its step is the caller's, read
+    from the file name, so the checkpoint is read once); ``precision``: ``auto``
     (bf16 autocast where the CPU has native bf16, as training chose) or a Lightning string."""
     from scdl.evaluation.checkpoint import inference_context
 
@@ -81,7 +82,11 @@ def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
     plugin = module.plugin if getattr(module.plugin, "prior_feedback", None) == "head" else None
     host = module.plugin_host
     patch = int(cfg.data.module.patch_size[0])
-    out: dict[str, Any] = {"step": int(torch.load(ckpt, weights_only=False)["global_step"])}
+    out: dict[str, Any] = {}
+
+    def plain(x: torch.Tensor) -> torch.Tensor:  # the head without the prior term
+        return host.head(module.plugin_features(x))
+
     for part in parts:
         rows: dict[str, list[float]] = {}
         for case in split[part]:
@@ -91,10 +96,6 @@ def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
             rows.setdefault("dice", []).append(foreground_dice(pred[0].numpy(), label, num_classes))
             if plugin is None:
                 continue
-
-            def plain(x: torch.Tensor) -> torch.Tensor:
-                return host.head(module.plugin_features(x))
-
             pred = sliding_window_probs(plain, image, module.inference_cfg).argmax(1)
             rows.setdefault("dice_no_prior", []).append(
                 foreground_dice(pred[0].numpy(), label, num_classes)
@@ -130,9 +131,10 @@ def diagnose_run(run: Path, every: int = 200, precision: str = "auto") -> list[d
         )
     rows = []
     for ckpt in ckpts:
-        if int(ckpt.stem.removeprefix("step")) % every:
+        step = int(ckpt.stem.removeprefix("step"))  # the periodic file name holds global_step
+        if step % every:
             continue
-        row = diagnose_checkpoint(ckpt, split, precision=precision)
+        row = {"step": step, **diagnose_checkpoint(ckpt, split, precision=precision)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

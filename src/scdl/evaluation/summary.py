@@ -224,13 +224,18 @@ def _paired_in_one_data_set(
 
 
 def comparison_table(
-    records: list[dict], baseline: str | None = None, n_boot: int = 10000, primary: str = "mean"
+    records: list[dict],
+    baseline: str | None = None,
+    n_boot: int = 10000,
+    primary: str = "mean",
+    paired: tuple[str, list[dict]] | None = None,
 ) -> str:
     """The comparisons of :func:`paired_vs_baseline` as Markdown: the mean difference of mean Dice
     and of the minority classes' Dice with the two-way random-effects 95 % interval over seeds and
     test cases and its p-value (Holm-adjusted on the ``primary`` endpoint, descriptive on the
-    other; :mod:`scdl.evaluation.statistics`)."""
-    baseline, pairs = paired_vs_baseline(records, baseline, n_boot, primary)
+    other; :mod:`scdl.evaluation.statistics`). ``paired``: its result when already computed (the
+    forest plot uses the same comparisons)."""
+    baseline, pairs = paired or paired_vs_baseline(records, baseline, n_boot, primary)
     if not pairs:
         return ""
     multi = len(_data_sets(records)) > 1
@@ -470,7 +475,8 @@ def render(args: argparse.Namespace) -> str:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     parts = [markdown_table(records)]
-    comparison = comparison_table(records, args.baseline, primary=args.primary)
+    paired = paired_vs_baseline(records, args.baseline, primary=args.primary)
+    comparison = comparison_table(records, primary=args.primary, paired=paired)
     if comparison:
         parts.append(comparison)
     if args.per_class:
@@ -481,7 +487,7 @@ def render(args: argparse.Namespace) -> str:
     if args.plot is not None:
         from scdl.evaluation.paper_table import plot_paired
 
-        base, pairs = paired_vs_baseline(records, args.baseline, primary=args.primary)
+        base, pairs = paired
         pairs = [c for c in pairs if "error" not in c]
         if plot_paired({"paired": pairs}, args.plot, against=base) is None:
             raise SystemExit("--plot: no paired comparison to plot")
