@@ -194,21 +194,6 @@ def crossed_bootstrap_ci(
     return float(lo), float(hi)
 
 
-def nested_bootstrap_ci(
-    d: np.ndarray, n_boot: int = 10000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """The interval this project reported before 2026-12-03: seeds resampled, then a *fresh* case
-    resample within each drawn seed. For a crossed design it divides the case variance by the
-    number of seeds (too narrow); kept only so the tests can show it (do not report it)."""
-    rng = np.random.default_rng(seed)
-    n_s, n_c = d.shape
-    seed_idx = rng.integers(0, n_s, size=(n_boot, n_s))
-    case_idx = rng.integers(0, n_c, size=(n_boot, n_s, n_c))
-    samples = d[seed_idx[..., None], case_idx].mean(axis=(1, 2))
-    lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
-
-
 def seed_t_interval(per_seed: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval of the mean of the per-seed differences (estimand: the difference on
     the test cases used, cases fixed); None for fewer than 2 seeds."""
