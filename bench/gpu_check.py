@@ -99,8 +99,8 @@ def _batches(size: int, steps: int):
 
 def run_one(experiment: str, precision: str, args, devices: int = 1) -> dict:
     """~``args.steps`` Lightning steps of one experiment at one precision."""
-    import lightning as L
     import torch
+    from interleaved import timing_trainer  # bench/, on the path when run as a script
 
     from scdl.build import build_module
 
@@ -117,18 +117,13 @@ def run_one(experiment: str, precision: str, args, devices: int = 1) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         torch.backends.cudnn.benchmark = True  # as conf/trainer/gpu.yaml (benchmark: true)
-    trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu",
+    trainer = timing_trainer(
+        "gpu" if device == "cuda" else "cpu",
+        precision,
+        args.steps,
+        [timer],
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        precision=precision,
-        max_steps=args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
     )
     trainer.fit(module, datamodule=_batches(args.patch, args.steps))
     warm = timer.times[5:] if len(timer.times) > 6 else timer.times

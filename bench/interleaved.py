@@ -48,3 +48,30 @@ def print_ratio_table(medians: dict[str, float], reference: str, label: str) -> 
     print(f"| {label} | s / step | vs {reference} |\n|---|---|---|")
     for name, med in medians.items():
         print(f"| {name} | {med:.2f} | {med / ref:.2f} |")
+
+
+def timing_trainer(
+    accelerator: str,
+    precision: str,
+    max_steps: int,
+    callbacks: list,
+    devices: int = 1,
+    strategy: str = "auto",
+):
+    """A Lightning ``Trainer`` that only trains, as the benchmarks time it: no logger, checkpoints,
+    progress bar, model summary or validation."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )

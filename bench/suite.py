@@ -297,6 +297,7 @@ def section_lightning(args) -> dict:
     """Per-step wall time inside ``Trainer.fit`` (between consecutive batch starts: loop, hooks,
     precision plugin, optimiser step, EMA) vs the same work in a plain loop."""
     import lightning as L
+    from interleaved import timing_trainer
 
     dev = args.device
     auto = machine_precision(dev)
@@ -319,17 +320,8 @@ def section_lightning(args) -> dict:
 
     def run_lightning() -> list[float]:
         cb = StepTimes()
-        trainer = L.Trainer(
-            accelerator="gpu" if dev.startswith("cuda") else "cpu",
-            devices=1,
-            precision=lightning_precision[dtype],
-            max_steps=n + 1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            callbacks=[cb],
+        trainer = timing_trainer(
+            "gpu" if dev.startswith("cuda") else "cpu", lightning_precision[dtype], n + 1, [cb]
         )
         loader = torch.utils.data.DataLoader(_FixedBatches(batch, n + 1), batch_size=None)
         trainer.fit(module, train_dataloaders=loader)
