@@ -89,17 +89,9 @@ def _norms(t: torch.Tensor) -> list[float]:
 def machine_kind() -> str:
     """What decides float32 rounding here: torch build, ATen CPU capability, CPU vendor and the
     bf16 / AMX extensions."""
-    vendor, flags = "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "vendor_id":
-                vendor = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
+    from scdl.utils.hardware import _cpu_flags, cpuinfo_field
+
+    vendor, flags = cpuinfo_field("vendor_id") or "?", _cpu_flags()
     extensions = ",".join(f for f in ("avx512_bf16", "amx_tile") if f in flags) or "-"
     capability = torch.backends.cpu.get_cpu_capability()
     return f"torch {torch.__version__} | {capability} | {vendor} | {extensions}"

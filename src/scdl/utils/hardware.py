@@ -33,15 +33,21 @@ class PrecisionChoice:
     reason: str
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo_field(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` (None where
+    the file or the line is missing: macOS, Windows)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(keys):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((cpuinfo_field("flags", "Features") or "").split())
 
 
 def command_output(cmd: list[str], timeout: float = 20.0) -> str:

@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
-from scdl.utils.hardware import command_output, native_bf16
+from scdl.utils.hardware import command_output, cpuinfo_field, native_bf16
 
 PROVENANCE = "provenance.json"
 
 
 def code_version() -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of the git checkout holding this package (None outside one);
-    ``dirty`` counts modified tracked files (results of uncommitted code are marked)."""
+    """``{"scdl", "commit", "dirty_files"}``: the package version and the git checkout holding
+    it (None outside one); ``dirty_files`` counts modified tracked files (results of uncommitted
+    code are marked)."""
     root = Path(__file__).resolve().parents[3]
     commit = command_output(["git", "-C", str(root), "rev-parse", "HEAD"], 10).strip() or None
     dirty = None
@@ -37,13 +38,7 @@ def code_version() -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
