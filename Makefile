@@ -63,7 +63,7 @@ bench: data
 
 # every table of results/<study>/ from the study's .run.json files (docs/results.md)
 tables: setup
-	$(BIN)/python -m scdl.evaluation.archive tables results $(ARGS)
+	$(BIN)/python -m scdl.reporting.archive tables results $(ARGS)
 
 # on a GPU machine: s/step, patches/s, peak memory, scaler-skipped steps (bench/gpu_check.py)
 gpu-check: setup

@@ -12,8 +12,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from scdl.config_checks import exit_on_bad_command_line
 from scdl.utils.config import register_resolvers
-from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()
@@ -21,7 +21,7 @@ register_resolvers()
 
 def run(cfg: DictConfig) -> int:
     """Runs the checks of ``cfg.data``, prints the report; returns the exit status."""
-    from scdl.data.checks import check_from_config
+    from scdl.data.catalog import check_from_config
 
     report = check_from_config(cfg.data, progress=bool(cfg.get("progress", True)))
     report.print()

@@ -9,8 +9,8 @@ import hydra
 from dotenv import load_dotenv
 from omegaconf import DictConfig
 
+from scdl.config_checks import exit_on_bad_command_line
 from scdl.utils.config import project_root, register_resolvers
-from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 load_dotenv(project_root() / ".env")  # WANDB_API_KEY, ...
@@ -21,8 +21,10 @@ register_resolvers()
 @user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> float | None:
     from scdl.evaluation.evaluate import evaluate
+    from scdl.reporting.wandb_eval import log_evaluation
 
     summary = evaluate(cfg)
+    log_evaluation(cfg, summary)
     return summary["overall"]["dice"]["mean"]
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from scdl.config_checks import exit_on_bad_command_line
 from scdl.utils.config import register_resolvers
-from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()

@@ -2,15 +2,15 @@
 input=<file.nii.gz or folder> output=<folder>``.
 
 Label maps (uint8) are written with the shape and affine of each input (see
-:mod:`scdl.evaluation.predict`)."""
+:mod:`scdl.inference.predict`)."""
 
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
+from scdl.config_checks import exit_on_bad_command_line
 from scdl.utils.config import register_resolvers
-from scdl.utils.config_checks import exit_on_bad_command_line
 from scdl.utils.errors import config_folders, user_errors
 
 register_resolvers()
@@ -19,7 +19,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @user_errors(config_folders)  # permission / read-only / disk full: the message only
 def main(cfg: DictConfig) -> None:
-    from scdl.evaluation.predict import predict
+    from scdl.inference.predict import predict
 
     written = predict(cfg)
     print(f"wrote {len(written)} label map(s) to {cfg.output}")

@@ -10,6 +10,7 @@ import torch
 
 from conftest import compose_cfg, tiny_train_overrides
 from scdl.build import build_backbone, build_plugin
+from scdl.config_checks import ConfigError, validate_config
 from scdl.frameworks.mean_teacher import MeanTeacherModule
 from scdl.losses import CEDiceLoss
 from scdl.losses.consistency import PseudoLabelLoss
@@ -18,7 +19,6 @@ from scdl.models.monai_backbones import MonaiSwinUNETR, MonaiUNet
 from scdl.models.scdl import SCDL
 from scdl.models.vnet import VNet
 from scdl.plugins.scdl_plugin import SCDLPlugin
-from scdl.utils.config_checks import ConfigError, validate_config
 
 C = 4
 # tiny settings for 2 CPU cores; (factory, patch side): the smallest valid training patch of each

@@ -145,7 +145,8 @@ def test_a_label_with_a_trailing_singleton_axis_is_used(nnunet, tmp_path):
     _rewrite(path, data[..., None])
     raw = read_nnunet_raw(nnunet)
     assert not check_cases(raw, progress=False).errors
-    from scdl.data.prepare import foreground_intensity_stats, load_cached_case
+    from scdl.data.cache import load_cached_case
+    from scdl.data.planning import foreground_intensity_stats
 
     stats = foreground_intensity_stats(raw, progress=False)
     protocol = PreprocessProtocol(normalisation="ct", clip=None, intensity_stats=stats)
@@ -197,7 +198,7 @@ def test_non_latin_class_names_stay_readable_and_distinct(nnunet):
 
 def test_results_and_modules_refuse_repeated_class_names():
     from scdl.frameworks.base import SemiSupervisedModule
-    from scdl.metrics import aggregate_metrics
+    from scdl.metrics.results import aggregate_metrics
 
     case = {"dice": np.array([0.5, 0.7])}
     with pytest.raises(ValueError, match="'a' \\(id 0\\) and 'a' \\(id 1\\)"):
@@ -229,7 +230,7 @@ def test_predict_refuses_an_output_folder_holding_its_inputs(tmp_path, name):
     stay untouched."""
     from omegaconf import OmegaConf
 
-    from scdl.evaluation.predict import PredictOutputError, predict
+    from scdl.inference.predict import PredictOutputError, predict
 
     folder = tmp_path / "scans"
     folder.mkdir()
@@ -343,7 +344,7 @@ def test_cli_user_errors_print_no_traceback(nnunet, tmp_path):
 
 def test_hidden_macos_copies_are_not_taken_for_scans_or_predictions(tmp_path):
     from scdl.evaluation.folder import list_label_maps
-    from scdl.evaluation.predict import list_inputs
+    from scdl.inference.predict import list_inputs
 
     scan = tmp_path / "a_0000.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int16), np.eye(4)), str(scan))

@@ -19,10 +19,12 @@ import pytest
 
 from conftest import compose_cfg
 from real_data_fixtures import SPACING, write_nnunet, write_split
-from scdl.data.checks import check_cases, check_from_config
+from scdl.data.cache import load_cached_case, read_index
+from scdl.data.catalog import check_from_config
+from scdl.data.checks import check_cases
 from scdl.data.errors import DataCheckError
 from scdl.data.layouts import read_nnunet_raw
-from scdl.data.prepare import PreprocessProtocol, load_cached_case, prepare_dataset, read_index
+from scdl.data.prepare import PreprocessProtocol, prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])

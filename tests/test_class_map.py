@@ -10,12 +10,12 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_cfg
-from scdl.evaluation.checkpoint import (
+from scdl.config_checks import ConfigError
+from scdl.inference.checkpoint import (
     load_module_from_checkpoint,
     resolve_classes,
     with_class_mismatch_flag,
 )
-from scdl.utils.config_checks import ConfigError
 
 CKPT = ["background", "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver"]
 SWAPPED = [

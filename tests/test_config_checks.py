@@ -1,4 +1,4 @@
-"""Fault injection for :mod:`scdl.utils.config_checks`: each bad config fails before anything is built,
+"""Fault injection for :mod:`scdl.config_checks`: each bad config fails before anything is built,
 with one message naming the key, the bad value and the fix; every shipped experiment passes."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import pytest
 from hydra.errors import CompactHydraException
 
 from conftest import CONF_DIR, compose_cfg
-from scdl.utils import config_checks
-from scdl.utils.config import project_root
-from scdl.utils.config_checks import (
+from scdl import config_checks
+from scdl.config_checks import (
     ConfigError,
     exit_if_missing_hydra_plugins,
     missing_hydra_plugins,
     validate_config,
 )
+from scdl.utils.config import project_root
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 ABLATIONS = sorted(p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml"))
@@ -204,7 +204,7 @@ def test_seed_and_sliding_window_values_are_checked_at_start(tmp_path, override,
 
 
 def test_sliding_window_overrides_of_eval_and_predict_are_checked():
-    from scdl.inference import SlidingWindowConfig
+    from scdl.inference.sliding_window import SlidingWindowConfig
 
     with pytest.raises(ConfigError, match=r"overlap=1.0: expected a number in \[0, 1\)"):
         SlidingWindowConfig(overlap=1.0)
@@ -238,7 +238,7 @@ def test_a_labeled_ratio_beside_a_split_file_is_refused(tmp_path):
 def test_unquoted_paths_with_spaces_or_non_ascii_are_named_with_the_quoting(tmp_path):
     """Hydra's grammar fails on them with LexerNoViableAltException; the entry points say how to
     quote before Hydra parses the command line."""
-    from scdl.utils.config_checks import unquoted_values
+    from scdl.config_checks import unquoted_values
 
     msgs = unquoted_values(["data.root=/data/my scans", "data.root=/data/ü", "x=[1, 2]"])
     assert len(msgs) == 2

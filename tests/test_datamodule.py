@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
+from scdl.data.cache import CachedCase, load_cached_case
 from scdl.data.datamodule import PatchDataset, SemiSupervisedDataModule
 from scdl.data.phantom import LABEL
-from scdl.data.prepare import CachedCase, load_cached_case
 
 
 def _dm(cache, **kw):

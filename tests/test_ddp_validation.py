@@ -26,8 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from conftest import compose_cfg, tiny_train_overrides
 from scdl.build import build_module, setup_data
 from scdl.data.datamodule import SemiSupervisedDataModule
-from scdl.metrics import PerCaseDice
-from scdl.metrics.dice import unique_cases
+from scdl.metrics.dice import PerCaseDice, unique_cases
 
 NUM_CLASSES = 4
 

@@ -33,7 +33,7 @@ class _RandomBatches(L.LightningDataModule):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_debug_fast_trains_every_experiment_for_two_steps(experiment, tmp_path):
     from scdl.build import build_module
-    from scdl.utils.config_checks import validate_config
+    from scdl.config_checks import validate_config
 
     cfg = compose_cfg(
         [f"experiment={experiment}", "debug=fast", f"paths.log_dir={tmp_path}"],

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scdl.metrics import PerCaseDice, aggregate_metrics, load_metrics, per_class_dice, save_metrics
-from scdl.metrics.dice import dice_counts
+from scdl.metrics.dice import PerCaseDice, dice_counts, per_class_dice
+from scdl.metrics.results import aggregate_metrics, load_metrics, save_metrics
 
 
 def _rule_case() -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,10 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg, tiny_train_overrides
 from scdl.data.layouts import RawCase
 from scdl.data.prepare import PreprocessProtocol, preprocess_case
-from scdl.evaluation.checkpoint import find_run_dir, resolve_checkpoint, resolve_classes
-from scdl.evaluation.predict import labels_to_original_grid, list_inputs, nifti_stem
+from scdl.inference.checkpoint import resolve_classes
+from scdl.inference.native_grid import labels_to_original_grid
+from scdl.inference.predict import list_inputs, nifti_stem
+from scdl.runs import find_run_dir, resolve_checkpoint
 
 NUM_CLASSES = 14  # phantom: background + 13 Synapse organs
 
@@ -143,7 +145,7 @@ def test_eval_paper_protocol_with_predictions(trained_run):
 
 
 def test_predict_writes_label_maps_on_the_input_grid(trained_run, phantom_raw, tmp_path):
-    from scdl.evaluation.predict import predict
+    from scdl.inference.predict import predict
 
     image = sorted((phantom_raw / "imagesTr").glob("*_0000.nii.gz"))[0]
     folder = tmp_path / "scans"
@@ -289,7 +291,7 @@ def test_a_lone_checkpoint_evaluates_and_predicts_from_another_folder(
     import shutil
 
     from scdl.evaluation.evaluate import evaluate
-    from scdl.evaluation.predict import predict
+    from scdl.inference.predict import predict
 
     lone = tmp_path / "elsewhere" / "model.ckpt"
     lone.parent.mkdir()

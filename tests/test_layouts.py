@@ -25,16 +25,11 @@ from real_data_fixtures import (
     write_synapse_h5,
 )
 from scdl.data import catalog, prepare
+from scdl.data.cache import load_cached_case, read_index
 from scdl.data.catalog import DataNotFoundError, ensure_prepared, prepare_from_config, read_raw
 from scdl.data.errors import DataCheckError
 from scdl.data.layouts import read_amos22, read_amos_npy, read_btcv, read_synapse_h5
-from scdl.data.prepare import (
-    PreprocessProtocol,
-    case_is_cached,
-    load_cached_case,
-    prepare_dataset,
-    read_index,
-)
+from scdl.data.prepare import PreprocessProtocol, case_is_cached, prepare_dataset
 
 AMOS_PAPER = PreprocessProtocol(
     name="paper", orientation="RAS", spacing=None, resize=(160, 160, 80), clip=(-125, 275)
@@ -205,7 +200,7 @@ def test_legacy_amos_npy_is_transposed_windowed_and_copied(tmp_path):
     big = load_cached_case(tmp_path / "c2", "amos_0002")
     assert big.label.shape == (160, 160, 80)
     # the meta affines undo transposition and resize: predictions map back onto the source array
-    from scdl.evaluation.predict import labels_to_original_grid
+    from scdl.inference.native_grid import labels_to_original_grid
 
     for cached in (case, big):
         back = labels_to_original_grid(cached.label, cached.meta)

@@ -1,7 +1,7 @@
 """Predictions go back onto the scan's own grid without losing a voxel: anatomy touching every face
 of the scan, in several orientations and spacings, through every preprocessing the project has
 (reorientation, resampling, resize, array transposition), mapped back by
-:func:`scdl.evaluation.predict.labels_to_original_grid`.
+:func:`scdl.inference.native_grid.labels_to_original_grid`.
 
 Fixture: the label fills the whole volume (no air border), so its first and last slices along
 every axis are anatomy; a constant cache map must come back constant, and any cache map must come
@@ -20,11 +20,8 @@ from scipy.spatial import cKDTree
 
 from scdl.data.layouts import RawCase
 from scdl.data.prepare import PreprocessProtocol, preprocess_case
-from scdl.evaluation.predict import (
-    labels_to_original_grid,
-    segment_volume,
-    source_to_cache_index,
-)
+from scdl.inference.native_grid import labels_to_original_grid, source_to_cache_index
+from scdl.inference.segment import segment_volume
 
 SHAPE = (21, 18, 11)
 

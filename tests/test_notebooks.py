@@ -1,5 +1,5 @@
 """The notebooks (stored without outputs, inputs from SCDL_NOTEBOOK_* variables, no copies of package
-code), their helpers (scdl.evaluation.figures), the Markdown export of ``make notebooks``, quiet
+code), their helpers (scdl.reporting.figures), the Markdown export of ``make notebooks``, quiet
 logs and progress lines; the slow tests execute the three notebooks end to end on the tiny phantom
 and check a training log for duplicated lines and third-party tips."""
 
@@ -67,11 +67,11 @@ def test_notebook_takes_parameters_and_uses_the_package(path):
     assert "SCDL_NOTEBOOK_" in "".join(params["source"])
     for cell in cells:
         source = "".join(cell["source"])
-        # plotting and analysis live in scdl.evaluation.figures and the tools it reuses
+        # plotting and analysis live in scdl.reporting.figures and the tools it reuses
         assert not re.search(r"^\s*(def|class) ", source, flags=re.M), (
-            f"{path.name}: defines code; put it in the package (scdl.evaluation.figures)"
+            f"{path.name}: defines code; put it in the package (scdl.reporting.figures)"
         )
-    assert any("scdl.evaluation" in "".join(c["source"]) for c in cells)
+    assert any("scdl.reporting" in "".join(c["source"]) for c in cells)
 
 
 def test_markdown_export_writes_text_tables_and_figures(tmp_path):
@@ -115,7 +115,8 @@ def _fake_run(root: Path, name: str, cfg: dict, csv_text: str | None = "step,val
 
 
 def test_find_runs_finds_training_runs_anywhere_and_nothing_else(tmp_path):
-    from scdl.evaluation.figures import describe_runs, find_runs
+    from scdl.reporting.figures import describe_runs
+    from scdl.runs import find_training_runs as find_runs
 
     assert find_runs(tmp_path / "missing") == []
     assert find_runs(tmp_path) == []
@@ -152,7 +153,7 @@ class _FakeApi:
 
 
 def test_wandb_records_read_curves_and_per_class_dice():
-    from scdl.evaluation.figures import parse_wandb_target, wandb_records
+    from scdl.reporting.figures import parse_wandb_target, wandb_records
 
     assert parse_wandb_target("me/scdl") == ("me/scdl", None)
     assert parse_wandb_target("me/scdl/paper_table/synapse") == ("me/scdl", "paper_table/synapse")
@@ -182,8 +183,8 @@ def test_data_helpers_on_the_phantom(phantom_cache):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scdl.data.prepare import load_cached_case, read_index
-    from scdl.evaluation import figures as F
+    from scdl.data.cache import load_cached_case, read_index
+    from scdl.reporting import figures as F
 
     names = read_index(phantom_cache)["class_names"]
     split = F.load_split(phantom_cache, None, TINY_SPLIT.split())
@@ -207,7 +208,7 @@ def test_data_helpers_on_the_phantom(phantom_cache):
 
 
 def test_token_cloud_separation_measures():
-    from scdl.evaluation.figures import TokenCloud, centroid_accuracy, project_2d
+    from scdl.reporting.figures import TokenCloud, centroid_accuracy, project_2d
 
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=float)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)

@@ -5,15 +5,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from scdl.data.cache import load_cached_case, read_index
 from scdl.data.layouts import read_nnunet_raw
 from scdl.data.phantom import LABEL
-from scdl.data.prepare import (
-    PreprocessProtocol,
-    case_is_cached,
-    load_cached_case,
-    prepare_dataset,
-    read_index,
-)
+from scdl.data.prepare import PreprocessProtocol, case_is_cached, prepare_dataset
 
 
 def test_cache_has_target_spacing_ras_orientation_and_aligned_labels(phantom_raw, phantom_cache):

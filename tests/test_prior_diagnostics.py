@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scdl.evaluation.prior_diagnostics import (
+from scdl.reporting.prior_diagnostics import (
     central_patch,
     foreground_dice,
     markdown,

@@ -42,7 +42,7 @@ def _cfg(cache, tmp_path, *extra):
 def test_released_synapse_checkpoint_imports_and_evaluates(phantom_cache, tmp_path):
     from scdl.build import build_module, setup_data
     from scdl.evaluation.evaluate import evaluate
-    from scdl.evaluation.released import import_released
+    from scdl.inference.released import import_released
 
     # "the authors' model": a module of the same architecture with other random weights
     src_cfg = _cfg(phantom_cache, tmp_path, "released=x", "output=x")
@@ -71,7 +71,7 @@ def test_released_synapse_checkpoint_imports_and_evaluates(phantom_cache, tmp_pa
             assert torch.equal(state["state_dict"][key], value), key
 
     # eval.py on the imported checkpoint: the VNetWithPrior path (prior at the head) of the source
-    from scdl.evaluation.checkpoint import load_module_from_checkpoint
+    from scdl.inference.checkpoint import load_module_from_checkpoint
 
     imported, _ = load_module_from_checkpoint(out)
     x = torch.randn(1, 1, 48, 48, 48)
@@ -99,7 +99,7 @@ def test_released_synapse_checkpoint_imports_and_evaluates(phantom_cache, tmp_pa
 
 def test_released_file_for_the_wrong_framework_is_refused(phantom_cache, tmp_path):
     from scdl.build import build_module, setup_data
-    from scdl.evaluation.released import load_released
+    from scdl.inference.released import load_released
 
     cfg = compose_cfg(
         ["experiment=phantom_scdl", *tiny_train_overrides(phantom_cache, tmp_path)],
@@ -112,8 +112,8 @@ def test_released_file_for_the_wrong_framework_is_refused(phantom_cache, tmp_pat
 
 def test_released_amos_prior5_state_dict_imports_and_infers_prior_free(phantom_cache, tmp_path):
     from scdl.build import build_module, setup_data
-    from scdl.evaluation.checkpoint import load_module_from_checkpoint
-    from scdl.evaluation.released import import_released
+    from scdl.inference.checkpoint import load_module_from_checkpoint
+    from scdl.inference.released import import_released
 
     src_cfg = _cfg(phantom_cache, tmp_path, "scdl=amos", "released=x", "output=x")
     setup_data(src_cfg)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from scdl.evaluation.archive import export, load_records, main, regenerate, studies
-from scdl.evaluation.summary import parse_args, render
-from scdl.metrics import TRAIN_TEST_STEM, aggregate_metrics, save_metrics
+from scdl.metrics.results import aggregate_metrics, save_metrics
+from scdl.reporting.archive import export, main, regenerate, studies
+from scdl.reporting.records import load_records
+from scdl.reporting.summary import parse_args, render
+from scdl.runs import TRAIN_TEST_STEM
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

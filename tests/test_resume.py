@@ -147,7 +147,7 @@ def _fake_best(path: Path, score: float, step: int) -> None:
 
 
 def test_best_checkpoint_is_chosen_by_recorded_score_not_time(tmp_path):
-    from scdl.evaluation.checkpoint import resolve_checkpoint
+    from scdl.runs import resolve_checkpoint
 
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)
@@ -158,8 +158,8 @@ def test_best_checkpoint_is_chosen_by_recorded_score_not_time(tmp_path):
 
 
 def test_resume_sets_aside_best_checkpoints_of_the_discarded_timeline(tmp_path):
-    from scdl.evaluation.checkpoint import resolve_checkpoint
     from scdl.resume import set_aside_orphans
+    from scdl.runs import resolve_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

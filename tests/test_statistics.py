@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import t as student_t
 from scipy.stats import wilcoxon
 
-from scdl.evaluation.statistics import (
+from scdl.metrics.results import aggregate_metrics
+from scdl.reporting.statistics import (
     MIN_CASES,
     MIN_SEEDS,
     PairingError,
@@ -28,7 +29,6 @@ from scdl.evaluation.statistics import (
     variance_components,
     wilcoxon_over_cases,
 )
-from scdl.metrics import aggregate_metrics
 
 CASES = ["c1", "c2", "c3", "c4", "c5", "c6"]
 
@@ -288,7 +288,7 @@ def test_cases_without_the_classes_are_dropped_for_every_seed_and_named():
 
 
 def test_seeds_are_ordered_by_value_not_text():
-    from scdl.evaluation.statistics import seed_order
+    from scdl.reporting.statistics import seed_order
 
     runs = {s: {"c": 0.1 * s} for s in (10, 2, 1)}
     seeds, _, d = paired_differences(runs, {s: {"c": 0.0} for s in runs})

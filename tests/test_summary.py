@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from scdl.evaluation.summary import collect, markdown_table, paper_table
-from scdl.metrics import TRAIN_TEST_STEM, aggregate_metrics, save_metrics
+from scdl.metrics.results import aggregate_metrics, save_metrics
+from scdl.reporting.paper_table import per_run_markdown
+from scdl.reporting.records import collect
+from scdl.reporting.summary import markdown_table
+from scdl.runs import TRAIN_TEST_STEM
 
 
 def _run(root, name, ablation, seed, means, cache, legacy=False, data="phantom", cases=1):
@@ -78,7 +81,7 @@ def test_paper_table_reads_eval_outputs(tmp_path):
     (out / "metrics.json").write_text(
         json.dumps({"classes": list(per_class), "per_class": per_class, "overall": overall})
     )
-    table = paper_table([tmp_path])
+    table = per_run_markdown([tmp_path])
     assert (
         table.splitlines()[0]
         == "| experiment | ablation | seed | Avg Dice % | Avg ASD (vox) | Sp | RAG |"
@@ -87,7 +90,7 @@ def test_paper_table_reads_eval_outputs(tmp_path):
 
 
 def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
-    from scdl.evaluation.summary import comparison_table
+    from scdl.reporting.summary import comparison_table
 
     def record(ablation, seed, shift):
         cases = [{"dice": np.array([0.8, 0.1 * i]) + shift} for i in range(1, 7)]
@@ -117,8 +120,8 @@ def test_comparison_table_pairs_each_group_with_the_baseline(tmp_path):
     two = comparison_table([r for r in records if r["seed"] != 3], n_boot=200)
     assert "| exp/full | 1,2 | 6 | +10.0 (no interval: 2 seeds (an interval needs 3)) | – |" in two
     # the same comparisons as data, and their forest plot (summary --plot)
-    from scdl.evaluation.paper_table import plot_paired
-    from scdl.evaluation.summary import paired_vs_baseline, per_class_paired_table
+    from scdl.reporting.paper_table import plot_paired
+    from scdl.reporting.summary import paired_vs_baseline, per_class_paired_table
 
     # per class: which classes carry the difference (summary --per-class)
     for r in records:
@@ -146,7 +149,7 @@ def _label_cache(tmp_path):
 def test_runs_of_two_data_sets_are_grouped_and_paired_within_their_data_set(tmp_path):
     """The held-out phantom runs the phantom's experiment: its seed 1 must not join (or pair with)
     the phantom's seed 1."""
-    from scdl.evaluation.summary import comparison_table, paired_vs_baseline
+    from scdl.reporting.summary import comparison_table, paired_vs_baseline
 
     cache = _label_cache(tmp_path)
     for data, gain in (("phantom", 0.1), ("heldout", -0.2)):
@@ -171,7 +174,7 @@ def test_runs_of_two_data_sets_are_grouped_and_paired_within_their_data_set(tmp_
 
 
 def test_two_runs_of_one_seed_in_a_group_stop_the_summary_naming_both(tmp_path):
-    from scdl.evaluation.summary import main
+    from scdl.reporting.summary import main
 
     cache = _label_cache(tmp_path)
     _run(tmp_path / "sweep1", "r1", "full", 1, [0.9, 0.2, 0.5], cache)
@@ -186,7 +189,7 @@ def test_forest_plot_axis_names_the_baseline_it_was_compared_with(tmp_path, monk
     "with SCDL - without" would state the wrong comparison."""
     from matplotlib.axes import Axes
 
-    from scdl.evaluation.summary import main
+    from scdl.reporting.summary import main
 
     cache = _label_cache(tmp_path)
     for seed in (1, 2):
@@ -205,7 +208,7 @@ def test_forest_plot_axis_names_the_baseline_it_was_compared_with(tmp_path, monk
 
 def test_seeds_option_reports_every_arm_on_the_same_seeds(tmp_path, capsys):
     """An arm run with seeds 1-3 beside one with 1-2: --seeds 1,2 gives both arms seeds 1,2."""
-    from scdl.evaluation.summary import main, parse_seeds
+    from scdl.reporting.summary import main, parse_seeds
 
     assert parse_seeds("1-3,7") == {1, 2, 3, 7} and parse_seeds("2") == {2}
     with pytest.raises(ValueError, match="'x' is not a seed"):
@@ -225,7 +228,7 @@ def test_seeds_option_reports_every_arm_on_the_same_seeds(tmp_path, capsys):
 def test_arms_run_on_another_split_are_not_paired_and_the_table_says_why(tmp_path):
     """Same seeds, same case ids, but one arm's split.json differs (another unlabeled scan): the
     pair is refused by name, not computed."""
-    from scdl.evaluation.summary import comparison_table
+    from scdl.reporting.summary import comparison_table
 
     cache = _label_cache(tmp_path)
     for seed in (1, 2, 3):

@@ -73,7 +73,8 @@ def label_cache(tmp_path) -> Path:
 
 
 def test_paper_table_rows_are_methods_with_mean_and_sample_std_over_seeds(tmp_path, label_cache):
-    from scdl.evaluation.paper_table import build_table, collect_runs, to_markdown, write_csv
+    from scdl.reporting.paper_table import build_table, to_markdown, write_csv
+    from scdl.reporting.records import collect_runs
 
     sweep = tmp_path / "sweep"
     _fake_run(sweep, "0", "Mean teacher + SCDL", 1, [0.5, 0.4, 0.0], 10.0, label_cache)
@@ -92,7 +93,7 @@ def test_paper_table_rows_are_methods_with_mean_and_sample_std_over_seeds(tmp_pa
     # ablation=baseline of an SCDL experiment is the framework without SCDL
     from omegaconf import OmegaConf
 
-    from scdl.evaluation.paper_table import method_label
+    from scdl.reporting.records import method_label
 
     label = {"method_name": "GA-CPS + SCDL", "ablation_name": "baseline"}
     assert method_label(OmegaConf.create(label)) == "GA-CPS"
@@ -108,7 +109,8 @@ def test_paper_table_rows_are_methods_with_mean_and_sample_std_over_seeds(tmp_pa
 
 
 def test_paper_table_refuses_runs_with_different_classes(tmp_path, label_cache):
-    from scdl.evaluation.paper_table import build_table, collect_runs
+    from scdl.reporting.paper_table import build_table
+    from scdl.reporting.records import collect_runs
 
     _fake_run(tmp_path / "s", "0", "Mean teacher", 1, [0.5, 0.4, 0.0], 1.0, label_cache)
     run = _fake_run(tmp_path / "s", "1", "DHC", 1, [0.5, 0.4, 0.0], 1.0, label_cache)
@@ -126,7 +128,8 @@ def test_paper_table_pairs_each_scdl_row_with_its_framework(tmp_path, label_cach
     Dice and 0.3 on the minority class; with 2 seeds x 2 cases there is no interval, only the
     difference and why (a bootstrap over 2 cases printed a '95 % CI' before); a row without a
     common seed is left out with a warning."""
-    from scdl.evaluation.paper_table import build_table, collect_runs, to_markdown, write_paired_csv
+    from scdl.reporting.paper_table import build_table, to_markdown, write_paired_csv
+    from scdl.reporting.records import collect_runs
 
     sweep = tmp_path / "sweep"
     _fake_run(sweep, "0", "Mean teacher", 1, [0.6, 0.3, 0.0], 1.0, label_cache)
@@ -159,7 +162,8 @@ def test_paper_table_pairs_each_scdl_row_with_its_framework(tmp_path, label_cach
 def test_paper_table_refuses_two_data_sets_and_two_runs_of_one_seed(tmp_path, label_cache):
     """One row per method over seeds: runs of another data set, or a second run of a seed, would
     be averaged in and paired with the wrong run (a seed-keyed dict keeps the last one)."""
-    from scdl.evaluation.paper_table import MixedRunsError, build_table, collect_runs, main
+    from scdl.reporting.paper_table import MixedRunsError, build_table, main
+    from scdl.reporting.records import collect_runs
 
     sweep = tmp_path / "mixed"
     _fake_run(sweep, "0", "Mean teacher", 1, [0.6, 0.3, 0.0], 1.0, label_cache)
@@ -177,7 +181,7 @@ def test_paper_table_refuses_two_data_sets_and_two_runs_of_one_seed(tmp_path, la
 
 # --- resume: a finished run is not trained again ---------------------------------------------------
 def test_resume_of_a_finished_run_says_so_and_does_nothing(phantom_cache, tmp_path, caplog):
-    from scdl.resume import mark_finished
+    from scdl.runs import mark_finished
     from scdl.training import train
 
     run_dir = tmp_path / "run"
@@ -373,7 +377,7 @@ def test_interrupted_paper_table_sweep_resumes_and_completes(phantom_cache, tmp_
     runs = sorted(p.parent.name for p in sweep.glob("*/finished.json"))
     assert len(runs) == 8  # 8 methods x 1 seed
     table = (sweep / "paper_table.md").read_text()
-    from scdl.evaluation.paper_table import METHOD_ORDER  # every framework, with and without SCDL
+    from scdl.reporting.paper_table import METHOD_ORDER  # every framework, with and without SCDL
 
     for method in METHOD_ORDER:
         assert f"| {method} | 1 |" in table
@@ -426,7 +430,7 @@ def test_optuna_sweep_runs_trials_and_resumes_its_study(phantom_cache, tmp_path)
 def test_paper_table_files_and_wandb_summary_run(tmp_path, label_cache, monkeypatch):
     """write_paper_table: Markdown, CSV, figure, and an offline W&B summary run in the sweep's group
     holding the table, the figure and one per-class bar chart per method."""
-    from scdl.evaluation.paper_table import write_paper_table
+    from scdl.reporting.paper_table import write_paper_table
 
     sweep = tmp_path / "sweep"
     _fake_run(sweep, "0", "Mean teacher", 1, [0.6, 0.3, 0.0], 30.0, label_cache)
@@ -464,7 +468,7 @@ def test_run_config_of_a_run_without_paths_loads(tmp_path):
     run folder as output_dir; a folder without a config is None."""
     from omegaconf import OmegaConf
 
-    from scdl.evaluation.paper_table import run_config
+    from scdl.runs import load_config as run_config
 
     (tmp_path / "a" / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"seed": 3}), tmp_path / "a" / ".hydra" / "config.yaml")

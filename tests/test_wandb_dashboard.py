@@ -1,6 +1,7 @@
 """W&B dashboards: run names / groups / tags, best-value summaries, per-class Dice table and bar
 chart, segmentation overlays and the SCDL proxy figure, all in the offline run that ``wandb sync``
-uploads; and the matplotlib rendering of those panels (``scdl.evaluation.dashboard``)."""
+uploads (checked with the test-only log reader ``tests/wandb_log.py``); and the matplotlib
+rendering of those panels from the run folder's plain files (``scdl.reporting.dashboard``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from PIL import Image
 
 from conftest import compose_cfg, tiny_train_overrides
 from scdl.callbacks.wandb_media import OverlaySlice, choose_overlay_slices, slice_class_counts
-from scdl.evaluation.dashboard import iter_wandb_records, main, read_wandb_run
 from scdl.loggers import merge_tags
+from scdl.reporting.dashboard import dashboard_sources, main
+from scdl.runs import load_overlays, save_overlays
 from scdl.utils.config import project_root
+from wandb_log import iter_wandb_records, read_wandb_run
 
 ROOT = project_root()
 
@@ -242,6 +245,12 @@ def test_multirun_offline_wandb_panels_and_dashboard(phantom_cache, tmp_path):
         # the SCDL proxy figure
         proxies = run.latest("scdl/proxies")
         assert run.media_path(proxies, proxies["scdl/proxies"]["filenames"][0]).is_file()
+        # the same overlays as plain arrays (what the dashboard draws), one file per validation
+        npz = sorted((job / "figures").glob("overlays_step*.npz"))
+        assert [int(f.stem.removeprefix("overlays_step")) for f in npz] == [s for s, _ in val]
+        planes, names = load_overlays(npz[-1])
+        assert len(planes) == media["count"] and names[13] == "left_adrenal_gland"
+        assert (planes[0][1] == truth).all()  # the ground truth W&B shows
         files = job / "wandb" / offline[0].name / "files" / "media"
         assert list((files / "images" / "val").glob("overlays_*.png"))
         assert list((files / "images" / "mask" / "val").glob("overlays_*.mask.png"))
@@ -250,5 +259,45 @@ def test_multirun_offline_wandb_panels_and_dashboard(phantom_cache, tmp_path):
 
     out = tmp_path / "dashboard.png"
     main([str(jobs[0]), "-o", str(out)])
+    assert None not in dashboard_sources(jobs[0]).values()  # every panel has its data
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(out).size == (1600, 1000)
+
+
+def test_dashboard_from_plain_files(tmp_path):
+    """The dashboard reads the CSV log and the figures folder only: no W&B file is needed."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    rows = ["step,train/loss,val/dice,val/dice_liver,val/dice_minority"]
+    rows += [f"{s},{1.0 / (s + 1)},,," for s in range(6)]
+    rows += ["2,,0.3,0.5,0.1", "5,,0.2,0.4,0.0"]
+    (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / ".hydra").mkdir()
+    cfg = {"experiment_name": "phantom_scdl", "ablation_name": "full", "tags": ["phantom"]}
+    cfg["data"] = {"class_names": ["background", "liver"]}
+    OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
+    out = tmp_path / "d.png"
+    main([str(run), "-o", str(out)])  # overlays and proxies missing: empty panels, no error
+    assert Image.open(out).size == (1600, 1000)
+    assert dashboard_sources(run)["overlays"] is None
+
+    plane = np.zeros((8, 8), np.uint8)
+    label = plane.copy()
+    label[2:5, 2:5] = 1
+    for step in (2, 5):
+        save_overlays(
+            run / "figures", step, [(plane, label, label, "case z=3 (liver)")], ["bg", "liver"]
+        )
+    Image.new("RGB", (40, 30)).save(run / "figures" / "proxies_step000005.png")
+    main([str(run), "-o", str(out)])
+    assert dashboard_sources(run) == {
+        "val/dice": "csv/metrics.csv",
+        "train losses": "csv/metrics.csv",
+        "per-class Dice": "csv/metrics.csv",
+        "overlays": "figures/overlays_step000005.npz",
+        "proxies": "figures/proxies_step000005.png",
+    }
+    planes, names = load_overlays(run / "figures" / "overlays_step000005.npz")
+    assert names == ["bg", "liver"] and (planes[0][2] == label).all()

@@ -9,23 +9,28 @@ is read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from scdl.callbacks.checkpoints import LAST, CheckpointReadError, read_checkpoint
+from scdl.runs import (
+    CHECKPOINTS,
+    DISCARDED,
+    FINISHED,
+    LAST,
+    CheckpointReadError,
+    checkpoint_step,
+    finished_record,
+    read_checkpoint,
+)
+from scdl.utils.config import in_multirun
 from scdl.utils.schedules import poly_factor
 
 log = logging.getLogger(__name__)
-
-DISCARDED = "discarded"
-FINISHED = "finished.json"  # written when a run has trained, tested (and post-evaluated)
 
 
 class ResumeError(ValueError, CompactHydraException):
@@ -41,40 +46,6 @@ class ResumePlan:
     step: int | None = None
     same_run: bool = False
     finished: dict | None = None  # the finished run's record: nothing left to do
-
-
-def in_multirun() -> bool:
-    """Whether this process runs one job of a Hydra multirun (its folder is fixed by the sweep)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - not under Hydra
-        return False
-
-
-def mark_finished(output_dir: Path, metrics: dict) -> Path:
-    """Writes ``<run>/finished.json`` (the final metrics, plain floats/strings): a resumed sweep
-    skips this run from now on."""
-    record = {
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-    }
-    path = Path(output_dir) / FINISHED
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-    return path
-
-
-def finished_record(output_dir: Path) -> dict | None:
-    path = Path(output_dir) / FINISHED
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def checkpoint_step(path: str | Path) -> int:
-    return int(read_checkpoint(path).get("global_step", 0))
 
 
 def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
@@ -93,7 +64,7 @@ def plan_resume(cfg: DictConfig, output_dir: Path) -> ResumePlan:
             if extended is None:
                 return ResumePlan(finished=done)
             ckpt = str(extended)
-        last = output_dir / "checkpoints" / LAST
+        last = output_dir / CHECKPOINTS / LAST
         if ckpt is None and last.is_file():
             ckpt = str(last)
         elif ckpt is None:
@@ -124,7 +95,7 @@ def _extension(cfg: DictConfig, output_dir: Path, done: dict) -> Path | None:
     """``last.ckpt`` of a finished run when ``trainer.max_steps`` asks for more steps than it
     trained (the run is continued there, its ``finished.json`` kept as
     ``finished-step<N>.json``); None when there is nothing left to do."""
-    last = output_dir / "checkpoints" / LAST
+    last = output_dir / CHECKPOINTS / LAST
     wanted = OmegaConf.select(cfg, "trainer.max_steps", default=None)
     step = checkpoint_step(last) if last.is_file() else None
     if step is None or wanted is None or int(wanted) <= step:

@@ -48,16 +48,16 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
 
 class SweepCheck(Callback):
     """Before the first job of a grid sweep: composes every job's config and runs the config
-    checks (:func:`scdl.utils.config_checks.validate_config`) on it; one
-    :class:`~scdl.utils.config_checks.ConfigError` lists every failing job with its overrides,
+    checks (:func:`scdl.config_checks.validate_config`) on it; one
+    :class:`~scdl.config_checks.ConfigError` lists every failing job with its overrides,
     and nothing trains (the process exits with status 1). Other sweepers (Optuna) draw their jobs as they go: skipped."""
 
     def __init__(self, config_name: str = "train") -> None:
         self.config_name = config_name
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from scdl.config_checks import ConfigError, validate_config
         from scdl.utils.config import compose_config
-        from scdl.utils.config_checks import ConfigError, validate_config
 
         if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
             return
@@ -92,7 +92,7 @@ class SweepFolder(Callback):
 class PaperTable(Callback):
     """``paper_table.{md,csv,png}`` in the sweep folder (+ a W&B summary run) after the last job.
 
-    Rebuild it at any time with ``python -m scdl.evaluation.paper_table <sweep folder>``."""
+    Rebuild it at any time with ``python -m scdl.reporting.paper_table <sweep folder>``."""
 
     def __init__(self, smallest: int = 4) -> None:
         self.smallest = smallest
@@ -114,7 +114,7 @@ class PaperTable(Callback):
         self._write(config, None)
 
     def _write(self, config: DictConfig, wandb_group: str | None) -> None:
-        from scdl.evaluation.paper_table import write_paper_table
+        from scdl.reporting.paper_table import write_paper_table
 
         sweep = _sweep_dir(config)
         try:
@@ -123,7 +123,7 @@ class PaperTable(Callback):
             log.error("paper table not written (%s)", err)
             return
         log.info(
-            "paper table: %s (rebuild: python -m scdl.evaluation.paper_table %s)",
+            "paper table: %s (rebuild: python -m scdl.reporting.paper_table %s)",
             ", ".join(str(p) for p in files.values()),
             sweep,
         )

@@ -16,8 +16,9 @@ from scdl.build import build_module, setup_data
 from scdl.data.class_stats import smallest_classes
 from scdl.data.splits import save_split_file
 from scdl.loggers import wandb_run_id
-from scdl.resume import ResumePlan, in_multirun, mark_finished, plan_resume, set_aside_orphans
-from scdl.utils.config import instantiate_dict, wandb_mode
+from scdl.resume import ResumePlan, plan_resume, set_aside_orphans
+from scdl.runs import CHECKPOINTS, SPLIT_FILE, mark_finished, metric_series
+from scdl.utils.config import in_multirun, instantiate_dict, wandb_mode
 from scdl.utils.distributed import launch_is_global_zero
 from scdl.utils.errors import InputError
 from scdl.utils.hardware import configure_cpu_math
@@ -68,7 +69,7 @@ def build_loggers(cfg: DictConfig, plan: ResumePlan | None = None) -> list:
 
 def train(cfg: DictConfig) -> dict:
     """Fits and tests one experiment. Returns the final metrics (floats) plus ``best_ckpt``."""
-    from scdl.utils.config_checks import validate_config
+    from scdl.config_checks import validate_config
     from scdl.utils.quiet import quiet_logs
 
     quiet_logs()  # each log line once, no third-party tips (scdl.utils.quiet)
@@ -93,14 +94,14 @@ def train(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     zero = launch_is_global_zero()  # run-folder writes: one rank (all SLURM ranks start together)
     if zero:
-        save_split_file(datamodule.split, output_dir / "split.json")
+        save_split_file(datamodule.split, output_dir / SPLIT_FILE)
         from scdl.utils.provenance import record_start
 
         record_start(output_dir, cfg.trainer.get("precision"))  # commit + machine of the figures
     resolved = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = {**resolved, "split": datamodule.split.to_dict()}
     if plan.same_run and zero:
-        set_aside_orphans(output_dir / "checkpoints", plan.ckpt_path)
+        set_aside_orphans(output_dir / CHECKPOINTS, plan.ckpt_path)
 
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = build_loggers(cfg, plan)
@@ -140,20 +141,19 @@ def best_validation(output_dir: Path, trainer: L.Trainer) -> dict[str, float]:
     """``best/val/<metric>``: the best value of every validation metric over the whole run, resumed
     parts included (from the CSV log), and ``best/step`` of the best ``val/dice``: what a sweep
     optimises (the last validation may not be the best)."""
-    import csv
     import math
 
+    import numpy as np
+
     best: dict[str, float] = {}
-    path = output_dir / "csv" / "metrics.csv"
-    rows = list(csv.DictReader(path.open())) if path.is_file() else []
-    for row in rows:
-        for key, text in row.items():
-            if key and key.startswith("val/") and text not in (None, ""):
-                value = float(text)
-                if math.isfinite(value) and value > best.get(f"best/{key}", -math.inf):
-                    best[f"best/{key}"] = value
-                    if key == "val/dice":
-                        best["best/step"] = float(row.get("step") or "nan")
+    for key, (steps, values) in metric_series(output_dir).items():
+        finite = np.flatnonzero(np.isfinite(values))
+        if not key.startswith("val/") or not len(finite):
+            continue
+        i = finite[np.argmax(values[finite])]  # the first step that reached the best value
+        best[f"best/{key}"] = float(values[i])
+        if key == "val/dice":
+            best["best/step"] = float(steps[i])
     cb = trainer.checkpoint_callback
     score = getattr(cb, "best_model_score", None)
     if "best/val/dice" not in best and score is not None and math.isfinite(float(score)):

@@ -24,59 +24,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.errors import CompactHydraException
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
+from scdl.runs import LAST
+
 log = logging.getLogger(__name__)
-
-LAST = "last.ckpt"
-
-
-class CheckpointReadError(ValueError, CompactHydraException):
-    """A checkpoint file that cannot be read; the message says why (empty, truncated, not a
-    checkpoint, pickled objects) and what to do. Hydra prints only the message."""
-
-
-def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
-    """The checkpoint dict at ``path``, on CPU, loaded weights-only (the checkpoints this project
-    writes hold plain values only, and a checkpoint from elsewhere cannot run code when loaded);
-    memory-mapped by default (cheap for metadata). Raises :class:`CheckpointReadError` naming the
-    file and the cause."""
-    import pickle
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointReadError(f"{path}: no such checkpoint file")
-    size = path.stat().st_size
-    if size == 0:
-        cause = "is empty (0 bytes)"
-    elif not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        cause = (
-            "is in PyTorch's legacy (non-zip) format or truncated"
-            if head[:1] == b"\x80"
-            else f"is truncated or not a PyTorch checkpoint ({size} bytes, no zip directory)"
-        )
-    else:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as err:
-            raise CheckpointReadError(
-                f"{path} holds pickled Python objects, which are not loaded (weights-only). It "
-                "was written by an older scdl version or another tool: re-save its state_dict "
-                "with plain values, e.g. torch.save({'state_dict': ckpt['state_dict'], "
-                "'hyper_parameters': {...}}, path), after loading it yourself if you trust it."
-            ) from err
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            cause = f"is corrupt ({type(err).__name__}: {first})"
-    raise CheckpointReadError(
-        f"{path} {cause}: it cannot be loaded. A checkpoint is cut short by an interrupted copy or "
-        "download (this project writes its own atomically): copy it again, or use another "
-        "checkpoint of the run"
-    )
 
 
 def weights_are_finite(module: torch.nn.Module) -> bool:

@@ -13,7 +13,10 @@ a chosen slice gives its place to the next one). Predictions come from
 ``pl_module.predict_volume`` (what validation computes) on the overlay case(s) only.
 
 Everything is logged through the run object of the attached W&B logger, so an offline run holds it
-all for ``wandb sync``. No-op without a W&B logger, on ranks other than zero and in sanity checks.
+all for ``wandb sync``; the overlays are also written as plain arrays
+(``<run>/figures/overlays_step<N>.npz``: :func:`scdl.runs.save_overlays`), which the run dashboard
+(:mod:`scdl.reporting.dashboard`) draws without reading W&B's files. No-op without a W&B logger, on
+ranks other than zero and in sanity checks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,6 +35,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from scdl.loggers import STEP_METRIC
+from scdl.runs import FIGURES, save_overlays
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +282,7 @@ class WandbValidationMedia(L.Callback):
         assert self.slices is not None
         class_labels = {i: _name(pl_module, i) for i in range(int(pl_module.num_classes))}
         predictions: dict[int, np.ndarray] = {}
-        images = []
+        images, planes = [], []
         for s in self.slices:
             case = self._cases[s.volume]
             if s.volume not in predictions:
@@ -285,6 +290,8 @@ class WandbValidationMedia(L.Callback):
             image = to_display(case["image"][0, 0, ..., s.index].float().numpy())
             truth = to_display(case["label"][..., s.index]).astype(np.uint8)
             pred = to_display(predictions[s.volume][..., s.index]).astype(np.uint8)
+            caption = f"{case['case_id']} z={s.index} ({_name(pl_module, s.class_index)})"
+            planes.append((to_uint8(image), truth, pred, caption))
             images.append(
                 wandb.Image(
                     to_uint8(image),
@@ -292,12 +299,11 @@ class WandbValidationMedia(L.Callback):
                         "ground_truth": {"mask_data": truth, "class_labels": class_labels},
                         "prediction": {"mask_data": pred, "class_labels": class_labels},
                     },
-                    caption=(
-                        f"{case['case_id']} z={s.index} ({_name(pl_module, s.class_index)}), "
-                        f"step {step}"
-                    ),
+                    caption=f"{caption}, step {step}",
                 )
             )
+        names = [class_labels[i] for i in sorted(class_labels)]
+        save_overlays(Path(trainer.default_root_dir) / FIGURES, step, planes, names)
         return images
 
     @staticmethod

@@ -23,6 +23,9 @@ from pathlib import Path
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from scdl.data.cache import read_index
+from scdl.data.checks import CheckReport, check_cases, check_split, dataset_json_problems
+from scdl.data.errors import ERROR, DataCheckError, Problem
 from scdl.data.layouts import (
     ARRAY_LAYOUTS,
     RawDataset,
@@ -32,15 +35,14 @@ from scdl.data.layouts import (
     read_nnunet_raw,
     read_synapse_h5,
 )
+from scdl.data.planning import foreground_intensity_stats, median_spacing
 from scdl.data.prepare import (
     PreprocessProtocol,
     _write_json_atomic,
     case_is_cached,
-    foreground_intensity_stats,
-    median_spacing,
     prepare_dataset,
-    read_index,
 )
+from scdl.data.splits import SplitError, SplitFileNotFoundError, is_excluded, resolve_split
 from scdl.utils.errors import InputError
 from scdl.utils.parallel import resolve_workers
 
@@ -217,8 +219,6 @@ def prepare_from_config(data_cfg: DictConfig, progress: bool = True) -> Path:
     so an interrupted run is resumed by running it again. ``data.check`` (default true) validates
     every case before anything is written (all cases when data-set statistics are computed first,
     else those to be written); ``data.nonfinite`` (``error`` | ``repair``) treats NaN / Inf."""
-    from scdl.data.checks import check_cases
-
     spec = _protocol_spec(data_cfg.protocol)
     _check_layout_protocol(str(data_cfg.layout), spec)
     raw = read_raw(data_cfg)
@@ -303,8 +303,6 @@ def changed_raw_cases(data_cfg: DictConfig, index: dict) -> list[str]:
         data_cfg.layout == "phantom" and not (raw_dir / "dataset.json").exists()
     ):
         return []
-    from scdl.data.errors import DataCheckError
-
     try:
         raw = read_raw(data_cfg)
     except FileNotFoundError:
@@ -366,3 +364,77 @@ def ensure_prepared(data_cfg: DictConfig, wait_s: float = 12 * 3600.0) -> Path:
             "`python src/prepare_data.py` with this data config again"
         )
     return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# The data check (src/check_data.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def split_from_config(module_cfg, raw: RawDataset):
+    """The split the data module would use (``split_file`` or the drawn one), ``exclude`` applied,
+    and where it comes from."""
+    exclude = dict(module_cfg.get("exclude") or {})
+    kept = [c for c in raw.cases if not is_excluded(c.extra, exclude)]
+    split_file = module_cfg.get("split_file")
+    split = resolve_split(
+        [c.case_id for c in raw.cases],
+        [c.case_id for c in kept if c.label is not None],
+        [c.case_id for c in kept if c.label is None],
+        split_file=split_file,
+        labeled_ratio=module_cfg.get("labeled_ratio", 0.2),
+        num_labeled=module_cfg.get("num_labeled"),
+        num_val=int(module_cfg.get("num_val", 4)),
+        num_test=int(module_cfg.get("num_test", 6)),
+        seed=int(module_cfg.get("split_seed", 0)),
+    )
+    if split_file:
+        return split, str(split_file)
+    return split, "drawn split (data.module.labeled_ratio / num_labeled / split_seed)"
+
+
+def check_from_config(data_cfg, progress: bool = True) -> CheckReport:
+    """Every check on the raw data set of a ``data`` config, the split included."""
+    name = str(data_cfg.name)
+    try:
+        raw = read_raw(data_cfg)
+    except DataCheckError as e:  # malformed dataset.json, duplicate ids: nothing more to check
+        return CheckReport(name, list(e.problems))
+    report = check_cases(
+        raw,
+        nonfinite=str(data_cfg.get("nonfinite", "error")),
+        progress=progress,
+        implausible_spacing=str(data_cfg.get("implausible_spacing", "error")),
+        workers=resolve_workers(data_cfg.get("prepare_workers", "auto")),
+    )
+    report.problems[:0] = dataset_json_problems(raw, Path(data_cfg.raw_dir))
+    module_cfg = data_cfg.get("module") or {}
+    try:
+        split, source = split_from_config(module_cfg, raw)
+    except (SplitError, SplitFileNotFoundError) as e:
+        report.problems.append(
+            Problem(
+                ERROR,
+                "split",
+                str(e),
+                "fix the split file (data.module.split_file) or the split settings",
+                path=module_cfg.get("split_file"),
+            )
+        )
+        return report
+    in_split = {i for part in split.to_dict().values() for i in part}
+    empty = [i for i, f in report.facts.items() if f.empty_label]
+    # the split check reports empty labels with their part: drop the generic warnings for those
+    report.problems = [
+        p for p in report.problems if not (p.check == "empty label" and p.case_id in in_split)
+    ]
+    ids = [c.case_id for c in raw.cases]
+    report.problems += check_split(split, ids, empty, report.duplicates, source)
+    missing = in_split - set(ids)  # reported above
+    try:  # overlapping parts, repeated ids, val / test cases without labels
+        split.validate(None, [c.case_id for c in raw.labeled] + sorted(missing), name=source)
+    except SplitError as e:
+        report.problems.append(
+            Problem(ERROR, "split", str(e), "fix the split file or the split settings", path=source)
+        )
+    return report

@@ -25,7 +25,7 @@ Per split (:func:`check_split`): split ids without files, all-background labels 
 (error) or in val/test (warning), byte-identical cases in different parts (error: the test result
 would be contaminated).
 
-``python src/check_data.py data=...`` runs everything (:func:`check_from_config`) and prints a
+``python src/check_data.py data=...`` runs everything (:func:`scdl.data.catalog.check_from_config`) and prints a
 summary table; :func:`scdl.data.prepare.prepare_dataset` runs the per-case checks on every case it
 is about to write before writing any, and the data module runs :func:`check_split` on the facts the
 cache index keeps (``empty_label``, ``duplicates``). ``data.check=false`` skips them.
@@ -47,8 +47,14 @@ from pathlib import Path
 import numpy as np
 
 from scdl.data.errors import ERROR, WARNING, DataCheckError, Problem
-from scdl.data.layouts import RawCase, RawDataset
-from scdl.utils.parallel import map_cases, resolve_workers, workers_for
+from scdl.data.layouts import (
+    RawCase,
+    RawDataset,
+    is_array_case,
+    load_array_case,
+    load_dataset_json,
+)
+from scdl.utils.parallel import map_cases, workers_for
 
 log = logging.getLogger(__name__)
 
@@ -449,8 +455,6 @@ def check_case(
     case: RawCase, num_classes: int, nonfinite: str = "error", implausible_spacing: str = "error"
 ) -> tuple[list[Problem], CaseFacts]:
     """Every per-case check (see the module docstring); headers first, arrays only as needed."""
-    from scdl.data.prepare import is_array_case
-
     if is_array_case(case):
         return _check_array_case(case, num_classes, nonfinite)
     problems: list[Problem] = []
@@ -499,8 +503,6 @@ def _shape_problem(img, role: str, case: RawCase, problems: list[Problem]) -> bo
 def _check_array_case(
     case: RawCase, num_classes: int, nonfinite: str
 ) -> tuple[list[Problem], CaseFacts]:
-    from scdl.data.prepare import load_array_case
-
     facts = CaseFacts(case.case_id)
     try:
         image, label = load_array_case(case)
@@ -741,8 +743,6 @@ def dataset_json_problems(raw: RawDataset, raw_dir: Path) -> list[Problem]:
     path = Path(raw_dir) / "dataset.json"
     if raw.meta.get("layout") != "nnunet" or not path.is_file():
         return []
-    from scdl.data.errors import load_dataset_json
-
     meta = load_dataset_json(path)
     problems = []
     if "channel_names" not in meta and "modality" not in meta:
@@ -767,77 +767,3 @@ def dataset_json_problems(raw: RawDataset, raw_dir: Path) -> list[Problem]:
             )
         )
     return problems
-
-
-def split_from_config(module_cfg, raw: RawDataset):
-    """The split the data module would use (``split_file`` or the drawn one), ``exclude`` applied,
-    and where it comes from."""
-    from scdl.data.splits import load_split_file, make_split
-
-    exclude = dict(module_cfg.get("exclude") or {})
-    kept = [c for c in raw.cases if not any(c.extra.get(k) == v for k, v in exclude.items())]
-    split_file = module_cfg.get("split_file")
-    if split_file:
-        excluded = {c.case_id for c in raw.cases} - {c.case_id for c in kept}
-        return load_split_file(split_file).without(excluded), str(split_file)
-    labeled = [c.case_id for c in kept if c.label is not None]
-    split = make_split(
-        labeled,
-        labeled_ratio=module_cfg.get("labeled_ratio", 0.2),
-        num_labeled=module_cfg.get("num_labeled"),
-        num_val=int(module_cfg.get("num_val", 4)),
-        num_test=int(module_cfg.get("num_test", 6)),
-        seed=int(module_cfg.get("split_seed", 0)),
-        unlabeled_only=[c.case_id for c in kept if c.label is None],
-    )
-    return split, "drawn split (data.module.labeled_ratio / num_labeled / split_seed)"
-
-
-def check_from_config(data_cfg, progress: bool = True) -> CheckReport:
-    """Every check on the raw data set of a ``data`` config, the split included."""
-    from scdl.data.catalog import read_raw
-    from scdl.data.splits import SplitError, SplitFileNotFoundError
-
-    name = str(data_cfg.name)
-    try:
-        raw = read_raw(data_cfg)
-    except DataCheckError as e:  # malformed dataset.json, duplicate ids: nothing more to check
-        return CheckReport(name, list(e.problems))
-    report = check_cases(
-        raw,
-        nonfinite=str(data_cfg.get("nonfinite", "error")),
-        progress=progress,
-        implausible_spacing=str(data_cfg.get("implausible_spacing", "error")),
-        workers=resolve_workers(data_cfg.get("prepare_workers", "auto")),
-    )
-    report.problems[:0] = dataset_json_problems(raw, Path(data_cfg.raw_dir))
-    module_cfg = data_cfg.get("module") or {}
-    try:
-        split, source = split_from_config(module_cfg, raw)
-    except (SplitError, SplitFileNotFoundError) as e:
-        report.problems.append(
-            Problem(
-                ERROR,
-                "split",
-                str(e),
-                "fix the split file (data.module.split_file) or the split settings",
-                path=module_cfg.get("split_file"),
-            )
-        )
-        return report
-    in_split = {i for part in split.to_dict().values() for i in part}
-    empty = [i for i, f in report.facts.items() if f.empty_label]
-    # the split check reports empty labels with their part: drop the generic warnings for those
-    report.problems = [
-        p for p in report.problems if not (p.check == "empty label" and p.case_id in in_split)
-    ]
-    ids = [c.case_id for c in raw.cases]
-    report.problems += check_split(split, ids, empty, report.duplicates, source)
-    missing = in_split - set(ids)  # reported above
-    try:  # overlapping parts, repeated ids, val / test cases without labels
-        split.validate(None, [c.case_id for c in raw.labeled] + sorted(missing), name=source)
-    except SplitError as e:
-        report.problems.append(
-            Problem(ERROR, "split", str(e), "fix the split file or the split settings", path=source)
-        )
-    return report

@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from scdl.data.prepare import CachedCase, load_cached_case, read_index
-from scdl.data.splits import Split, load_split_file, make_split
+from scdl.data.cache import CachedCase, load_cached_case, read_index
+from scdl.data.splits import Split, is_excluded, resolve_split
 
 Sampling = Literal["uniform", "class_balanced"]
 
@@ -307,25 +307,20 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         """Reads the cache index and builds (and validates) the split; cheap, no volume loaded."""
         index = read_index(self.cache_dir)
         self.class_names = list(index["class_names"])
-        cases = [
-            c for c in index["cases"] if not any(c.get(k) == v for k, v in self.exclude.items())
-        ]
+        cases = [c for c in index["cases"] if not is_excluded(c, self.exclude)]
         ids = [c["case_id"] for c in cases]
         labeled_ids = [c["case_id"] for c in cases if c.get("labeled", True)]
-        if self.split_file:
-            # excluded cases (e.g. AMOS MRI) leave the committed split instead of failing validation
-            excluded = {c["case_id"] for c in index["cases"]} - set(ids)
-            split = load_split_file(self.split_file).without(excluded)
-        else:
-            split = make_split(
-                labeled_ids,
-                labeled_ratio=self.labeled_ratio,
-                num_labeled=self.num_labeled,
-                num_val=self.num_val,
-                num_test=self.num_test,
-                seed=self.split_seed,
-                unlabeled_only=sorted(set(ids) - set(labeled_ids)),
-            )
+        split = resolve_split(
+            [c["case_id"] for c in index["cases"]],
+            labeled_ids,
+            sorted(set(ids) - set(labeled_ids)),
+            split_file=self.split_file,
+            labeled_ratio=self.labeled_ratio,
+            num_labeled=self.num_labeled,
+            num_val=self.num_val,
+            num_test=self.num_test,
+            seed=self.split_seed,
+        )
         self.split = split.validate(ids, labeled_ids, name=str(self.split_file or "drawn split"))
         if self.check:
             from scdl.data.checks import CheckReport, index_split_problems

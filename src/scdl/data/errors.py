@@ -7,7 +7,6 @@ only its message is printed (no traceback; ``HYDRA_FULL_ERROR=1`` shows it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,38 +64,3 @@ class DataCheckError(ValueError, CompactHydraException):
             "data.check=false skips the checks (docs/real-data.md)."
         )
         return cls("\n".join(lines), errors)
-
-
-def load_dataset_json(path: str | Path, require: Sequence[str] = ("labels",)) -> dict:
-    """Reads a ``dataset.json``; raises :class:`DataCheckError` naming the file, the key and the fix
-    when it is not valid JSON, not an object or lacks a ``require``-d key."""
-    path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        problem = Problem(
-            ERROR,
-            "dataset.json",
-            f"not valid JSON ({e})",
-            "repair the file (e.g. `python -m json.tool dataset.json` shows the position) or "
-            "restore it from the download",
-            path=path,
-        )
-        raise DataCheckError(str(problem), [problem]) from e
-    if not isinstance(meta, dict):
-        problem = Problem(
-            ERROR, "dataset.json", "is not a JSON object", "restore it from the download", path=path
-        )
-        raise DataCheckError(str(problem), [problem])
-    for key in require:
-        if key not in meta:
-            problem = Problem(
-                ERROR,
-                "dataset.json",
-                f"has no {key!r} key (keys: {sorted(meta)})",
-                f'add "{key}", e.g. "labels": {{"background": 0, "liver": 1}} (nnU-Net v2) or '
-                '{"0": "background", "1": "liver"}',
-                path=path,
-            )
-            raise DataCheckError(str(problem), [problem])
-    return meta

@@ -17,12 +17,16 @@ Layouts (``data.layout``; exact folder trees in ``docs/real-data.md``):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scdl.data.errors import ERROR, WARNING, DataCheckError, Problem, load_dataset_json
+import numpy as np
+
+from scdl.data.errors import ERROR, WARNING, DataCheckError, Problem
 from scdl.data.labels import AMOS_CLASSES, SYNAPSE_CLASSES, clean_class_names
 from scdl.utils.files import repeated
 
@@ -70,6 +74,41 @@ class RawDataset:
 SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "ehthumbs.db"})
 #: endings of files that look like scans (a skipped one is an error, never a silent drop)
 SCAN_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".h5", ".dcm")
+
+
+def load_dataset_json(path: str | Path, require: Sequence[str] = ("labels",)) -> dict:
+    """Reads a ``dataset.json``; raises :class:`DataCheckError` naming the file, the key and the fix
+    when it is not valid JSON, not an object or lacks a ``require``-d key."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problem = Problem(
+            ERROR,
+            "dataset.json",
+            f"not valid JSON ({e})",
+            "repair the file (e.g. `python -m json.tool dataset.json` shows the position) or "
+            "restore it from the download",
+            path=path,
+        )
+        raise DataCheckError(str(problem), [problem]) from e
+    if not isinstance(meta, dict):
+        problem = Problem(
+            ERROR, "dataset.json", "is not a JSON object", "restore it from the download", path=path
+        )
+        raise DataCheckError(str(problem), [problem])
+    for key in require:
+        if key not in meta:
+            problem = Problem(
+                ERROR,
+                "dataset.json",
+                f"has no {key!r} key (keys: {sorted(meta)})",
+                f'add "{key}", e.g. "labels": {{"background": 0, "liver": 1}} (nnU-Net v2) or '
+                '{"0": "background", "1": "liver"}',
+                path=path,
+            )
+            raise DataCheckError(str(problem), [problem])
+    return meta
 
 
 def looks_like_scan(path: Path) -> bool:
@@ -511,3 +550,33 @@ def read_synapse_h5(root: str | Path) -> RawDataset:
     return RawDataset(
         "synapse", cases, list(SYNAPSE_CLASSES), {"channel": "CT", "layout": "synapse_h5"}
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Array cases (the reference code bases' preprocessed .npy / .h5)
+# ----------------------------------------------------------------------------------------------
+
+ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
+
+
+def is_array_case(case: RawCase) -> bool:
+    """True for the preprocessed ``.npy`` / ``.h5`` cases of the reference code bases."""
+    return Path(case.image).suffix.lower() in ARRAY_SUFFIXES
+
+
+def load_array_case(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw arrays of an array case, as stored: ``<id>_image.npy`` / ``<id>_label.npy`` or the
+    ``image`` / ``label`` datasets of an HDF5 file."""
+    if Path(case.image).suffix.lower() == ".npy":
+        image = np.load(case.image)
+        label = np.load(case.label) if case.label is not None else None
+        return image, label
+    import h5py
+
+    with h5py.File(case.image, "r") as f:
+        image = f["image"][()]
+    label = None
+    if case.label is not None:
+        with h5py.File(case.label, "r") as f:
+            label = f["label"][()]
+    return image, label

@@ -21,9 +21,9 @@ files is a no-op. Before writing, every case to be written is checked (:mod:`scd
 one bad case stops the run before any is written.
 
 Data-set level statistics that a protocol may need (``normalisation="ct"``: foreground intensity
-percentiles, mean and std; a median target spacing) are computed by :func:`foreground_intensity_stats`
-and :func:`median_spacing`; :mod:`scdl.data.catalog` resolves them before the protocol is built, so
-the protocol hash always covers the numbers actually used.
+percentiles, mean and std; a median target spacing) are computed by :mod:`scdl.data.planning`;
+:mod:`scdl.data.catalog` resolves them before the protocol is built, so the protocol hash always
+covers the numbers actually used.
 """
 
 from __future__ import annotations
@@ -40,17 +40,16 @@ from typing import Literal
 
 import numpy as np
 
+from scdl.data.cache import read_index
 from scdl.data.errors import ERROR, DataCheckError, Problem
-from scdl.data.layouts import RawCase, RawDataset
+from scdl.data.layouts import RawCase, RawDataset, is_array_case, load_array_case
 from scdl.utils.files import TMP_PREFIX, atomic_write
 from scdl.utils.parallel import map_cases, workers_for
-from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)
 
 Normalisation = Literal["window", "zscore", "ct", "none"]
 _GRID_FIX = "write the label on the image's grid (same shape and affine)"
-ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
 # fields added after the first release: left out of the hash while at their default, so caches
 # written before they existed stay valid
 _OPTIONAL_FIELDS = {"transpose": None, "voxel_spacing": None, "intensity_stats": None}
@@ -425,29 +424,6 @@ def _require_one_volume(tensor, case: RawCase, role: str) -> None:
     raise DataCheckError(str(problem), [problem])
 
 
-def is_array_case(case: RawCase) -> bool:
-    """True for the preprocessed ``.npy`` / ``.h5`` cases of the reference code bases."""
-    return Path(case.image).suffix.lower() in ARRAY_SUFFIXES
-
-
-def load_array_case(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw arrays of an array case, as stored: ``<id>_image.npy`` / ``<id>_label.npy`` or the
-    ``image`` / ``label`` datasets of an HDF5 file."""
-    if Path(case.image).suffix.lower() == ".npy":
-        image = np.load(case.image)
-        label = np.load(case.label) if case.label is not None else None
-        return image, label
-    import h5py
-
-    with h5py.File(case.image, "r") as f:
-        image = f["image"][()]
-    label = None
-    if case.label is not None:
-        with h5py.File(case.label, "r") as f:
-            label = f["label"][()]
-    return image, label
-
-
 def resolve_transpose(shape: Sequence[int], transpose) -> tuple[int, int, int]:
     """The axis permutation for ``PreprocessProtocol.transpose`` and an array of ``shape``."""
     if transpose is None:
@@ -530,92 +506,6 @@ def _array_affines(
         original[d, a] = spacing[d] * scale[d]
         original[d, 3] = spacing[d] * (0.5 * scale[d] - 0.5)
     return spacing, np.diag([*spacing, 1.0]).tolist(), original.tolist()
-
-
-# --- data-set statistics (nnU-Net-like "fingerprint") --------------------------------------------
-
-
-def _raw_arrays(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
-    if is_array_case(case):
-        return load_array_case(case)
-    import nibabel as nib
-
-    from scdl.data.checks import squeeze_to_3d
-
-    image = squeeze_to_3d(np.asanyarray(nib.load(str(case.image)).dataobj))
-    label = squeeze_to_3d(np.asanyarray(nib.load(str(case.label)).dataobj)) if case.label else None
-    if label is not None and label.shape != image.shape:
-        raise ValueError(
-            f"{case.case_id}: label {case.label} shape {label.shape} differs from image "
-            f"{case.image} shape {image.shape}"
-        )
-    return image, label
-
-
-def _evenly(items: Sequence, limit: int | None) -> list:
-    if limit is None or len(items) <= limit:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-
-
-def foreground_intensity_stats(
-    raw: RawDataset,
-    percentiles: tuple[float, float] = (0.5, 99.5),
-    max_cases: int | None = 60,
-    samples_per_case: int = 10000,
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[float, float, float, float]:
-    """nnU-Net's CT statistics: ``(lo, hi, mean, std)`` of the foreground (label > 0) intensities
-    of the labeled cases, ``lo``/``hi`` at ``percentiles``; read from the raw volumes (no
-    resampling), ``samples_per_case`` random foreground voxels from at most ``max_cases`` evenly
-    chosen cases. Deterministic in ``seed``."""
-    cases = _evenly(raw.labeled, max_cases)
-    if not cases:
-        raise ValueError(f"{raw.name}: no labeled case to compute intensity statistics from")
-    rng = np.random.default_rng(seed)
-    samples = []
-    for case in progress_iter(cases, f"intensity statistics {raw.name}", progress):
-        image, label = _raw_arrays(case)
-        fg = np.asarray(image)[np.asarray(label) > 0]
-        if fg.size > samples_per_case:
-            fg = fg[rng.choice(fg.size, samples_per_case, replace=False)]
-        samples.append(fg.astype(np.float64))
-    values = np.concatenate(samples)
-    if values.size == 0:
-        raise ValueError(f"{raw.name}: the labeled cases have no foreground voxel")
-    lo, hi = np.percentile(values, percentiles)
-    return float(lo), float(hi), float(values.mean()), float(values.std())
-
-
-def median_spacing(
-    raw: RawDataset, orientation: str | None = "RAS", anisotropy: float = 3.0
-) -> tuple[float, float, float]:
-    """Target spacing in the nnU-Net way: the per-axis median voxel size (mm) of the labeled cases,
-    in the axis order after reorientation; when the result is anisotropic (coarsest axis more than
-    ``anisotropy`` times the finest), the coarse axis takes the 10th percentile instead (finer
-    slices than the median, as nnU-Net does). Reads NIfTI headers only."""
-    import nibabel as nib
-
-    if not raw.labeled:
-        raise ValueError(f"{raw.name}: no labeled case to compute the spacing from")
-    rows = []
-    for case in raw.labeled:
-        if is_array_case(case):
-            raise ValueError(f"{case.image}: array cases have no spacing; set it explicitly")
-        affine = nib.load(str(case.image)).affine
-        zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-        if orientation:  # spacing along the output axes: axis i of the file goes to ornt[i, 0]
-            out = np.empty(3)
-            out[nib.io_orientation(affine)[:, 0].astype(int)] = zooms
-            zooms = out
-        rows.append(zooms)
-    spacings = np.stack(rows)
-    target = np.median(spacings, 0)
-    coarse = int(np.argmax(target))
-    if target[coarse] > anisotropy * target.min():
-        target[coarse] = np.percentile(spacings[:, coarse], 10)
-    return tuple(round(float(s), 4) for s in target)
 
 
 def _case_failed(case: RawCase, error: Exception) -> DataCheckError:
@@ -738,37 +628,3 @@ def prepare_dataset(
         },
     )
     return cache
-
-
-@dataclass(frozen=True)
-class CachedCase:
-    """A preprocessed case: arrays are memory-mapped (``np.load(mmap_mode='r')``) until copied."""
-
-    case_id: str
-    image: np.ndarray
-    label: np.ndarray | None
-    meta: dict
-
-
-def read_index(cache_dir: str | Path) -> dict:
-    path = Path(cache_dir) / "index.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no preprocessed cache at {cache_dir} (index.json missing): run the preparation step "
-            "first (`make data` for the phantom, `python src/prepare_data.py data=...` otherwise)"
-        )
-    return json.loads(path.read_text())
-
-
-def load_cached_case(cache_dir: str | Path, case_id: str, in_memory: bool = True) -> CachedCase:
-    """Loads one case of the cache; ``in_memory=False`` keeps the arrays memory-mapped."""
-    cache = Path(cache_dir)
-    meta_path = cache / f"{case_id}.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"case {case_id!r} is not in the cache {cache}")
-    meta = json.loads(meta_path.read_text())
-    mode = None if in_memory else "r"
-    image = np.load(cache / f"{case_id}_image.npy", mmap_mode=mode)
-    label_path = cache / f"{case_id}_label.npy"
-    label = np.load(label_path, mmap_mode=mode) if label_path.is_file() else None
-    return CachedCase(case_id, image, label, meta)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hydra.errors import CompactHydraException
@@ -178,3 +179,41 @@ def make_split(
     labeled = sorted(train[:num_labeled])
     unlabeled = sorted(train[num_labeled:]) + sorted(set(unlabeled_only))
     return Split(labeled, unlabeled, sorted(val), sorted(test))
+
+
+def is_excluded(fields: Mapping[str, Any], exclude: Mapping[str, Any]) -> bool:
+    """Whether a case with these fields (``dataset.json`` extras, cache index entries) matches
+    any ``data.module.exclude`` entry (e.g. ``{modality: MRI}``)."""
+    return any(fields.get(k) == v for k, v in exclude.items())
+
+
+def resolve_split(
+    all_ids: Sequence[str],
+    labeled: Sequence[str],
+    unlabeled: Sequence[str],
+    split_file: str | Path | None = None,
+    labeled_ratio: float | None = 0.2,
+    num_labeled: int | None = None,
+    num_val: int = 4,
+    num_test: int = 6,
+    seed: int = 0,
+) -> Split:
+    """The one split rule of the data module and of the data check.
+
+    ``all_ids``: every case of the data set; ``labeled`` / ``unlabeled``: the cases kept after
+    ``exclude``, with and without labels. A ``split_file`` is loaded with the excluded cases taken
+    out (e.g. AMOS MRI leaves the committed split instead of failing its validation); without
+    one the split is drawn from the kept cases (:func:`make_split`).
+    """
+    if split_file:
+        excluded = set(all_ids) - set(labeled) - set(unlabeled)
+        return load_split_file(split_file).without(excluded)
+    return make_split(
+        labeled,
+        labeled_ratio=labeled_ratio,
+        num_labeled=num_labeled,
+        num_val=num_val,
+        num_test=num_test,
+        seed=seed,
+        unlabeled_only=unlabeled,
+    )

@@ -1,11 +1,12 @@
 """Evaluate a trained checkpoint: ``python src/eval.py ckpt_path=<run>/checkpoints/best-....ckpt
 [protocol=paper|standard] [split=test|val|all] [save_predictions=true] [data=...]``.
 
-Steps: rebuild the module from the run config (:mod:`scdl.evaluation.checkpoint`), run
+Steps: rebuild the module from the run config (:mod:`scdl.inference.checkpoint`), run
 sliding-window inference on every case of the split (preprocessed cache), score each case with
 :mod:`scdl.evaluation.protocols` (Dice, ASD, HD95, NSD per foreground class) in the chosen protocol,
-then aggregate (mean ± std over cases), print, save ``metrics.{json,csv}`` (+ per-case CSV) in the
-one results schema of :mod:`scdl.metrics.results` and log to W&B. Protocols
+then aggregate (mean ± std over cases), print and save ``metrics.{json,csv}`` (+ per-case CSV) in the
+one results schema of :mod:`scdl.metrics.results` (``src/eval.py`` then logs them to W&B:
+:mod:`scdl.reporting.wandb_runs`). Protocols
 (``docs/method.md`` §5):
 
 * ``paper``: prediction and label resized to 160 x 160 x 80 (nearest), distances in voxels of that
@@ -26,15 +27,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from scdl.evaluation.checkpoint import (
-    load_module_from_checkpoint,
-    resolve_checkpoint,
-    select_device,
-    with_class_mismatch_flag,
-)
-from scdl.evaluation.predict import labels_to_original_grid, save_label_nifti, segment_volume
-from scdl.evaluation.protocols import compute_case_metrics
+from scdl.evaluation.protocols import case_metric_kwargs, check_protocol, compute_case_metrics
+from scdl.inference.checkpoint import load_module_from_checkpoint, with_class_mismatch_flag
+from scdl.inference.native_grid import labels_to_original_grid, save_label_nifti
+from scdl.inference.runtime import select_device
+from scdl.inference.segment import segment_volume
 from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
+from scdl.runs import SPLIT_FILE, resolve_checkpoint
 from scdl.utils.errors import InputError
 from scdl.utils.progress import progress_iter
 
@@ -64,7 +63,7 @@ def select_cases(
     """
     from hydra.utils import instantiate
 
-    from scdl.data.prepare import read_index
+    from scdl.data.cache import read_index
     from scdl.data.splits import load_split_file
 
     if split not in SPLITS:
@@ -74,8 +73,8 @@ def select_cases(
         return [c["case_id"] for c in index["cases"] if c.get("labeled", True)], "cache index"
     if split_file:
         parts, source = load_split_file(split_file), str(split_file)
-    elif use_run_split and (run_dir / "split.json").is_file():
-        parts, source = load_split_file(run_dir / "split.json"), str(run_dir / "split.json")
+    elif use_run_split and (run_dir / SPLIT_FILE).is_file():
+        parts, source = load_split_file(run_dir / SPLIT_FILE), str(run_dir / SPLIT_FILE)
     else:
         datamodule = instantiate(run_cfg.data.module, _convert_="all")
         parts, source = datamodule.prepare_split(), "data config"
@@ -92,108 +91,6 @@ def default_output_dir(run_dir: Path, ckpt: Path, split: str, protocol: str) -> 
     if not ckpt.name.startswith("best"):
         base = base / ckpt.stem
     return base / f"{split}_{protocol}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-
-def case_metric_kwargs(
-    protocol: str, metrics_cfg: Mapping | None, spacing: list[float]
-) -> dict[str, Any]:
-    """Keyword arguments of :func:`compute_case_metrics` for one case.
-
-    ``metrics_cfg``: ``nsd_tolerance`` (mm for ``standard``, voxels of the resized grid for
-    ``paper``), ``paper: {shape, penalty, empty_prediction_rule}``, ``standard: {empty_distance}``.
-    """
-    m = dict(metrics_cfg or {})
-    kw: dict[str, Any] = {"nsd_tolerance": float(m.get("nsd_tolerance", 1.0))}
-    if protocol == "paper":
-        p = dict(m.get("paper") or {})
-        shape = p.get("shape", (160, 160, 80))
-        kw["target_shape"] = tuple(int(s) for s in shape) if shape is not None else None
-        kw["penalty"] = float(p.get("penalty", 128.0))
-        kw["empty_prediction_rule"] = bool(p.get("empty_prediction_rule", True))
-    elif protocol == "standard":
-        s = dict(m.get("standard") or {})
-        kw["spacing"] = tuple(float(v) for v in spacing)
-        if s.get("empty_distance") is not None:
-            kw["empty_distance"] = float(s["empty_distance"])
-    else:
-        raise InputError(f"protocol must be paper|standard, got {protocol!r}")
-    return kw
-
-
-# ----------------------------------------------------------------------------------------------
-# W&B
-# ----------------------------------------------------------------------------------------------
-
-
-def _wandb_logger_cfg(cfg: DictConfig) -> DictConfig | None:
-    for lcfg in (cfg.get("logger") or {}).values():
-        if isinstance(lcfg, DictConfig) and "WandbLogger" in str(lcfg.get("_target_", "")):
-            return lcfg
-    return None
-
-
-def log_to_wandb(cfg: DictConfig, run_cfg: DictConfig, summary: Mapping, out_dir: Path) -> bool:
-    """Logs the overall and per-class means plus a per-class table to a W&B ``eval`` run, grouped
-    with the training run (same project / ``experiment_name``). Rank zero only; no-op without a
-    W&B logger config or with ``WANDB_MODE=disabled``. Returns whether something was logged."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from scdl.utils.config import wandb_mode
-
-    lcfg = _wandb_logger_cfg(cfg)
-    mode = wandb_mode()
-    if lcfg is None or mode == "disabled" or rank_zero_only.rank != 0:
-        return False
-    import wandb
-
-    prefix = f"eval/{summary['split']}_{summary['protocol']}"
-    exp = str(run_cfg.get("experiment_name", "default"))
-    tags = [str(t) for t in (run_cfg.get("tags") or [])] + ["eval", str(summary["protocol"])]
-    run = wandb.init(
-        project=lcfg.get("project") or "scdl",
-        entity=lcfg.get("entity"),
-        group=exp,
-        name=f"{exp}/{run_cfg.run_name}/{Path(summary['ckpt']).stem}/{prefix[5:]}",
-        job_type="eval",
-        tags=tags,
-        dir=str(out_dir),
-        mode="offline" if mode == "offline" else "online",
-        config={
-            "ckpt": summary["ckpt"],
-            "split": summary["split"],
-            "protocol": summary["protocol"],
-            "inference": summary["inference"],
-            "run_dir": summary["run_dir"],
-        },
-    )
-    try:
-        flat: dict[str, Any] = {}
-        for metric, stats in summary["overall"].items():
-            if stats["mean"] is not None:
-                flat[f"{prefix}/{metric}"] = stats["mean"]
-        for name, per_metric in summary["per_class"].items():
-            for metric, stats in per_metric.items():
-                if stats["mean"] is not None:
-                    flat[f"{prefix}/{metric}_{name}"] = stats["mean"]
-        metrics = list(summary["metrics"])
-        columns = ["class"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
-        rows = [
-            [name] + [summary["per_class"][name][m][s] for m in metrics for s in ("mean", "std")]
-            for name in summary["classes"]
-        ]
-        flat[f"{prefix}/per_class"] = wandb.Table(columns=columns, data=rows)
-        run.log(flat)
-        for key, value in flat.items():
-            if not isinstance(value, wandb.Table):
-                run.summary[key] = value
-    finally:
-        wandb.finish()
-    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,12 +113,10 @@ def evaluate(cfg: DictConfig) -> dict:
     ...) plus ``ckpt``, ``run_dir``, ``split``, ``split_source``, ``protocol``, ``inference``,
     ``metric_settings``, ``seconds`` and ``files`` (written paths by kind).
     """
+    from scdl.data.cache import load_cached_case
     from scdl.data.catalog import ensure_prepared
-    from scdl.data.prepare import load_cached_case
 
-    protocol = str(cfg.get("protocol", "standard"))
-    if protocol not in ("paper", "standard"):
-        raise InputError(f"protocol must be paper|standard, got {protocol!r}")
+    protocol = check_protocol(str(cfg.get("protocol", "standard")))
     split = str(cfg.get("split", "test"))
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     overrides = _data_override(cfg)
@@ -307,11 +202,6 @@ def evaluate(cfg: DictConfig) -> dict:
     title = f"{protocol} metrics, {split} ({len(case_ids)} cases) — {ckpt.name}"
     print(format_metrics_table(summary, use_rich=True, title=title))
     log.info("metrics written to %s", out_dir)
-    if cfg.get("logger") and _wandb_logger_cfg(run_cfg) is None:
-        # a run trained without W&B (logger=csv) gets no W&B eval run either
-        log.info("no W&B run: %s was trained without a W&B logger", run_dir.name)
-    elif cfg.get("logger"):
-        summary["wandb"] = log_to_wandb(cfg, run_cfg, summary, out_dir)
     return summary
 
 

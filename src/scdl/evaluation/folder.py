@@ -22,21 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from scdl.evaluation.protocols import compute_case_metrics, to_label_array
+from scdl.evaluation.protocols import (
+    case_metric_kwargs,
+    check_protocol,
+    compute_case_metrics,
+    to_label_array,
+)
 from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
 from scdl.utils.errors import InputError, InputFileError
+from scdl.utils.files import nifti_case_name
 from scdl.utils.progress import progress_iter
 
 log = logging.getLogger(__name__)
-
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-
-
-def _case_name(path: Path) -> str | None:
-    for ext in NIFTI_EXTENSIONS:
-        if path.name.endswith(ext):
-            return path.name[: -len(ext)]
-    return None
 
 
 def list_label_maps(folder: str | Path) -> dict[str, Path]:
@@ -47,7 +44,7 @@ def list_label_maps(folder: str | Path) -> dict[str, Path]:
         raise InputFileError(f"not a folder: {root}")
     found: dict[str, Path] = {}
     for p in sorted(root.iterdir()):
-        name = _case_name(p) if p.is_file() and not p.name.startswith(".") else None
+        name = nifti_case_name(p) if p.is_file() and not p.name.startswith(".") else None
         if name is None:
             continue
         if name in found:
@@ -182,10 +179,7 @@ def evaluate_folder(
     Returns the results dict (:func:`aggregate_metrics` schema) plus ``pred_dir``, ``ref_dir``,
     ``metric_settings``, ``seconds`` and ``files``.
     """
-    from scdl.evaluation.evaluate import case_metric_kwargs
-
-    if protocol not in ("paper", "standard"):
-        raise InputError(f"protocol must be paper|standard, got {protocol!r}")
+    check_protocol(protocol)
     preds, refs = list_label_maps(pred_dir), list_label_maps(ref_dir)
     cases = match_cases(preds, refs, allow_missing)
     spacings = {c: check_pair(preds[c], refs[c], affine_atol) for c in cases}  # fail early

@@ -43,8 +43,9 @@ since all surface voxels lie inside it); the boxes of all classes come from one
 
 from __future__ import annotations
 
+import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from scdl.metrics.dice import per_class_dice
+from scdl.utils.errors import InputError
 
 METRICS: tuple[str, ...] = ("dice", "asd", "hd95", "nsd")
 PAPER_SHAPE: tuple[int, int, int] = (160, 160, 80)
@@ -60,6 +62,7 @@ PAPER_PENALTY = 128.0
 
 ArrayLike = np.ndarray | torch.Tensor
 Protocol = Literal["paper", "standard"]
+PROTOCOLS: tuple[str, ...] = typing.get_args(Protocol)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,3 +321,36 @@ def compute_case_metrics(
     if protocol == "standard":
         return standard_case_metrics(pred, gt, num_classes, **kwargs)
     raise ValueError(f"unknown protocol {protocol!r} (expected 'paper' or 'standard')")
+
+
+def case_metric_kwargs(
+    protocol: str, metrics_cfg: Mapping | None, spacing: list[float]
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`compute_case_metrics` for one case.
+
+    ``metrics_cfg``: ``nsd_tolerance`` (mm for ``standard``, voxels of the resized grid for
+    ``paper``), ``paper: {shape, penalty, empty_prediction_rule}``, ``standard: {empty_distance}``.
+    """
+    m = dict(metrics_cfg or {})
+    kw: dict[str, Any] = {"nsd_tolerance": float(m.get("nsd_tolerance", 1.0))}
+    if protocol == "paper":
+        p = dict(m.get("paper") or {})
+        shape = p.get("shape", (160, 160, 80))
+        kw["target_shape"] = tuple(int(s) for s in shape) if shape is not None else None
+        kw["penalty"] = float(p.get("penalty", 128.0))
+        kw["empty_prediction_rule"] = bool(p.get("empty_prediction_rule", True))
+    elif protocol == "standard":
+        s = dict(m.get("standard") or {})
+        kw["spacing"] = tuple(float(v) for v in spacing)
+        if s.get("empty_distance") is not None:
+            kw["empty_distance"] = float(s["empty_distance"])
+    else:
+        check_protocol(protocol)
+    return kw
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` when it is one of :data:`PROTOCOLS`, else an :class:`InputError` naming it."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol must be {'|'.join(PROTOCOLS)}, got {protocol!r}")
+    return protocol

@@ -19,19 +19,13 @@ from torch import nn
 
 from scdl.data.labels import assert_unique_class_names
 from scdl.frameworks.plugin import FrameworkPlugin, PluginStep
-from scdl.inference import SlidingWindowConfig, sliding_window_probs
-from scdl.losses.rampup import sigmoid_rampup
-from scdl.metrics import (
-    TRAIN_TEST_STEM,
-    AbsentPolicy,
-    PerCaseDice,
-    aggregate_metrics,
-    format_metrics_table,
-    save_metrics,
-)
+from scdl.inference.sliding_window import SlidingWindowConfig, sliding_window_probs
+from scdl.metrics.dice import AbsentPolicy, PerCaseDice
+from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_metrics
 from scdl.models.contracts import SegmentationBackbone
+from scdl.runs import TRAIN_TEST_STEM
 from scdl.utils.distributed import is_distributed
-from scdl.utils.schedules import poly_lr
+from scdl.utils.schedules import poly_lr, sigmoid_rampup
 
 log = logging.getLogger(__name__)
 

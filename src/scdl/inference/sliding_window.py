@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from scdl.utils.errors import ConfigError
+
 
 @dataclass
 class SlidingWindowConfig:
@@ -30,8 +32,6 @@ class SlidingWindowConfig:
     average: str = "probs"
 
     def __post_init__(self) -> None:
-        from scdl.utils.config_checks import ConfigError  # printed by Hydra without traceback
-
         problems = window_problems(
             overlap=self.overlap,
             roi_size=self.roi_size,

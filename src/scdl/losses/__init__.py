@@ -1,9 +1,9 @@
-"""Losses: supervised CE + Dice, pseudo-label consistency, ramp-up schedules."""
+"""Losses: supervised CE + Dice, pseudo-label consistency, GA and DHC class weighting (the ramp-up
+of their weights is :func:`scdl.utils.schedules.sigmoid_rampup`)."""
 
 from scdl.losses.ce_dice import CEDiceLoss
 from scdl.losses.dhc import DiffDW, DistDW, WeightedCEDiceLoss, class_counts, hard_batch_dice
 from scdl.losses.ga import GACELoss, GADiceLoss, GALoss, ga_dice_per_class
-from scdl.losses.rampup import sigmoid_rampup
 
 __all__ = [
     "CEDiceLoss",
@@ -16,5 +16,4 @@ __all__ = [
     "class_counts",
     "ga_dice_per_class",
     "hard_batch_dice",
-    "sigmoid_rampup",
 ]

@@ -3,7 +3,7 @@
 Used by the training test (``SemiSupervisedModule.on_test_epoch_end``: ``<run>/test_metrics.*``),
 ``src/eval.py`` (``<run>/eval/<split>_<protocol>/metrics.*``) and folder evaluation
 (``src/eval.py pred_dir=... ref_dir=...``: ``<output_dir>/metrics.*``), and read by
-:mod:`scdl.evaluation.summary`.
+:mod:`scdl.reporting.summary`.
 
 Schema (:func:`aggregate_metrics`; JSON-ready, NaN stored as ``null``)::
 
@@ -41,10 +41,9 @@ from typing import Any
 import numpy as np
 
 from scdl.data.labels import assert_unique_class_names
+from scdl.runs import LEGACY_TRAIN_TEST_JSON
 
 KNOWN_METRICS: tuple[str, ...] = ("dice", "asd", "hd95", "nsd")
-TRAIN_TEST_STEM = "test_metrics"  # <run>/test_metrics.{json,csv}, test_metrics_per_case.csv
-LEGACY_TRAIN_TEST_JSON = "test_dice.json"
 
 
 def _nan_stats(x: np.ndarray, axis: int | None = None) -> tuple[Any, Any]:

@@ -2,7 +2,7 @@
 
 Thin subclasses: the layers, their initialisation and the ``state_dict`` keys are MONAI's; the
 wrappers only fix the depth (so that :attr:`size_divisor` is a class attribute that
-:func:`scdl.utils.config_checks.validate_config` can read without building the network) and split
+:func:`scdl.config_checks.validate_config` can read without building the network) and split
 MONAI's ``forward`` into ``encode`` -> ``decode`` -> ``head`` (``forward`` is exactly that chain).
 
 * :class:`MonaiUNet`: ``monai.networks.nets.DynUNet`` (nnU-Net-style U-Net) with 5 stages and four
@@ -80,7 +80,7 @@ class MonaiUNet(DynUNet):
     Deep supervision is not exposed (the frameworks expect one logits tensor).
     """
 
-    size_divisor = 16  # 2 ** 4 stride-2 down-samplings; read by scdl.utils.config_checks
+    size_divisor = 16  # 2 ** 4 stride-2 down-samplings; read by scdl.config_checks
     STAGES = 5
 
     def __init__(
@@ -165,7 +165,7 @@ class MonaiSwinUNETR(SwinUNETR):
     also be at least 64, since the bottleneck is then side / 32 >= 2 voxels.
     """
 
-    size_divisor = 32  # patch embedding (2) + 4 patch mergings; read by scdl.utils.config_checks
+    size_divisor = 32  # patch embedding (2) + 4 patch mergings; read by scdl.config_checks
 
     def __init__(
         self,

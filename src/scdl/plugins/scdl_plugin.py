@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from scdl.frameworks.plugin import PluginStep
-from scdl.losses.rampup import sigmoid_rampup
 from scdl.models.contracts import SegmentationBackbone
 from scdl.models.scdl import (
     SCDL,
@@ -44,6 +43,7 @@ from scdl.models.scdl import (
     labels_to_token_dist,
     tokens_to_grid,
 )
+from scdl.utils.schedules import sigmoid_rampup
 
 PriorFeedback = Literal["head", "bottleneck", "none"]
 

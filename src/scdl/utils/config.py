@@ -59,10 +59,19 @@ def register_resolvers() -> None:
         )
 
 
+def in_multirun() -> bool:
+    """Whether this process runs one job of a Hydra multirun (its folder is fixed by the sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return False
+
+
 def _if_multirun(multi: Any, single: Any) -> Any:
     """``${if_multirun:A,B}``: A inside a Hydra multirun job, else B."""
-    from scdl.resume import in_multirun
-
     return multi if in_multirun() else single
 
 

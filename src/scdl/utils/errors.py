@@ -3,7 +3,7 @@ their message is printed, which names the file or key and the fix; ``HYDRA_FULL_
 the traceback. Errors of the code itself keep their traceback.
 
 The data, split, resume, config and checkpoint errors of their own modules
-(:class:`scdl.data.errors.DataCheckError`, :class:`scdl.utils.config_checks.ConfigError`, ...)
+(:class:`scdl.data.errors.DataCheckError`, :class:`ConfigError`, ...)
 are user errors of the same kind; :func:`user_errors` turns the operating system's refusals
 (permission denied, read-only file system, disk full) into one.
 """
@@ -21,6 +21,10 @@ from hydra.errors import CompactHydraException
 
 class InputError(ValueError, CompactHydraException):
     """A value or file the user gave that cannot work; the message says which and the fix."""
+
+
+class ConfigError(ValueError, CompactHydraException):
+    """A config value that cannot work. Hydra prints only the message (no traceback)."""
 
 
 class InputFileError(FileNotFoundError, CompactHydraException):

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 TMP_PREFIX = ".tmp-"  # temporary files are named .tmp-<pid>@<host>-<final name>
 
 
@@ -64,3 +65,12 @@ def create_once(path: Path, text: str) -> str:
 def repeated(items: Iterable[str]) -> list[str]:
     """The items that occur more than once, sorted."""
     return sorted(item for item, n in Counter(items).items() if n > 1)
+
+
+def nifti_case_name(path: str | Path) -> str | None:
+    """A NIfTI file's name without ``.nii.gz`` / ``.nii``; None for a file of another type."""
+    name = Path(path).name
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return None

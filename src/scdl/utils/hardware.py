@@ -3,8 +3,8 @@
 bf16 autocast is fast on a CPU only with native bf16 instructions (AVX512-BF16 or AMX on x86, the
 BF16 extension on Arm); elsewhere oneDNN emulates it and a VNet step was measured 3x slower than
 float32 (AVX2-only AMD EPYC). Denormal floats cost float32 another 4x there, so they are always
-flushed to zero on CPU (:func:`configure_cpu_math`). ``bench/bench_cpu_precision.py`` measures the
-variants on the machine at hand.
+flushed to zero on CPU (:func:`configure_cpu_math`). ``python bench/suite.py --only cpu_precision``
+measures the variants on the machine at hand.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A figure is only reproducible with the commit and the machine kind it came from: the same seed
 on another CPU kind (oneDNN kernels, bf16 rounding) or another thread count gives other numbers
 (docs/results.md "Determinism"). Training writes one entry per start (a resumed run on another
-machine shows two), and the results archive (:mod:`scdl.evaluation.archive`) copies it beside
+machine shows two), and the results archive (:mod:`scdl.reporting.archive`) copies it beside
 each run's per-case results. No host names, user names or paths are recorded.
 """
 

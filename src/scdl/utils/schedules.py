@@ -1,6 +1,9 @@
-"""Learning-rate schedules."""
+"""Schedules over training steps: the learning rate (poly) and the ramp-up of the unsupervised
+loss weights (sigmoid)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -31,3 +34,14 @@ def poly_factor(step: int, horizon: int, power: float = 0.9) -> float:
     """The lr multiplier of :func:`poly_lr` at ``step``: ``(1 - min(step, horizon - 1) /
     horizon) ** power``."""
     return (1.0 - min(step, horizon - 1) / horizon) ** power
+
+
+def sigmoid_rampup(current: float, length: float) -> float:
+    """Sigmoid-shaped ramp from 0 to 1: ``exp(-5 (1 - t)^2)``, ``t = clip(current / length, 0, 1)``.
+
+    (Laine & Aila 2017; used by UA-MT, GA-CPS and MagicNet.) ``length <= 0`` means no ramp (1.0).
+    """
+    if length <= 0:
+        return 1.0
+    t = min(max(current, 0.0), length) / length
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))

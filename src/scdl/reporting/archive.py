@@ -11,17 +11,17 @@ the tables regenerated from the folder alone.
 
 ::
 
-    python -m scdl.evaluation.archive export results/<study> <run or sweep folders...>
-    python -m scdl.evaluation.archive tables results/<study>          # rewrite its tables
-    python -m scdl.evaluation.archive tables results --check          # exit 1 where one differs
+    python -m scdl.reporting.archive export results/<study> <run or sweep folders...>
+    python -m scdl.reporting.archive tables results/<study>          # rewrite its tables
+    python -m scdl.reporting.archive tables results --check          # exit 1 where one differs
 
 ``tables.yaml``::
 
     tables:
       - file: summary.md            # written into the study folder
-        args: [--per-class]         # arguments of python -m scdl.evaluation.summary (roots: the folder)
+        args: [--per-class]         # arguments of python -m scdl.reporting.summary (roots: the folder)
       - file: prior.md
-        tool: prior_diagnostics     # python -m scdl.evaluation.prior_diagnostics --table <files>
+        tool: prior_diagnostics     # python -m scdl.reporting.prior_diagnostics --table <files>
         args: [diagnostics/full_seed1.json]   # relative to the study folder
 """
 
@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-ARCHIVE_VERSION = 1
-SUFFIX = ".run.json"
+from scdl.reporting.records import ARCHIVE_VERSION, SUFFIX, collect
+
 TABLES = "tables.yaml"
 # Config sections that differ between machines without changing the run (where files live, how
 # Hydra logs): left out of the config hash.
@@ -61,14 +61,14 @@ def config_hash(cfg: dict) -> str:
 
 
 def archive_record(record: dict) -> dict[str, Any]:
-    """The archived form of a :func:`scdl.evaluation.summary.collect` record."""
-    from scdl.evaluation.paper_table import resolved_container, run_config
+    """The archived form of a :func:`scdl.reporting.summary.collect` record."""
+    from scdl.runs import load_config, resolved_container
     from scdl.utils.provenance import read_provenance
 
     run = Path(record["run"])
     overrides_file = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
-    resolved = resolved_container(run_config(run))
+    resolved = resolved_container(load_config(run))
     kept = {k: v for k, v in record.items() if k != "run"}
     if kept.get("result", {}).get("ckpt"):  # the checkpoint's name, not this machine's path
         kept["result"] = {**kept["result"], "ckpt": Path(kept["result"]["ckpt"]).name}
@@ -90,8 +90,6 @@ def record_file_name(record: dict) -> str:
 def export(study: Path, roots: Sequence[Path], k: int = 4) -> list[Path]:
     """Writes one ``.run.json`` per finished run below ``roots`` into ``study`` (an existing file
     of the same data set, experiment, ablation and seed is replaced). Returns the files."""
-    from scdl.evaluation.summary import collect
-
     records = collect(list(roots), k)
     if not records:
         raise SystemExit(f"no finished runs below {', '.join(map(str, roots))}")
@@ -102,24 +100,6 @@ def export(study: Path, roots: Sequence[Path], k: int = 4) -> list[Path]:
         path.write_text(json.dumps(archive_record(record), indent=1) + "\n")  # class order kept
         written.append(path)
     return written
-
-
-def load_records(roots: Sequence[Path]) -> list[dict]:
-    """The archived records below ``roots`` in the form :func:`scdl.evaluation.summary.collect`
-    returns (``run``: the archive file)."""
-    records = []
-    for root in roots:
-        root = Path(root)
-        files = [root] if root.is_file() else sorted(root.rglob(f"*{SUFFIX}"))
-        for path in files:
-            data = json.loads(path.read_text())
-            if data.get("archive_version") != ARCHIVE_VERSION:
-                raise SystemExit(
-                    f"{path}: archive version {data.get('archive_version')}, this code reads "
-                    f"{ARCHIVE_VERSION}"
-                )
-            records.append({**data, "run": str(path)})
-    return records
 
 
 def table_specs(study: Path) -> list[dict]:
@@ -137,11 +117,11 @@ def render_table(study: Path, spec: dict) -> str:
     tool = spec.get("tool", "summary")
     args = [str(a) for a in spec.get("args", [])]
     if tool == "summary":
-        from scdl.evaluation.summary import parse_args, render
+        from scdl.reporting.summary import parse_args, render
 
         return render(parse_args([str(study), *args])) + "\n"
     if tool == "prior_diagnostics":
-        from scdl.evaluation.prior_diagnostics import markdown
+        from scdl.reporting.prior_diagnostics import markdown
 
         files = [study / a for a in args]
         return markdown({p.stem: json.loads(p.read_text()) for p in files}) + "\n"
@@ -189,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check and differ:
         print(
             "the committed tables differ from their data: rerun "
-            f"python -m scdl.evaluation.archive tables {args.root}",
+            f"python -m scdl.reporting.archive tables {args.root}",
             file=sys.stderr,
         )
         return 1

@@ -1,6 +1,6 @@
 """Summarise finished runs (single or multirun folders) into one comparison table.
 
-``python -m scdl.evaluation.summary logs/train/multiruns/phantom_scdl/<time> [more dirs...]``
+``python -m scdl.reporting.summary logs/train/multiruns/phantom_scdl/<time> [more dirs...]``
 
 Every folder below the given ones that holds the training test's results (``test_metrics.json``,
 the schema of :mod:`scdl.metrics.results`; or the legacy ``test_dice.json`` of older runs) is a
@@ -15,33 +15,23 @@ outputs of ``src/eval.py ... protocol=paper``.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from scdl.data.class_stats import smallest_classes
-from scdl.evaluation.paper_table import data_set_name, run_config, run_pairing
-from scdl.evaluation.statistics import (
+from scdl.reporting.paper_table import per_run_markdown
+from scdl.reporting.records import collect, load_records
+from scdl.reporting.statistics import (
     claim_primary,
     compare_classes,
     compare_runs,
     format_cell,
     format_needed,
-    run_score,
     runs_by_seed,
     seed_order,
 )
-from scdl.metrics.results import (
-    LEGACY_TRAIN_TEST_JSON,
-    TRAIN_TEST_STEM,
-    class_means,
-    load_metrics,
-)
-from scdl.resume import finished_record
-from scdl.utils.config import register_resolvers
+from scdl.runs import TRAIN_TEST_STEM
 
 
 def _data_set(record: dict) -> str:
@@ -70,54 +60,6 @@ def check_one_run_per_seed(records: list[dict]) -> None:
     the mean over seeds would count a seed twice and a paired comparison would pick one."""
     for (exp, abl), rs in _by_experiment_and_ablation(records):
         runs_by_seed(rs, f"{exp}/{abl} on {_data_set(rs[0])}")
-
-
-def _result_files(roots: list[Path]) -> list[Path]:
-    """The training-test results file of every run below ``roots`` (new schema preferred)."""
-    found: dict[Path, Path] = {}
-    for name in (LEGACY_TRAIN_TEST_JSON, f"{TRAIN_TEST_STEM}.json"):  # the new one wins
-        for p in (p for root in roots for p in Path(root).rglob(name)):
-            found[p.parent] = p
-    return [found[run] for run in sorted(found)]
-
-
-def collect(roots: list[Path], k: int = 4) -> list[dict]:
-    """One record per finished run below ``roots``."""
-    register_resolvers()
-    records = []
-    for result in _result_files(roots):
-        run = result.parent
-        cfg_path = run / ".hydra" / "config.yaml"
-        if not cfg_path.is_file():
-            continue
-        finished = finished_record(run) or {}
-        cfg = run_config(run)
-        res = load_metrics(result)
-        split = json.loads((run / "split.json").read_text())
-        names = res["classes"]
-        small = smallest_classes(Path(cfg.data.cache_dir), split["labeled"], len(names) + 1, k)
-        mean = np.asarray(class_means(res, "dice"), dtype=float)
-        small_names = [names[c - 1] for c in small]
-        records.append(
-            {
-                "run": str(run),
-                "experiment": cfg.get("experiment_name", "?"),
-                "ablation": cfg.get("ablation_name", "none"),
-                "seed": cfg.get("seed"),
-                "data": data_set_name(cfg),
-                # cases first (a case's mean over its classes), then the mean over cases: the
-                # order of the paired differences, so column means and differences agree
-                "dice": run_score(res),
-                "small_dice": run_score(res, small_names),
-                "small_classes": small_names,
-                "per_class": dict(zip(names, mean.tolist(), strict=True)),
-                "result": res,  # per-case values for the paired statistics
-                "pairing": run_pairing(run, cfg),  # split and data hashes a pair must share
-                # what a variant is chosen on (never the test cases): the run's best validation
-                "val_dice": finished.get("metrics", {}).get("best/val/dice"),
-            }
-        )
-    return records
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -164,7 +106,7 @@ def paired_vs_baseline(
 ) -> tuple[str, list[dict]]:
     """Every (experiment, ablation) group against ``baseline`` (``experiment/ablation``; default
     the group with ablation ``baseline``, else the first), paired by seed and test case: per group
-    ``{"method", "baseline", "mean", "minority"}`` with the :func:`~scdl.evaluation.statistics.
+    ``{"method", "baseline", "mean", "minority"}`` with the :func:`~scdl.reporting.statistics.
     compare` results over all classes and over the smallest classes, or ``{"method", "error"}``
     when nothing pairs (other seeds, cases, split or preprocessing). Runs of several data sets are
     compared within each data set (``method`` then ends with `` on <data set>``). The ``primary``
@@ -233,7 +175,7 @@ def comparison_table(
     """The comparisons of :func:`paired_vs_baseline` as Markdown: the mean difference of mean Dice
     and of the minority classes' Dice with the two-way random-effects 95 % interval over seeds and
     test cases and its p-value (Holm-adjusted on the ``primary`` endpoint, descriptive on the
-    other; :mod:`scdl.evaluation.statistics`). ``paired``: its result when already computed (the
+    other; :mod:`scdl.reporting.statistics`). ``paired``: its result when already computed (the
     forest plot uses the same comparisons)."""
     baseline, pairs = paired or paired_vs_baseline(records, baseline, n_boot, primary)
     if not pairs:
@@ -348,62 +290,6 @@ def per_class_paired_table(
     return "\n".join(lines)
 
 
-# Column heads of the SCDL / GALoss / DHC tables.
-SHORT_NAMES = {
-    "spleen": "Sp",
-    "right_kidney": "RK",
-    "left_kidney": "LK",
-    "gallbladder": "Ga",
-    "esophagus": "Es",
-    "liver": "Li",
-    "stomach": "St",
-    "aorta": "Ao",
-    "inferior_vena_cava": "IVC",
-    "portal_splenic_veins": "PSV",
-    "pancreas": "Pa",
-    "right_adrenal_gland": "RAG",
-    "left_adrenal_gland": "LAG",
-    "duodenum": "Du",
-    "bladder": "Bl",
-    "prostate_uterus": "P/U",
-}
-
-
-def paper_table(roots: list[Path], split: str = "test") -> str:
-    """Papers' layout from ``<run>/eval/<split>_paper/metrics.json``: one row per run.
-
-    Avg Dice (%) and Avg ASD (voxels) are mean +- std over cases of the per-case class means;
-    per-class Dice (%) is the mean over cases.
-    """
-    rows, names = [], None
-    for path in sorted(
-        p for root in roots for p in Path(root).rglob(f"{split}_paper/metrics.json")
-    ):
-        run = path.parents[2]
-        cfg_path = run / ".hydra" / "config.yaml"
-        cfg = OmegaConf.load(cfg_path) if cfg_path.is_file() else OmegaConf.create()
-        m = load_metrics(path)
-        names = names or m["classes"]
-        if m["classes"] != names:
-            raise SystemExit(f"{path}: classes differ from the other runs, cannot share one table")
-        ov = m["overall"]
-        cells = [
-            str(cfg.get("experiment_name", run.name)),
-            str(cfg.get("ablation_name", "none")),
-            str(cfg.get("seed", "?")),
-            f"{ov['dice']['mean'] * 100:.1f} ± {ov['dice']['std'] * 100:.1f}",
-            f"{ov['asd']['mean']:.1f} ± {ov['asd']['std']:.1f}",
-        ] + [f"{m['per_class'][n]['dice']['mean'] * 100:.1f}" for n in names]
-        rows.append("| " + " | ".join(cells) + " |")
-    if not rows:
-        raise SystemExit(
-            f"no {split}_paper/metrics.json below {roots}: run src/eval.py protocol=paper"
-        )
-    heads = ["experiment", "ablation", "seed", "Avg Dice %", "Avg ASD (vox)"]
-    heads += [SHORT_NAMES.get(n, n) for n in names]
-    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), *rows])
-
-
 def parse_seeds(text: str) -> set[int]:
     """``"1,2,3"`` or ``"1-3,7"`` -> {1, 2, 3, (7)}; ValueError naming the bad item."""
     seeds: set[int] = set()
@@ -459,9 +345,7 @@ def render(args: argparse.Namespace) -> str:
     """The tables :func:`main` prints, as one string (the results archive regenerates its
     committed tables with it). SystemExit naming the problem where nothing can be summarised."""
     if args.paper:
-        return paper_table(args.roots)
-    from scdl.evaluation.archive import load_records
-
+        return per_run_markdown(args.roots)
     records = load_records(args.roots) + collect(args.roots, args.smallest)
     if not records:
         raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
@@ -485,7 +369,7 @@ def render(args: argparse.Namespace) -> str:
         if paired:
             parts.append(paired)
     if args.plot is not None:
-        from scdl.evaluation.paper_table import plot_paired
+        from scdl.reporting.paper_table import plot_paired
 
         base, pairs = paired
         pairs = [c for c in pairs if "error" not in c]

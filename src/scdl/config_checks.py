@@ -13,9 +13,11 @@ launcher / sweeper whose plugin package is not installed (``src/train.py`` calls
 :func:`exit_on_bad_command_line` before ``main()``, which also names unquoted values with spaces or
 non-ASCII characters).
 
-Only omegaconf / hydra.errors are imported at module level: no torch, no lightning. The patch check
-imports the class of ``model._target_`` (not the network: nothing is built) to read its
-``size_divisor`` class attribute.
+What the code already states is read from it, not restated: the precision values from Lightning's
+own type, the choices of a plug-in or module from the ``Literal`` annotations of its constructor,
+the patch multiple from the backbone's ``size_divisor`` (the classes are imported, nothing is
+built). Only omegaconf / hydra are imported at module level: torch and Lightning load when a check
+needs them.
 """
 
 from __future__ import annotations
@@ -23,56 +25,49 @@ from __future__ import annotations
 import importlib.util
 import numbers
 import sys
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from scdl.utils.config import project_root
-
-
-class ConfigError(ValueError, CompactHydraException):
-    """A config value that cannot work. Hydra prints only the message (no traceback)."""
-
+from scdl.utils.errors import ConfigError
 
 _MISSING = object()
 
-# Lightning 2.x precision flags (lightning.fabric.plugins.precision.precision._PRECISION_INPUT),
-# plus "auto" (chosen per accelerator by scdl.training) and null (Lightning's default, 32-true).
-PRECISIONS: tuple = (
-    "16-mixed",
-    "bf16-mixed",
-    "32-true",
-    "16-true",
-    "bf16-true",
-    "64-true",
-    "transformer-engine",
-    "transformer-engine-float16",
-    "64",
-    "32",
-    "16",
-    "bf16",
-    64,
-    32,
-    16,
-    "auto",
-    None,
-)
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "hpu", "auto")
 
-# How many times a backbone halves the resolution (skip connections need exact halves), by the
-# class name of model._target_, for backbones without a ``size_divisor`` class attribute (the VNet
-# sets it per instance): the VNet has 4 stride-2 down-samplings -> multiples of 2**4.
-MODEL_DOWNSAMPLING = {"VNet": 4}
-
 SCDL_WEIGHTS = ("w_aux", "w_proxy", "w_sac", "w_kl", "lr_scale")
-SCDL_CHOICES = {
-    "prior_feedback": ("head", "bottleneck", "none"),
-    "ydist_mode": ("area", "trilinear"),
-}
+
+
+def precisions() -> tuple:
+    """The ``trainer.precision`` values Lightning accepts (its own ``_PRECISION_INPUT`` type,
+    read here so a Lightning upgrade needs no edit), plus ``auto`` (chosen per accelerator by
+    :mod:`scdl.training`) and null (Lightning's default, 32-true)."""
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    values = [v for part in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(part)]
+    return (*values, "auto", None)
+
+
+def literal_choices(target: str) -> dict[str, tuple]:
+    """Constructor parameters of the class ``target`` (a ``_target_``) annotated with a
+    ``Literal``: name -> the allowed values. The class is imported, not built; {} when it cannot
+    be imported (the builder reports that)."""
+    module, _, attr = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unknown / unimportable target
+        return {}
+    return {
+        name: typing.get_args(hint)
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is typing.Literal
+    }
 
 
 def conf_dir() -> Path:
@@ -197,15 +192,12 @@ def _size_divisor(target: str) -> int | None:
 
 def _model_multiple(cfg: DictConfig) -> tuple[int, str]:
     """The factor every patch side must be a multiple of, and why: the ``size_divisor`` class
-    attribute of ``model._target_`` (SegmentationBackbone), else :data:`MODEL_DOWNSAMPLING`,
-    else 16 (four 2x down-samplings) for a model that declares nothing."""
+    attribute of ``model._target_`` (SegmentationBackbone), else 16 (four 2x down-samplings) for a model that declares nothing."""
     target = str(OmegaConf.select(cfg, "model._target_", default="") or "")
     if not target:
         return 1, ""
     name = target.rsplit(".", 1)[-1]
     divisor = _size_divisor(target)
-    if divisor is None and name in MODEL_DOWNSAMPLING:
-        divisor = 2 ** MODEL_DOWNSAMPLING[name]
     if divisor is None:
         return 16, f"model {name} declares no size_divisor; 16 assumed"
     why = f"model {name}: size_divisor {divisor}"
@@ -317,10 +309,11 @@ def _check_trainer(c: _Checker) -> None:
     if "trainer" not in c.cfg:
         return
     c.integer("trainer.max_steps", allow_null=False, example=1000)
-    c.choice("trainer.precision", PRECISIONS, example="bf16-mixed")
+    allowed = precisions()
+    c.choice("trainer.precision", allowed, example="bf16-mixed")
     # CPU precision auto-selection (conf/trainer/cpu.yaml) may keep its choice in its own key
     for key in ("trainer.cpu_precision", "cpu_precision"):
-        c.choice(key, PRECISIONS, example="bf16-mixed")
+        c.choice(key, allowed, example="bf16-mixed")
     c.choice("trainer.accelerator", ACCELERATORS, example="cpu")
     c.integer("trainer.log_every_n_steps", allow_null=False)
 
@@ -401,7 +394,7 @@ def _check_scdl(c: _Checker) -> None:
         return
     for key in SCDL_WEIGHTS:
         c.number(f"scdl.{key}", example=0.1)
-    for key, allowed in SCDL_CHOICES.items():
+    for key, allowed in literal_choices(str(node._target_)).items():
         c.choice(f"scdl.{key}", allowed)
     c.boolean("scdl.use_unlabeled")
     c.boolean("scdl.detach_prior")
@@ -410,7 +403,8 @@ def _check_scdl(c: _Checker) -> None:
     c.integer("scdl.aux_rampup_steps", minimum=0, allow_null=False, example=100)
     if "scdl" in node:
         c.target("scdl.scdl", "restore it with scdl=default (conf/scdl/)")
-        c.choice("scdl.scdl.p2e_axis", ("class", "token"))
+        for key, allowed in literal_choices(str(node.scdl.get("_target_", ""))).items():
+            c.choice(f"scdl.scdl.{key}", allowed)
         for key in ("z_dim", "sample_num", "sample_num_emb"):
             c.integer(f"scdl.scdl.{key}", allow_null=False)
         for key in ("tau_e2p", "tau_p2e"):

@@ -2,7 +2,7 @@
 labeled (training) scans and on its validation scans, with the prior and without it, how large the
 prior is beside the features it is added to, and whether it carries the token's class.
 
-``python -m scdl.evaluation.prior_diagnostics <run folder> [--every 200] [-o out.json]`` reads
+``python -m scdl.reporting.prior_diagnostics <run folder> [--every 200] [-o out.json]`` reads
 ``<run>/periodic/step*.ckpt`` (written by training with the periodic checkpoint override of
 docs/results.md) and prints one JSON line per checkpoint; ``--table a.json b.json`` renders
 saved diagnostics as Markdown. Per checkpoint (means over the scans of the split part):
@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from scdl.runs import read_split
 
 
 def foreground_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
@@ -62,7 +64,7 @@ def diagnose_checkpoint(
     """The diagnostics of one checkpoint (see the module docstring; its step is the caller's, read
     from the file name, so the checkpoint is read once); ``precision``: ``auto``
     (bf16 autocast where the CPU has native bf16, as training chose) or a Lightning string."""
-    from scdl.evaluation.checkpoint import inference_context
+    from scdl.inference.runtime import inference_context
 
     if precision == "auto":
         from scdl.utils.hardware import cpu_precision_choice
@@ -73,8 +75,8 @@ def diagnose_checkpoint(
 
 
 def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
-    from scdl.evaluation.checkpoint import load_module_from_checkpoint
-    from scdl.inference import sliding_window_probs
+    from scdl.inference.checkpoint import load_module_from_checkpoint
+    from scdl.inference.sliding_window import sliding_window_probs
     from scdl.models.scdl.tokens import tokens_to_grid
 
     module, cfg = load_module_from_checkpoint(ckpt)
@@ -122,7 +124,7 @@ def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
 def diagnose_run(run: Path, every: int = 200, precision: str = "auto") -> list[dict]:
     """:func:`diagnose_checkpoint` of every ``periodic/step*.ckpt`` of ``run`` whose step is a
     multiple of ``every``."""
-    split = json.loads((run / "split.json").read_text())
+    split = read_split(run)
     ckpts = sorted((run / "periodic").glob("step*.ckpt"))
     if not ckpts:
         raise SystemExit(

@@ -1,7 +1,7 @@
 """Rebuild a trained module from a Lightning checkpoint and the run's saved Hydra config.
 
 Shared by ``src/eval.py`` (:mod:`scdl.evaluation.evaluate`) and ``src/predict.py``
-(:mod:`scdl.evaluation.predict`). The loader is framework-agnostic: it composes the module exactly as
+(:mod:`scdl.inference.predict`). The loader is framework-agnostic: it composes the module exactly as
 training did (:func:`scdl.build.build_module` on the run's config), so any framework that
 training can build (mean teacher, CPS, SCDL plug-ins, ...) loads here, with ``strict=True``.
 
@@ -15,89 +15,30 @@ A run folder (``paths.output_dir`` of ``src/train.py``) looks like::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from scdl.callbacks.checkpoints import read_checkpoint
+from scdl.data.labels import clean_class_name
+from scdl.runs import (
+    CHECKPOINTS,
+    RUN_CONFIG,
+    SPLIT_FILE,
+    find_run_dir,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from scdl.utils.config import register_resolvers
-from scdl.utils.errors import InputError, InputFileError
+from scdl.utils.errors import ConfigError, InputError, InputFileError
 
 if TYPE_CHECKING:  # lightning is slow to import; only the loader needs it, via build_module
     import lightning as L
 
 log = logging.getLogger(__name__)
-
-RUN_CONFIG = Path(".hydra") / "config.yaml"
-
-
-def checkpoint_score(path: Path) -> tuple[float, str] | None:
-    """The monitored score a ``best-*.ckpt`` was saved with, and the mode (``max``/``min``), as the
-    checkpoint callback recorded it inside the file (memory-mapped read: cheap)."""
-    import math
-    import re
-
-    try:
-        states = read_checkpoint(path).get("callbacks") or {}
-    except Exception as err:  # noqa: BLE001 - unreadable: skipped with a warning
-        log.warning("cannot read %s (%s): skipped", path, err)
-        return None
-    for key, state in states.items():
-        if not isinstance(state, dict) or not state.get("monitor"):
-            continue
-        # the callback records each kept checkpoint's score by path; this file's own is in there
-        scores = {Path(str(k)).name: v for k, v in (state.get("best_k_models") or {}).items()}
-        if path.name not in scores:
-            continue
-        value = float(scores[path.name])
-        mode = m.group(1) if (m := re.search(r"'mode': '(\w+)'", key)) else "max"
-        return (value, mode) if math.isfinite(value) else None
-    return None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder / its ``checkpoints`` folder -> the best checkpoint there.
-
-    Among several ``best-*.ckpt`` the one with the best score recorded inside it wins (not the
-    newest file); checkpoints a resumed run set aside in ``checkpoints/discarded/`` are ignored.
-    ``last.ckpt`` only when no best exists.
-    """
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p.resolve()
-    if p.is_dir():
-        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-        scored = [(f, checkpoint_score(f)) for f in sorted(folder.glob("best*.ckpt"))]
-        scored = [(f, s) for f, s in scored if s is not None]
-        if scored:
-            sign = -1.0 if scored[0][1][1] == "min" else 1.0
-            best = max(scored, key=lambda fs: sign * fs[1][0])[0]
-            if len(scored) > 1:
-                log.info("best of %d checkpoints by recorded score: %s", len(scored), best.name)
-            return best.resolve()
-        if (folder / "last.ckpt").is_file():
-            log.warning("no best-*.ckpt with a recorded score in %s: using last.ckpt", folder)
-            return (folder / "last.ckpt").resolve()
-        raise InputFileError(f"no checkpoint (*.ckpt) in {folder}")
-    raise InputFileError(f"checkpoint not found: {p}")
-
-
-def find_run_dir(ckpt_path: str | Path) -> Path:
-    """The run folder of a checkpoint: the nearest parent holding ``.hydra/config.yaml``."""
-    ckpt = Path(ckpt_path).resolve()
-    for parent in list(ckpt.parents)[:4]:
-        if (parent / RUN_CONFIG).is_file():
-            return parent
-    raise InputFileError(
-        f"no {RUN_CONFIG} above {ckpt}: the checkpoint must sit inside its training run folder "
-        "(<run>/checkpoints/*.ckpt), whose .hydra/config.yaml describes the model"
-    )
 
 
 def _embedded_run_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
@@ -112,9 +53,9 @@ def _embedded_run_config(ckpt_path: str | Path) -> tuple[DictConfig, Path]:
         )
     embedded = dict(embedded)
     split = embedded.pop("split", None)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    if split and not (run_dir / "split.json").is_file():
-        save_split_file(Split(**split), run_dir / "split.json")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt.parent
+    if split and not (run_dir / SPLIT_FILE).is_file():
+        save_split_file(Split(**split), run_dir / SPLIT_FILE)
     log.info("config from the checkpoint itself (no %s above %s)", RUN_CONFIG, ckpt)
     return OmegaConf.create(embedded), run_dir
 
@@ -187,18 +128,12 @@ def load_run_config(
 
 
 def _index_classes(data_cfg: DictConfig) -> list[str] | None:
-    from scdl.data.prepare import read_index
+    from scdl.data.cache import read_index
 
     try:
         return list(read_index(data_cfg.cache_dir)["class_names"])
     except Exception:  # noqa: BLE001 - no cache, no class names, or an unresolvable cache path
         return None
-
-
-def normalise_class_name(name: Any) -> str:
-    """Class name for comparisons: case, ``_`` / ``-`` vs spaces and surrounding blanks ignored
-    (``Left_Kidney`` == ``left kidney``)."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
 
 
 def class_map_table(ckpt_names: Sequence[str], data_names: Sequence[str], data_label: str) -> str:
@@ -207,14 +142,13 @@ def class_map_table(ckpt_names: Sequence[str], data_names: Sequence[str], data_l
     for i in range(max(len(ckpt_names), len(data_names))):
         a = str(ckpt_names[i]) if i < len(ckpt_names) else "-"
         b = str(data_names[i]) if i < len(data_names) else "-"
-        same = normalise_class_name(a) == normalise_class_name(b)
+        same = clean_class_name(a) == clean_class_name(b)
         rows.append((str(i), a, b, "" if same else "<- differs"))
     w0, w1, w2 = (max(len(r[k]) for r in rows) for k in range(3))
     return "\n".join(f"  {r[0]:>{w0}}  {r[1]:<{w1}}  {r[2]:<{w2}}  {r[3]}".rstrip() for r in rows)
 
 
 def _class_error(message: str) -> Exception:
-    from scdl.utils.config_checks import ConfigError  # a ValueError Hydra prints without traceback
 
     return ConfigError(message)
 
@@ -237,8 +171,9 @@ def resolve_classes(
     weights were trained for), the cache index of ``cfg.data`` (what the data set has), the config.
     When both checkpoint and cache are known they must agree: the same number of classes (evaluating
     a 14-class model on a 16-class data set is an error, not a silent mismatch), and the same names
-    in the same order, compared after :func:`normalise_class_name` (a data set whose spleen and
-    liver ids are swapped would be scored against the wrong organs). ``allow_mismatch`` (default:
+    in the same order, compared as cleaned names (:func:`scdl.data.labels.clean_class_name`: case,
+    spaces and punctuation ignored; a data set whose spleen and liver ids are swapped would be
+    scored against the wrong organs). ``allow_mismatch`` (default:
     ``cfg.allow_class_mismatch``, set by ``allow_class_mismatch=true`` of ``eval.py`` /
     ``predict.py``) accepts different names / order with a warning; the checkpoint's names are used.
     """
@@ -280,7 +215,7 @@ def resolve_classes(
         differ = [
             i
             for i, (a, b) in enumerate(zip(hp_names, data_names, strict=True))
-            if normalise_class_name(a) != normalise_class_name(b)
+            if clean_class_name(a) != clean_class_name(b)
         ]
         if differ:
             table = class_map_table(hp_names, data_names, data_label)
@@ -372,43 +307,3 @@ def load_module_from_checkpoint(
         ckpt_path,
     )
     return module, cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# Device and precision
-# ----------------------------------------------------------------------------------------------
-
-
-def select_device(name: str | None = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is passed to torch."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(str(name))
-
-
-def autocast_dtype(precision: str | int | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for a Lightning precision string (``32-true``, ``bf16-mixed``, ``16-mixed``).
-
-    ``None`` means full precision. fp16 on CPU falls back to full precision (slow, and not what
-    a CPU run would have used)."""
-    p = str(precision if precision is not None else "32")
-    if p.startswith("bf16"):
-        return torch.bfloat16
-    if p.startswith("16"):
-        if device.type == "cpu":
-            log.warning("precision %s on CPU: running inference in fp32", p)
-            return None
-        return torch.float16
-    return None
-
-
-@contextlib.contextmanager
-def inference_context(precision: str | int | None, device: torch.device) -> Iterator[None]:
-    """``torch.inference_mode`` plus autocast matching ``precision`` (see :func:`autocast_dtype`)."""
-    dtype = autocast_dtype(precision, device)
-    with torch.inference_mode():
-        if dtype is None:
-            yield
-        else:
-            with torch.autocast(device_type=device.type, dtype=dtype):
-                yield

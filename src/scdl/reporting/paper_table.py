@@ -1,6 +1,6 @@
 """The papers' results table from a sweep: one row per method, mean ± std over seeds.
 
-``python -m scdl.evaluation.paper_table <sweep or run folders> [-o <dir>]`` (``sweep=paper_table``
+``python -m scdl.reporting.paper_table <sweep or run folders> [-o <dir>]`` (``sweep=paper_table``
 calls it when its last job ends). Each run contributes its ``eval/test_paper/metrics.json``
 (``src/eval.py ... protocol=paper`` on its best checkpoint, which ``post_eval=[paper]`` runs after
 training): the per-run Avg Dice / Avg ASD are means over test cases of the per-case class means, the
@@ -13,7 +13,7 @@ Writes ``paper_table.md``, ``paper_table.csv`` and ``paper_table.png`` (per-clas
 method) and, when W&B is on, logs them to a ``summary`` run in the sweep's W&B group.
 
 Every row with SCDL is also compared with the same framework without it (the row whose name lacks
-`` + SCDL`` and the ablation suffix), paired by seed and test case (:mod:`scdl.evaluation.statistics`):
+`` + SCDL`` and the ablation suffix), paired by seed and test case (:mod:`scdl.reporting.statistics`):
 the mean difference of Avg Dice (the primary endpoint) and of the minority classes' Dice
 (descriptive) with the two-way random-effects 95 % interval over seeds and test cases, a p-value
 Holm-adjusted over the table's primary comparisons, and the crossed bootstrap and seed-level t
@@ -32,14 +32,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from scdl.metrics.results import load_metrics
-from scdl.utils.config import register_resolvers
+from scdl.reporting.records import collect_runs
+from scdl.runs import load_config, read_split, runs_holding
 
 log = logging.getLogger(__name__)
 
-PAPER_RESULTS = Path("eval") / "test_paper" / "metrics.json"
+# Column heads of the SCDL / GALoss / DHC tables.
+SHORT_NAMES = {
+    "spleen": "Sp",
+    "right_kidney": "RK",
+    "left_kidney": "LK",
+    "gallbladder": "Ga",
+    "esophagus": "Es",
+    "liver": "Li",
+    "stomach": "St",
+    "aorta": "Ao",
+    "inferior_vena_cava": "IVC",
+    "portal_splenic_veins": "PSV",
+    "pancreas": "Pa",
+    "right_adrenal_gland": "RAG",
+    "left_adrenal_gland": "LAG",
+    "duodenum": "Du",
+    "bladder": "Bl",
+    "prostate_uterus": "P/U",
+}
 # row order of the papers' tables; other methods follow alphabetically
 METHOD_ORDER = (
     "Mean teacher",
@@ -51,99 +70,15 @@ METHOD_ORDER = (
     "GA-MagicNet",
     "GA-MagicNet + SCDL",
 )
-PLAIN_ABLATIONS = ("full", "none")
-
-
-def run_config(run: Path):
-    """A run folder's saved config (``.hydra/config.yaml``, output_dir set to the folder), or None."""
-    cfg_path = run / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        return None
-    register_resolvers()
-    cfg = OmegaConf.load(cfg_path)
-    if "paths" in cfg:
-        with open_dict(cfg):  # the saved value is Hydra-only (${hydra:runtime.output_dir})
-            cfg.paths.output_dir = str(run)
-    return cfg
-
-
-def method_label(cfg) -> str:
-    """Row name: the experiment's ``method_name``, plus a non-default SCDL ablation."""
-    name = str(cfg.get("method_name") or cfg.get("experiment_name", "?"))
-    ablation = str(cfg.get("ablation_name", "none"))
-    if ablation == "baseline":  # the SCDL experiment with the plug-in switched off
-        return name.replace(" + SCDL", "")
-    return name if ablation in PLAIN_ABLATIONS else f"{name} ({ablation})"
-
-
-def data_set_name(cfg) -> str:
-    """The run's ``data.name`` ('?' for configs without one)."""
-    return str(cfg.get("data", {}).get("name", "?"))
-
-
-def run_pairing(run: Path, cfg) -> dict[str, str] | None:
-    """The run's :func:`scdl.evaluation.statistics.pairing_key` (split.json and the data config),
-    or None for a run folder without ``split.json``."""
-    import json
-
-    from scdl.evaluation.statistics import pairing_key
-
-    split = run / "split.json"
-    if not split.is_file():
-        return None
-    data = resolved_container(cfg.get("data", OmegaConf.create()))
-    return pairing_key(json.loads(split.read_text()), data)
-
-
-def resolved_container(node) -> Any:
-    """A saved run config (node) as plain containers, resolved: the values the run used. An
-    interpolation that no longer resolves outside Hydra (``${hydra:...}``) leaves the whole node
-    unresolved, as text (still the same text for the same config)."""
-    try:
-        return OmegaConf.to_container(node, resolve=True)
-    except Exception:  # noqa: BLE001 - any resolver error: fall back to the text
-        return OmegaConf.to_container(node, resolve=False)
-
-
-def run_record(run: Path, cfg, metrics: dict, asd: bool = True) -> dict[str, Any]:
-    """A table record of one run from its results (the schema of :mod:`scdl.metrics.results`);
-    ``asd=False`` for results that score Dice only (the training test)."""
-    return {
-        "run": run,
-        "cfg": cfg,
-        "method": method_label(cfg),
-        "seed": cfg.get("seed"),
-        "data": data_set_name(cfg),
-        "classes": list(metrics["classes"]),
-        "dice": metrics["overall"]["dice"]["mean"],
-        "asd": metrics["overall"]["asd"]["mean"] if asd else None,
-        "per_class": {n: metrics["per_class"][n]["dice"]["mean"] for n in metrics["classes"]},
-        "result": metrics,  # per-case values, for the paired statistics
-        "pairing": run_pairing(run, cfg),  # split and data hashes: what a pair must share
-    }
-
-
-def collect_runs(roots: list[Path]) -> list[dict[str, Any]]:
-    """One record per run below ``roots`` with paper-protocol test results."""
-    records = []
-    for path in sorted({p for root in roots for p in Path(root).rglob(str(PAPER_RESULTS))}):
-        run = path.parents[2]
-        cfg = run_config(run)
-        if cfg is None:
-            log.warning("%s: no .hydra/config.yaml, skipped", run)
-            continue
-        records.append(run_record(run, cfg, load_metrics(path)))
-    return records
 
 
 def _minority(records: list[dict], k: int) -> list[str]:
     """Names of the ``k`` smallest classes of the first run's labeled split (same for a sweep)."""
-    import json
 
     from scdl.data.class_stats import smallest_classes
 
     first = records[0]
-    split = json.loads((first["run"] / "split.json").read_text())
+    split = read_split(first["run"])
     names = first["classes"]
     ids = smallest_classes(Path(first["cfg"].data.cache_dir), split["labeled"], len(names) + 1, k)
     return [names[c - 1] for c in ids]
@@ -164,7 +99,7 @@ class MixedRunsError(ValueError):
 
 def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
     """Rows (one per method, papers' order) with mean/std over seeds of every column."""
-    from scdl.evaluation.statistics import runs_by_seed, seed_order
+    from scdl.reporting.statistics import runs_by_seed, seed_order
 
     if not records:
         raise ValueError("no runs with eval/test_paper/metrics.json")
@@ -222,10 +157,10 @@ def paired_comparisons(
     groups: dict[str, list[dict]], minority: list[str], order: list[str], n_boot: int = 10000
 ) -> list[dict[str, Any]]:
     """Each SCDL row against its framework without SCDL, paired by seed and test case: the
-    :func:`scdl.evaluation.statistics.compare` results over all classes (``mean``, the primary
+    :func:`scdl.reporting.statistics.compare` results over all classes (``mean``, the primary
     endpoint, claimed by Holm over these rows) and over the ``minority`` classes (descriptive).
     Rows without a counterpart or without a common seed are left out (logged)."""
-    from scdl.evaluation.statistics import claim_primary, compare_runs
+    from scdl.reporting.statistics import claim_primary, compare_runs
 
     out = []
     for method in order:
@@ -247,7 +182,7 @@ def paired_markdown(table: dict) -> str:
     if not table.get("paired"):
         return ""
 
-    from scdl.evaluation.statistics import format_cell, format_needed
+    from scdl.reporting.statistics import format_cell, format_needed
 
     lines = [
         "| Method | vs | seeds | cases | Δ Avg Dice [95 % CI] | p | Δ minority Dice [95 % CI] | p | seeds for ±3 |",
@@ -318,8 +253,6 @@ def _cell(stats: tuple[float, float | None, int], scale: float) -> str:
 
 
 def _short(name: str, minority: list[str]) -> str:
-    from scdl.evaluation.summary import SHORT_NAMES
-
     return SHORT_NAMES.get(name, name) + ("*" if name in minority else "")
 
 
@@ -533,6 +466,38 @@ def write_paper_table(
     if wandb_group is not None:
         log_to_wandb(table, files, wandb_group, project=None)
     return files
+
+
+def per_run_markdown(roots: list[Path], split: str = "test") -> str:
+    """The papers' layout with one row per run (not per method: ``summary --paper``), from
+    ``<run>/eval/<split>_paper/metrics.json``.
+
+    Avg Dice (%) and Avg ASD (voxels) are mean +- std over cases of the per-case class means;
+    per-class Dice (%) is the mean over cases.
+    """
+    rows, names = [], None
+    for run, path in runs_holding(roots, Path("eval") / f"{split}_paper" / "metrics.json"):
+        cfg = load_config(run) or OmegaConf.create()
+        m = load_metrics(path)
+        names = names or m["classes"]
+        if m["classes"] != names:
+            raise SystemExit(f"{path}: classes differ from the other runs, cannot share one table")
+        ov = m["overall"]
+        cells = [
+            str(cfg.get("experiment_name", run.name)),
+            str(cfg.get("ablation_name", "none")),
+            str(cfg.get("seed", "?")),
+            f"{ov['dice']['mean'] * 100:.1f} ± {ov['dice']['std'] * 100:.1f}",
+            f"{ov['asd']['mean']:.1f} ± {ov['asd']['std']:.1f}",
+        ] + [f"{m['per_class'][n]['dice']['mean'] * 100:.1f}" for n in names]
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        raise SystemExit(
+            f"no {split}_paper/metrics.json below {roots}: run src/eval.py protocol=paper"
+        )
+    heads = ["experiment", "ablation", "seed", "Avg Dice %", "Avg ASD (vox)"]
+    heads += [SHORT_NAMES.get(n, n) for n in names]
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), *rows])
 
 
 def main(argv: list[str] | None = None) -> None:

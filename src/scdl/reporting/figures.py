@@ -5,8 +5,8 @@ written, no backend is switched), so the notebooks stay short and the package st
 Data (``01_data``): :func:`load_split`, :func:`case_class_volumes`, :func:`draw_planes`,
 :func:`draw_case_volumes`, :func:`draw_split_volumes`.
 
-Results (``02_results``): :func:`find_runs`, :func:`describe_runs`, :func:`collect_results`
-(the records of :func:`scdl.evaluation.paper_table.build_table`), :func:`draw_validation_curves`,
+Results (``02_results``): :func:`scdl.runs.find_training_runs`, :func:`describe_runs`, :func:`collect_results`
+(the records of :func:`scdl.reporting.paper_table.build_table`), :func:`draw_validation_curves`,
 :func:`small_organ_cases`, :func:`draw_prediction`; :func:`wandb_records` for runs on W&B.
 
 Embeddings (``03_scdl_embeddings``): :func:`token_embeddings`, :func:`module_at_init`,
@@ -25,8 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from scdl.data.cache import load_cached_case, read_index
 from scdl.data.class_stats import class_voxel_counts
-from scdl.data.prepare import load_cached_case, read_index
+from scdl.reporting.records import collect_runs, method_label, run_record
+from scdl.runs import (
+    CHECKPOINTS,
+    PAPER_RESULTS,
+    RUN_CONFIG,
+    SPLIT_FILE,
+    TRAIN_TEST_STEM,
+    find_training_runs,
+    load_config,
+    metric_series,
+    read_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +84,7 @@ def load_split(
 
     if split:
         path = Path(split)
-        return load_split_file(path / "split.json" if path.is_dir() else path)
+        return load_split_file(path / SPLIT_FILE if path.is_dir() else path)
     from hydra.utils import instantiate
 
     from scdl.utils.config import compose_config
@@ -229,44 +241,9 @@ def draw_split_volumes(
 # The runs of a log folder (notebook 02)
 # ----------------------------------------------------------------------------------------------
 
-RUN_CONFIG = Path(".hydra") / "config.yaml"
-
-
-def find_runs(root: str | Path) -> list[Path]:
-    """Training runs anywhere below ``root`` (``logs/``: single runs, multirun jobs, ``debug``
-    runs of any task): folders with a ``.hydra/config.yaml`` of a training config and a CSV log or
-    test results. Sorted by path."""
-    from omegaconf import OmegaConf
-
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = []
-    for cfg_path in sorted(root.rglob(str(RUN_CONFIG))):
-        run = cfg_path.parent.parent
-        if not ((run / "csv" / "metrics.csv").is_file() or (run / "test_metrics.json").is_file()):
-            continue
-        try:
-            cfg = OmegaConf.load(cfg_path)
-        except Exception as err:  # noqa: BLE001 - a broken config is reported, not fatal
-            log.warning("%s: unreadable (%s), skipped", cfg_path, err)
-            continue
-        if "framework" in cfg and "experiment_name" in cfg:
-            runs.append(run)
-    return runs
-
-
-def _series(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from scdl.evaluation.dashboard import read_metrics_csv
-
-    path = run / "csv" / "metrics.csv"
-    return read_metrics_csv(path) if path.is_file() else {}
-
 
 def _run_config(run: Path):
-    from scdl.evaluation.paper_table import run_config
-
-    cfg = run_config(run)
+    cfg = load_config(run)
     if cfg is None:
         raise FileNotFoundError(f"{run / RUN_CONFIG}: not a run folder (no saved config)")
     return cfg
@@ -275,13 +252,12 @@ def _run_config(run: Path):
 def describe_runs(runs: Sequence[Path], root: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per run: where it is, what it is (method, experiment, ablation, seed) and how far it
     got (last step, best validation Dice and its step, test Dice, paper-protocol evaluation)."""
-    from scdl.evaluation.paper_table import PAPER_RESULTS, method_label
-    from scdl.metrics.results import TRAIN_TEST_STEM, load_metrics
+    from scdl.metrics.results import load_metrics
 
     rows = []
     for run in runs:
         cfg = _run_config(run)
-        series = _series(run)
+        series = metric_series(run)
         steps = [int(s.max()) for k, (s, _) in series.items() if k.startswith("train/") and len(s)]
         row: dict[str, Any] = {
             "run": str(run.relative_to(root)) if root is not None else str(run),
@@ -319,20 +295,19 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def collect_results(runs: Sequence[Path]) -> tuple[list[dict[str, Any]], str]:
-    """Records for :func:`scdl.evaluation.paper_table.build_table`, and which results they hold.
+    """Records for :func:`scdl.reporting.paper_table.build_table`, and which results they hold.
 
     The papers' protocol (``<run>/eval/test_paper/metrics.json``, written by ``post_eval=[paper]``
     or ``src/eval.py ... protocol=paper``) where any run has it, else the training test
     (``<run>/test_metrics.json``: Dice on the cache grid, no ASD)."""
-    from scdl.evaluation.paper_table import collect_runs, run_config, run_record
-    from scdl.metrics.results import TRAIN_TEST_STEM, load_metrics
+    from scdl.metrics.results import load_metrics
 
     records = collect_runs(list(runs))
     if records:
         return records, "paper protocol (eval/test_paper)"
     for run in runs:
         path = run / f"{TRAIN_TEST_STEM}.json"
-        cfg = run_config(run)
+        cfg = load_config(run)
         if not path.is_file() or cfg is None:
             continue
         # the training test scores Dice only: no ASD
@@ -342,14 +317,12 @@ def collect_results(runs: Sequence[Path]) -> tuple[list[dict[str, Any]], str]:
 
 def draw_validation_curves(ax: Any, runs: Sequence[Path]) -> None:
     """``val/dice`` of every run over training steps, one colour per method (seeds share it)."""
-    from scdl.evaluation.paper_table import method_label
-
     colours: dict[str, Any] = {}
     import matplotlib.pyplot as plt
 
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for run in runs:
-        series = _series(run)
+        series = metric_series(run)
         if "val/dice" not in series:
             continue
         method = method_label(_run_config(run))
@@ -374,8 +347,7 @@ def draw_validation_curves(ax: Any, runs: Sequence[Path]) -> None:
 
 def _per_case_dice(run: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
     """``{case: {class: dice}}`` of the run's test (paper protocol if evaluated, else training)."""
-    from scdl.evaluation.paper_table import PAPER_RESULTS
-    from scdl.metrics.results import TRAIN_TEST_STEM, load_metrics
+    from scdl.metrics.results import load_metrics
 
     path = run / PAPER_RESULTS
     if not path.is_file():
@@ -402,7 +374,7 @@ def small_organ(runs: Sequence[str | Path], k: int = 4, min_dice: float = 0.05) 
 
     runs = [Path(r) for r in runs]
     cfg = _run_config(runs[0])
-    split = json.loads((runs[0] / "split.json").read_text())
+    split = read_split(runs[0])
     per_run = [_per_case_dice(run) for run in runs]
     classes = per_run[0][1]
     cache = Path(str(cfg.data.cache_dir))
@@ -446,7 +418,7 @@ def predict_case(module: Any, cache_dir: str | Path, case_id: str):
     """(image, label, prediction) of a cached case on the cache grid (float32, CPU)."""
     import torch
 
-    from scdl.evaluation.predict import segment_volume
+    from scdl.inference.segment import segment_volume
 
     case = load_cached_case(cache_dir, case_id)
     pred = segment_volume(module, case.image, torch.device("cpu"), precision=None)
@@ -520,10 +492,9 @@ def wandb_records(path: str, group: str | None = None, api: Any = None) -> list[
             and isinstance(v, int | float)
             and k != "test/dice_minority"
         }
-        method = str(config.get("method_name") or config.get("experiment_name") or run.name)
-        ablation = str(config.get("ablation_name", "none"))
-        if ablation not in ("full", "baseline", "none"):
-            method = f"{method} ({ablation})"
+        # the tables' row names (the baseline arm of an SCDL experiment is named without SCDL)
+        named = config.get("method_name") or config.get("experiment_name")
+        method = method_label(config) if named else str(run.name)
         test = summary.get("test/dice")
         records.append(
             {
@@ -641,8 +612,8 @@ def latest_run(root: str | Path, scdl: bool) -> Path | None:
     """The newest run below ``root`` (by its newest checkpoint) that has a checkpoint and was
     trained with (``scdl=True``) or without the SCDL plug-in; None when there is none."""
     found = []
-    for run in find_runs(root):
-        ckpts = list((run / "checkpoints").glob("*.ckpt"))
+    for run in find_training_runs(root):
+        ckpts = list((run / CHECKPOINTS).glob("*.ckpt"))
         if ckpts and (_run_config(run).get("scdl") is not None) == scdl:
             found.append((max(p.stat().st_mtime for p in ckpts), str(run)))
     return Path(max(found)[1]) if found else None
