@@ -276,7 +276,7 @@ def test_dashboard_from_plain_files(tmp_path):
     (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
     (run / ".hydra").mkdir()
     cfg = {"experiment_name": "phantom_scdl", "ablation_name": "full", "tags": ["phantom"]}
-    cfg["data"] = {"class_names": ["background", "liver"]}
+    cfg["data"] = {"class_names": None}  # as in a real run: the cache index names the classes
     OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
     out = tmp_path / "d.png"
     main([str(run), "-o", str(out)])  # overlays and proxies missing: empty panels, no error

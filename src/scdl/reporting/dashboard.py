@@ -119,7 +119,9 @@ def _per_class_rows(series: dict, best: tuple[int, float] | None, classes: list[
     rows = []
     for key, (steps, values) in sorted(series.items()):
         name = key.removeprefix("val/dice_")
-        if not key.startswith("val/dice_") or (classes is not None and name not in classes):
+        if not key.startswith("val/dice_") or name not in (classes or [name]):
+            continue
+        if classes is None and name == "minority":  # val/dice_minority: not a class
             continue
         if (hit := np.flatnonzero(steps == best[0])).size:
             rows.append((name, float(values[hit[-1]])))
@@ -237,7 +239,8 @@ def render_dashboard(run_dir: str | Path, out: str | Path | None = None) -> Path
     out = Path(out) if out is not None else run_dir / "dashboard.png"
     series = metric_series(run_dir)
     cfg = load_config(run_dir)
-    classes = list(cfg.data.class_names)[1:] if cfg is not None and "data" in cfg else None
+    names = cfg.data.get("class_names") if cfg is not None and "data" in cfg else None
+    classes = list(names)[1:] if names else None  # null in a config: the cache index names them
 
     fig = plt.figure(figsize=(16, 10), facecolor=BG)
     grid = fig.add_gridspec(
