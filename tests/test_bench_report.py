@@ -77,3 +77,33 @@ def test_report_states_targets_and_verdicts():
     assert "| fp32 | 1.20 | NOT met |" in text  # SCDL overhead 1.2 > 1.15
     assert "| Trainer.fit | 1.040 (1.040–1.040) | 1.040 | met |" in text
     assert "| 1.5 | NOT met |" in text  # delivered < 2x consumed
+
+
+def test_every_section_is_one_module_in_order():
+    """A section is one file in bench/sections: found, ordered, runnable and rendered."""
+    suite = _suite()
+    names = list(suite.SECTIONS)
+    assert names[:3] == ["step", "lightning", "scdl"] and "cpu_precision" in names
+    assert all(callable(getattr(m, "run", None)) for m in suite.SECTIONS.values())
+    res = {
+        "hardware": {
+            "cpu": "X",
+            "cpu_capability": "AVX2",
+            "threads": 2,
+            "torch": "2",
+            "cpu_precision_choice": "no native bf16",
+        },
+        "cpu_precision": {
+            "choice": "32-true (no native bf16)",
+            "seconds": 1.0,
+            "rows": [
+                {"variant": "fp32", "step_s": _s(4.0)},
+                {"variant": "fp32+ftz", "step_s": _s(2.0)},
+                {"variant": "bf16+ftz+cl", "step_s": _s(6.0)},
+            ],
+        },
+    }
+    text = suite.report(res)
+    assert "| fp32 | 4.000 (4.000–4.000) | 2.00 |" in text
+    assert "| bf16+ftz+cl | 6.000 (6.000–6.000) | 3.00 |" in text
+    assert "Training step" not in text  # only the sections the results hold
