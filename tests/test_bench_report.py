@@ -14,6 +14,15 @@ def _suite():
     return module
 
 
+HARDWARE = {
+    "cpu": "X",
+    "cpu_capability": "AVX2",
+    "threads": 2,
+    "torch": "2",
+    "cpu_precision_choice": "no native bf16",
+}
+
+
 def _s(x: float) -> dict:
     return {"median": x, "min": x, "max": x, "n": 1}
 
@@ -21,13 +30,7 @@ def _s(x: float) -> dict:
 def test_report_states_targets_and_verdicts():
     suite = _suite()
     res = {
-        "hardware": {
-            "cpu": "X",
-            "cpu_capability": "AVX2",
-            "threads": 2,
-            "torch": "2",
-            "cpu_precision_choice": "no native bf16",
-        },
+        "hardware": HARDWARE,
         "step": {
             "machine_precision": "fp32",
             "peak_rss_mb": 100.0,
@@ -86,13 +89,7 @@ def test_every_section_is_one_module_in_order():
     assert names[:3] == ["step", "lightning", "scdl"] and "cpu_precision" in names
     assert all(callable(getattr(m, "run", None)) for m in suite.SECTIONS.values())
     res = {
-        "hardware": {
-            "cpu": "X",
-            "cpu_capability": "AVX2",
-            "threads": 2,
-            "torch": "2",
-            "cpu_precision_choice": "no native bf16",
-        },
+        "hardware": HARDWARE,
         "cpu_precision": {
             "choice": "32-true (no native bf16)",
             "seconds": 1.0,
