@@ -7,7 +7,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from scdl.config_checks import exit_on_bad_command_line
+from scdl.command_line import exit_on_bad_command_line
 from scdl.utils.config import register_resolvers
 from scdl.utils.errors import config_folders, user_errors
 

@@ -6,7 +6,7 @@ import hydra
 from dotenv import load_dotenv
 from omegaconf import DictConfig
 
-from scdl.config_checks import exit_on_bad_command_line
+from scdl.command_line import exit_on_bad_command_line
 from scdl.utils.config import project_root, register_resolvers
 from scdl.utils.errors import config_folders, user_errors
 

@@ -11,13 +11,9 @@ import pytest
 from hydra.errors import CompactHydraException
 
 from conftest import CONF_DIR, compose_cfg
-from scdl import config_checks
-from scdl.config_checks import (
-    ConfigError,
-    exit_if_missing_hydra_plugins,
-    missing_hydra_plugins,
-    validate_config,
-)
+from scdl import command_line
+from scdl.command_line import exit_if_missing_hydra_plugins, missing_hydra_plugins
+from scdl.config_checks import ConfigError, validate_config
 from scdl.utils.config import project_root
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -153,7 +149,7 @@ def test_train_refuses_a_bad_config_before_building_anything(tmp_path):
     ],
 )
 def test_missing_launcher_plugin_names_the_extra(argv, extra, package, monkeypatch, capsys):
-    monkeypatch.setattr(config_checks, "plugin_available", lambda module: False)
+    monkeypatch.setattr(command_line, "plugin_available", lambda module: False)
     (msg,) = missing_hydra_plugins(argv)
     assert f'pip install -e "{extra}"' in msg and package in msg
     with pytest.raises(SystemExit) as info:
@@ -163,15 +159,15 @@ def test_missing_launcher_plugin_names_the_extra(argv, extra, package, monkeypat
 
 
 def test_installed_or_unselected_plugins_pass(monkeypatch):
-    monkeypatch.setattr(config_checks, "plugin_available", lambda module: True)
+    monkeypatch.setattr(command_line, "plugin_available", lambda module: True)
     assert missing_hydra_plugins(["launcher=slurm", "hydra/sweeper=optuna"]) == []
-    monkeypatch.setattr(config_checks, "plugin_available", lambda module: False)
+    monkeypatch.setattr(command_line, "plugin_available", lambda module: False)
     assert missing_hydra_plugins(["experiment=phantom_mt", "launcher=null", "-m"]) == []
     exit_if_missing_hydra_plugins(["experiment=phantom_scdl", "sweep=phantom_ablation"])
 
 
 def test_train_script_exits_2_with_the_install_hint():
-    if config_checks.plugin_available("hydra_plugins.hydra_submitit_launcher"):
+    if command_line.plugin_available("hydra_plugins.hydra_submitit_launcher"):
         pytest.skip("hydra-submitit-launcher is installed here")
     root = project_root()
     proc = subprocess.run(
@@ -238,7 +234,7 @@ def test_a_labeled_ratio_beside_a_split_file_is_refused(tmp_path):
 def test_unquoted_paths_with_spaces_or_non_ascii_are_named_with_the_quoting(tmp_path):
     """Hydra's grammar fails on them with LexerNoViableAltException; the entry points say how to
     quote before Hydra parses the command line."""
-    from scdl.config_checks import unquoted_values
+    from scdl.command_line import unquoted_values
 
     msgs = unquoted_values(["data.root=/data/my scans", "data.root=/data/ü", "x=[1, 2]"])
     assert len(msgs) == 2

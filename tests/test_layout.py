@@ -67,7 +67,7 @@ LAYERS = (
     ("scdl.inference",),
     ("scdl.evaluation",),
     ("scdl.reporting",),
-    ("scdl.config_checks", "scdl.training", "scdl.sweeps"),
+    ("scdl.config_checks", "scdl.command_line", "scdl.training", "scdl.sweeps"),
 )
 
 

@@ -19,13 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from scdl.callbacks.wandb_media import logging_step
 from scdl.models.scdl import labels_to_token_dist
-
-
-def pca_2d(points: torch.Tensor) -> torch.Tensor:
-    """(N, z) -> (N, 2) projection on the first two principal components."""
-    centred = points - points.mean(0, keepdim=True)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ v[:2].T
+from scdl.utils.display import pca_2d
 
 
 def centre_crop(volume: torch.Tensor, size) -> torch.Tensor:

@@ -36,6 +36,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from scdl.loggers import STEP_METRIC
 from scdl.runs import FIGURES, save_overlays
+from scdl.utils.display import slice_class_counts, to_display, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ class OverlaySlice:
     volume: int
     index: int
     class_index: int
-
-
-def slice_class_counts(label: np.ndarray, num_classes: int, axis: int = -1) -> np.ndarray:
-    """(S, C) voxel counts of every class in every slice of ``label`` along ``axis``."""
-    label = np.asarray(label)
-    moved = np.moveaxis(label, axis, 0).reshape(label.shape[axis], -1).astype(np.int64)
-    slices = np.arange(moved.shape[0])[:, None]
-    flat = (slices * num_classes + np.clip(moved, 0, num_classes - 1)).ravel()
-    return np.bincount(flat, minlength=moved.shape[0] * num_classes).reshape(-1, num_classes)
 
 
 def choose_overlay_slices(
@@ -116,19 +108,6 @@ def choose_overlay_slices(
         if len(chosen) == num_slices:
             break
     return chosen
-
-
-def to_display(plane: np.ndarray) -> np.ndarray:
-    """An axial (X, Y) plane of a RAS volume -> (rows, cols) in radiological view: anterior up,
-    the patient's right on the left."""
-    return np.ascontiguousarray(np.asarray(plane).T[::-1, ::-1])
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Intensities -> 0..255 between the 0.5 and 99.5 percentiles (any normalisation)."""
-    lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
-    scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image, dtype=np.float64)
-    return (np.clip(scaled, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 def logging_step(trainer: L.Trainer) -> int:

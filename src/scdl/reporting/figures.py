@@ -125,7 +125,7 @@ def focus_point(label: np.ndarray, class_index: int | None = None) -> tuple[int,
 def _planes(volume: np.ndarray, point: Sequence[int]) -> dict[str, np.ndarray]:
     """Axial, coronal and sagittal planes of a RAS volume through ``point``, in radiological view
     (anterior / superior up, the patient's right on the left)."""
-    from scdl.callbacks.wandb_media import to_display
+    from scdl.utils.display import to_display
 
     x, y, z = point
     return {
@@ -435,7 +435,7 @@ def draw_prediction(
 ) -> int:
     """The axial slice holding most of ``class_index``: the prediction filled, the ground truth
     outlined, both in the class colours, zoomed on the organ. Returns the slice index."""
-    from scdl.callbacks.wandb_media import slice_class_counts, to_display
+    from scdl.utils.display import slice_class_counts, to_display
 
     num = int(max(label.max(), prediction.max(), class_index)) + 1
     z = int(slice_class_counts(label, num)[:, class_index].argmax())
@@ -632,7 +632,7 @@ def module_at_init(cfg: Any, seed: int | None = None) -> Any:
 
 def project_2d(points: np.ndarray, method: str = "auto") -> tuple[np.ndarray, str]:
     """(N, D) -> (N, 2): UMAP (cosine) when ``method`` is ``umap`` or ``auto`` and ``umap-learn`` is
-    installed, else PCA (:func:`scdl.callbacks.proxy_plot.pca_2d`). Returns the points and the
+    installed, else PCA (:func:`scdl.utils.display.pca_2d`). Returns the points and the
     method used."""
     if method in ("auto", "umap"):
         try:
@@ -645,7 +645,7 @@ def project_2d(points: np.ndarray, method: str = "auto") -> tuple[np.ndarray, st
                 raise
     import torch
 
-    from scdl.callbacks.proxy_plot import pca_2d
+    from scdl.utils.display import pca_2d
 
     return pca_2d(torch.as_tensor(points, dtype=torch.float64)).numpy(), "PCA"
 

@@ -21,6 +21,11 @@ def project_root() -> Path:
     return Path.cwd()
 
 
+def conf_dir() -> Path:
+    """The Hydra config folder (``<project root>/conf``)."""
+    return project_root() / "conf"
+
+
 def register_resolvers() -> None:
     """``${project_root:}``, ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs),
     ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`),
