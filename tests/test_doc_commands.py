@@ -83,20 +83,25 @@ def test_the_docs_show_commands():
     assert len(COMMANDS) > 30 and {"train", "eval", "predict"} <= entries
 
 
+@pytest.fixture(scope="module")
+def hydra_conf():
+    """One Hydra initialisation for every command (composing is what is tested)."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
 @pytest.mark.parametrize(("where", "entry", "tokens"), COMMANDS, ids=[c[0] for c in COMMANDS])
-def test_documented_command_composes(where, entry, tokens):
+def test_documented_command_composes(where, entry, tokens, hydra_conf):
     assert (ROOT / "src" / f"{entry}.py").is_file(), f"{where}: no src/{entry}.py"
     variants = {tuple(o) for s in (False, True) if (o := _overrides(tokens, s)) is not None}
     if not variants:
         pytest.skip("names a file the user writes first")
-    register_resolvers()
     for overrides in sorted(variants):
-        GlobalHydra.instance().clear()
         try:
-            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-                compose(entry, overrides=list(overrides), return_hydra_config=True)
+            compose(entry, overrides=list(overrides), return_hydra_config=True)
         except Exception as err:  # noqa: BLE001 - reported with the command
             shown = " ".join(tokens)
             pytest.fail(f"{where}: python src/{entry}.py {shown}\n  does not compose: {err}")
-        finally:
-            GlobalHydra.instance().clear()
