@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def project_root() -> Path:
@@ -27,10 +27,16 @@ def conf_dir() -> Path:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${eval:...}`` (arithmetic with min/max/int/round/abs in configs),
+    """``${project_root:}``, the arithmetic ``${div:a,b}`` (floor division, element-wise for a
+    list ``a``), ``${min:...}`` / ``${max:...}`` (of their arguments or of one list),
     ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`),
     ``${gpu_precision:}`` (:func:`scdl.utils.hardware.gpu_precision_choice`)
-    and ``${if_multirun:A,B}`` (A in a Hydra multirun job, else B: W&B run names and groups)."""
+    and ``${if_multirun:A,B}`` (A in a Hydra multirun job, else B: W&B run names and groups).
+
+    ``${eval:...}`` is kept for the configs saved by runs before 2026-12-03 (their
+    ``.hydra/config.yaml`` and checkpoints still hold it): :func:`safe_arithmetic`, which evaluates
+    numbers, lists, ``+ - * // / %``, comprehensions and ``min/max/int/round/abs`` and refuses
+    everything else (names, attributes, calls of anything else)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("cpu_precision"):  # conf/trainer/cpu.yaml: by the CPU's bf16
@@ -56,12 +62,77 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "short_hash", lambda text: hashlib.sha1(str(text).encode()).hexdigest()[:10]
         )
-    if not OmegaConf.has_resolver("eval"):
-        safe = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
-        OmegaConf.register_new_resolver(
-            "eval",
-            lambda expr: eval(expr, {"__builtins__": {}}, safe),  # noqa: S307
-        )
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", _div)
+        OmegaConf.register_new_resolver("min", lambda *a: min(_numbers(a)))
+        OmegaConf.register_new_resolver("max", lambda *a: max(_numbers(a)))
+    if not OmegaConf.has_resolver("eval"):  # configs saved by earlier runs
+        OmegaConf.register_new_resolver("eval", safe_arithmetic)
+
+
+def _numbers(args: tuple) -> list:
+    """The arguments of ``${min:...}`` / ``${max:...}``: several numbers, or one list."""
+    if len(args) == 1 and isinstance(args[0], ListConfig | list | tuple):
+        return list(args[0])
+    return list(args)
+
+
+def _div(a: Any, b: Any) -> Any:
+    """``${div:a,b}``: ``a // b``; element-wise when ``a`` is a list (a patch size per axis)."""
+    if isinstance(a, ListConfig | list | tuple):
+        return [int(x) // int(b) for x in a]
+    return int(a) // int(b)
+
+
+_SAFE_CALLS = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
+
+
+def safe_arithmetic(expr: str) -> Any:
+    """Evaluates an arithmetic expression of a legacy ``${eval:...}`` config value: numbers,
+    lists, tuples, ``+ - * / // % **``, unary minus, list comprehensions over lists, and calls of
+    ``min max int round abs``. Anything else (a name that is not a comprehension variable, an
+    attribute, a subscript, another call) raises ``ValueError`` naming it: not Python's ``eval``."""
+    import ast
+    import operator
+
+    ops = {
+        ast.Add: operator.add,
+        ast.Sub: operator.sub,
+        ast.Mult: operator.mul,
+        ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv,
+        ast.Mod: operator.mod,
+        ast.Pow: operator.pow,
+    }
+
+    def ev(node: ast.AST, names: dict) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body, names)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return node.value
+        if isinstance(node, ast.List | ast.Tuple):
+            return [ev(e, names) for e in node.elts]
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](ev(node.left, names), ev(node.right, names))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            value = ev(node.operand, names)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _SAFE_CALLS
+            and not node.keywords
+        ):
+            return _SAFE_CALLS[node.func.id](*(ev(a, names) for a in node.args))
+        if isinstance(node, ast.ListComp) and len(node.generators) == 1:
+            gen = node.generators[0]
+            if isinstance(gen.target, ast.Name) and not gen.ifs and not gen.is_async:
+                return [ev(node.elt, {**names, gen.target.id: v}) for v in ev(gen.iter, names)]
+        raise ValueError(f"${{eval:{expr}}}: {ast.dump(node)[:80]} is not plain arithmetic")
+
+    return ev(ast.parse(str(expr), mode="eval"), {})
 
 
 def in_multirun() -> bool:
