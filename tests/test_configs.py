@@ -105,3 +105,36 @@ def test_decision_sweep_names_runs_by_arm_and_seed_so_it_can_grow(tmp_path):
         assert cfg.hydra.sweeper.params.ablation == "baseline,full,plus"
         assert cfg.trainer.max_steps == 500 and cfg.experiment_name == "phantom_scdl"
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            [],
+            {
+                "model_checkpoint",
+                "last_checkpoint",
+                "lr_monitor",
+                "progress_bar",
+                "proxy_plot",
+                "wandb_media",
+            },
+        ),
+        (["callbacks=minimal"], {"model_checkpoint", "last_checkpoint", "progress_bar"}),
+        (["callbacks=[model_checkpoint,last_checkpoint]"], {"model_checkpoint", "last_checkpoint"}),
+        (
+            ["callbacks.wandb_media=null", "callbacks.proxy_plot=null"],
+            {"model_checkpoint", "last_checkpoint", "lr_monitor", "progress_bar"},
+        ),
+    ],
+)
+def test_callbacks_are_one_config_each(overrides, expected, tmp_path):
+    """conf/callbacks/<name>.yaml: the default set, a named set, a chosen list, or one turned off;
+    every selected callback instantiates."""
+    from scdl.utils.config import instantiate_dict
+
+    cfg = compose_cfg(["experiment=phantom_scdl", *overrides], output_dir=tmp_path)
+    chosen = {k for k, v in cfg.callbacks.items() if v is not None}
+    assert chosen == expected
+    assert len(instantiate_dict(cfg.callbacks)) == len(expected)
