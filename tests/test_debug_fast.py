@@ -74,3 +74,37 @@ def test_debug_fast_fits_validates_and_tests_every_phantom_experiment(
     overrides = [f"experiment={experiment}", *tiny_train_overrides(phantom_cache, tmp_path)]
     metrics = train(compose_cfg([*overrides, "trainer.max_steps=2"], output_dir=tmp_path / "r"))
     assert 0.0 <= metrics["test/dice"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("fast", {"max_steps": 4, "profiler": None, "limit_val_batches": None}),
+        ("profiler", {"max_steps": 4, "profiler": "SimpleProfiler", "limit_val_batches": None}),
+        ("limit", {"max_steps": 20, "profiler": None, "limit_val_batches": 2}),
+    ],
+)
+def test_debug_modes_compose(mode, expected, tmp_path):
+    from scdl.config_checks import validate_config
+
+    cfg = compose_cfg(["experiment=phantom_scdl", f"debug={mode}"], output_dir=tmp_path / "run")
+    validate_config(cfg)
+    trainer = cfg.trainer
+    profiler = trainer.get("profiler")
+    assert trainer.max_steps == expected["max_steps"]
+    assert (profiler["_target_"].rsplit(".", 1)[1] if profiler else None) == expected["profiler"]
+    assert trainer.get("limit_val_batches") == expected["limit_val_batches"]
+    assert cfg.task_name == "debug" and "csv" in cfg.logger and "wandb" not in cfg.logger
+
+
+@pytest.mark.slow
+def test_debug_profiler_writes_its_report(phantom_cache, tmp_path):
+    from scdl.training import train
+
+    cfg = compose_cfg(
+        ["experiment=phantom_mt", *tiny_train_overrides(phantom_cache, tmp_path), "debug=profiler"],
+        output_dir=tmp_path / "run",
+    )
+    train(cfg)
+    reports = list((tmp_path / "run").glob("*profile*.txt"))
+    assert reports and "training_step" in reports[0].read_text()
