@@ -530,3 +530,27 @@ def test_a_failed_job_leaves_the_paper_table_of_the_finished_ones(phantom_cache,
     assert res.returncode == 1, (res.stdout + res.stderr)[-3000:]
     table = tmp_path / "logs" / "debug" / "multiruns" / "partial" / "paper_table.md"
     assert table.is_file() and "| Mean teacher | 1337 |" in table.read_text()
+
+
+def test_optuna_results_come_from_optunas_own_tools(tmp_path):
+    """The trials table is study.trials_dataframe (finished trials), the plots Optuna's
+    optimisation history and slice plot."""
+    optuna = pytest.importorskip("optuna")
+    from scdl.sweeps import write_optuna_results
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize", study_name="t")
+
+    def objective(trial):
+        w = trial.suggest_float("w_sac", 0.0, 1.0)
+        if trial.number == 2:
+            raise optuna.TrialPruned()  # not a finished trial: not in the table
+        return 1.0 - (w - 0.3) ** 2
+
+    study.optimize(objective, n_trials=5)
+    paths = write_optuna_results(study, tmp_path)
+    lines = paths["csv"].read_text().splitlines()
+    assert lines[0] == "number,value,params_w_sac,state" and len(lines) == 1 + 4
+    assert all(line.endswith(",COMPLETE") for line in lines[1:])
+    for key in ("png", "slice_png"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,6 @@ joblib, SLURM) or sweeper (grid, Optuna).
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -146,38 +145,26 @@ class OptunaResults(Callback):
 
 
 def write_optuna_results(study: Any, out_dir: Path) -> dict[str, Path]:
-    """Trials table and plot of an ``optuna.Study`` (finished trials only) in ``out_dir``."""
+    """The finished trials of an ``optuna.Study`` in ``out_dir``, with Optuna's own tools:
+    ``optuna_trials.csv`` (``study.trials_dataframe``: number, objective, parameters, state),
+    ``optuna_results.png`` (its optimisation history: objective per trial and best so far) and
+    ``optuna_slice.png`` (its slice plot: the objective against each searched parameter)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_slice
 
-    trials = [t for t in study.trials if t.value is not None]
-    params = sorted({k for t in trials for k in t.params})
-    paths = {"csv": out_dir / "optuna_trials.csv", "png": out_dir / "optuna_results.png"}
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["trial", "value", *params])
-        for t in trials:
-            w.writerow([t.number, t.value, *(t.params.get(p, "") for p in params)])
-    maximise = study.direction.name == "MAXIMIZE"
-    values = np.array([t.value for t in trials], dtype=float)
-    best = np.maximum.accumulate(values) if maximise else np.minimum.accumulate(values)
-    fig, axes = plt.subplots(1, 1 + len(params), figsize=(4 * (1 + len(params)), 3.2))
-    axes = np.atleast_1d(axes)
-    axes[0].plot([t.number for t in trials], values, "o", label="trial")
-    axes[0].step([t.number for t in trials], best, where="post", label="best so far")
-    axes[0].set_xlabel("trial")
-    axes[0].set_ylabel("objective")
-    axes[0].legend(fontsize=7)
-    for ax, p in zip(axes[1:], params, strict=True):
-        xs = [t.params[p] for t in trials if p in t.params]
-        ys = [t.value for t in trials if p in t.params]
-        ax.plot(xs, ys, "o")
-        ax.set_xlabel(p, fontsize=7)
-    fig.suptitle(f"Optuna study {study.study_name} ({len(trials)} trials)")
-    fig.tight_layout()
-    fig.savefig(paths["png"], dpi=100)
-    plt.close(fig)
+    paths = {
+        "csv": out_dir / "optuna_trials.csv",
+        "png": out_dir / "optuna_results.png",
+        "slice_png": out_dir / "optuna_slice.png",
+    }
+    frame = study.trials_dataframe(attrs=("number", "value", "params", "state"))
+    frame[frame["state"] == "COMPLETE"].to_csv(paths["csv"], index=False)
+    for key, plot in (("png", plot_optimization_history), ("slice_png", plot_slice)):
+        axes = np.atleast_1d(plot(study))
+        axes[0].figure.savefig(paths[key], dpi=100, bbox_inches="tight")
+        plt.close(axes[0].figure)
     return paths
