@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	# launchers and the Optuna sweeper too: their configs are tested (tests/test_sweeps.py)
-	$(BIN)/pip install -q -e ".[dev,slurm,hpo]"
+	$(BIN)/pip install -q -e ".[dev,slurm,joblib,hpo]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -143,7 +143,7 @@ def test_train_refuses_a_bad_config_before_building_anything(tmp_path):
     [
         (["launcher=slurm"], ".[slurm]", "hydra-submitit-launcher"),
         (["-m", "+launcher=slurm", "seed=1,2"], ".[slurm]", "hydra-submitit-launcher"),
-        (["launcher=joblib"], ".[hpo]", "hydra-joblib-launcher"),
+        (["launcher=joblib"], ".[joblib]", "hydra-joblib-launcher"),
         (["hydra/launcher=submitit_slurm"], ".[slurm]", "hydra-submitit-launcher"),
         (["hydra/sweeper=optuna"], ".[hpo]", "hydra-optuna-sweeper"),
     ],

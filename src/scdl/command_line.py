@@ -36,7 +36,7 @@ HYDRA_PLUGINS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("hydra/launcher", "joblib"): (
         "hydra_plugins.hydra_joblib_launcher",
         "hydra-joblib-launcher",
-        "hpo",
+        "joblib",
     ),
     ("hydra/sweeper", "optuna"): (
         "hydra_plugins.hydra_optuna_sweeper",
