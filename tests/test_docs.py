@@ -102,3 +102,19 @@ def test_section_pointers_resolve() -> None:
                     ref = f"§{major}" + (f".{minor}" if minor else "")
                     broken.append(f"{path.relative_to(ROOT)}:{lineno}: {ref}")
     assert not broken, "pointers to missing sections of docs/method.md:\n" + "\n".join(broken)
+
+
+def test_pre_commit_hooks_are_local_and_match_make_lint() -> None:
+    """The pre-commit hooks need no download (local, the environment's tools) and lint what
+    ``make lint`` lints."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    assert [r["repo"] for r in cfg["repos"]] == ["local"]
+    hooks = {h["id"]: h for h in cfg["repos"][0]["hooks"]}
+    assert {"ruff-check", "ruff-format", "nbstripout", "check-yaml"} <= set(hooks)
+    assert all(h["language"] == "system" for h in hooks.values())
+    make_lint = (ROOT / "Makefile").read_text().split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    for hook in ("ruff-check", "ruff-format"):
+        assert hooks[hook]["files"].strip("^/()").split("|") == ["src", "tests", "bench"]
+        assert "src tests bench" in make_lint

@@ -78,7 +78,5 @@ def render(res: dict) -> list[str]:
         "|---|---|---|",
     ]
     for r in sec["rows"]:
-        lines.append(
-            f"| {r['variant']} | {fmt(r['step_s'])} | {r['step_s']['median'] / ref:.2f} |"
-        )
+        lines.append(f"| {r['variant']} | {fmt(r['step_s'])} | {r['step_s']['median'] / ref:.2f} |")
     return lines
