@@ -105,3 +105,16 @@ def test_documented_command_composes(where, entry, tokens, hydra_conf):
         except Exception as err:  # noqa: BLE001 - reported with the command
             shown = " ".join(tokens)
             pytest.fail(f"{where}: python src/{entry}.py {shown}\n  does not compose: {err}")
+
+
+def test_documented_modules_exist():
+    """Every ``python -m scdl.<module>`` the README and docs show names a module with a main."""
+    import importlib
+
+    found = set()
+    for path in DOCS:
+        found |= set(re.findall(r"python3? -m (scdl(?:\.\w+)+)", path.read_text(encoding="utf-8")))
+    assert len(found) >= 4
+    for name in sorted(found):
+        module = importlib.import_module(name)
+        assert callable(getattr(module, "main", None)), f"{name} has no main()"
