@@ -22,6 +22,7 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert res.returncode == 0 and "no CUDA device here" in res.stdout
 
 
+@pytest.mark.slow  # 40 s; make test-all runs it (and make gpu-check on a GPU)
 def test_smoke_run_on_cpu_fills_every_row(tmp_path):
     out = tmp_path / "check.json"
     res = subprocess.run(
