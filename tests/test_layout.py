@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,7 @@ def _layer(name: str) -> int:
     return best[1]
 
 
+@functools.cache  # the source is read once for every test of this file
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path, modules) for name, path in modules.items()}
