@@ -341,3 +341,15 @@ def test_standard_empty_rules_where_monai_has_none() -> None:
     res = standard_case_metrics(pred, gt, 5)
     assert np.isfinite(res["hd95"][1]) and np.isfinite(res["asd"][2])
     assert np.isnan(res["dice"][3]) and np.isnan(res["nsd"][3])
+
+
+def test_an_unknown_protocol_is_refused_by_name():
+    import numpy as np
+    import pytest
+
+    from scdl.evaluation.protocols import check_protocol, compute_case_metrics
+
+    labels = np.zeros((4, 4, 4), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"protocol must be paper\|standard, got 'nnunet'"):
+        compute_case_metrics(labels, labels, 2, "nnunet")
+    assert check_protocol("paper") == "paper"

@@ -316,11 +316,9 @@ def compute_case_metrics(
 ) -> dict[str, np.ndarray]:
     """Dispatches to :func:`paper_case_metrics` or :func:`standard_case_metrics` (``kwargs`` go
     to the chosen one). Returns metric -> (C-1,) arrays."""
-    if protocol == "paper":
+    if check_protocol(protocol) == "paper":  # an unknown name raises there
         return paper_case_metrics(pred, gt, num_classes, **kwargs)
-    if protocol == "standard":
-        return standard_case_metrics(pred, gt, num_classes, **kwargs)
-    raise ValueError(f"unknown protocol {protocol!r} (expected 'paper' or 'standard')")
+    return standard_case_metrics(pred, gt, num_classes, **kwargs)
 
 
 def case_metric_kwargs(
