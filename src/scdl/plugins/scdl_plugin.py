@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from scdl.models.scdl import (
 from scdl.utils.schedules import sigmoid_rampup
 
 PriorFeedback = Literal["head", "bottleneck", "none"]
+YDistMode = Literal["area", "trilinear"]
 
 
 @dataclass
@@ -82,7 +83,7 @@ class SCDLPlugin(nn.Module):
         self,
         scdl: SCDL,
         token_grid: int = 12,
-        ydist_mode: Literal["area", "trilinear"] = "area",
+        ydist_mode: YDistMode = "area",
         use_unlabeled: bool = True,
         w_aux: float = 0.1,
         w_proxy: float = 0.3,
@@ -101,10 +102,13 @@ class SCDLPlugin(nn.Module):
         # the first N optimiser steps (the host sets training_step_index before every train_step)
         self.aux_rampup_steps = int(aux_rampup_steps)
         self.training_step_index = 0
-        if prior_feedback not in ("head", "bottleneck", "none"):
-            raise ValueError(f"prior_feedback must be head|bottleneck|none, got {prior_feedback!r}")
-        if ydist_mode not in ("area", "trilinear"):
-            raise ValueError(f"ydist_mode must be area|trilinear, got {ydist_mode!r}")
+        # the choices are the annotations' (config_checks reads the same Literals)
+        if prior_feedback not in get_args(PriorFeedback):
+            choices = "|".join(get_args(PriorFeedback))
+            raise ValueError(f"prior_feedback must be {choices}, got {prior_feedback!r}")
+        if ydist_mode not in get_args(YDistMode):
+            choices = "|".join(get_args(YDistMode))
+            raise ValueError(f"ydist_mode must be {choices}, got {ydist_mode!r}")
         self.scdl = scdl
         self.token_grid = int(token_grid)
         self.ydist_mode = ydist_mode

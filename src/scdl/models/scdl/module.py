@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -101,8 +101,9 @@ class SCDL(nn.Module):
         encoder_autocast: bool = True,
     ) -> None:
         super().__init__()
-        if p2e_axis not in ("class", "token"):
-            raise ValueError(f"unknown p2e_axis {p2e_axis!r}; expected class|token")
+        if p2e_axis not in get_args(P2EAxis):
+            choices = "|".join(get_args(P2EAxis))
+            raise ValueError(f"unknown p2e_axis {p2e_axis!r}; expected {choices}")
         self.num_classes = num_classes
         self.x_dim = x_dim
         self.z_dim = z_dim
