@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= phantom_scdl
 ARGS ?=
 
-.PHONY: help setup data train test test-all lint format bench gpu-check clean-logs notebooks tables
+.PHONY: help setup data train test test-all wheel-check lint format bench gpu-check clean-logs notebooks tables
 
 help:
 	@echo "make train      set up, generate the phantom, train + test experiment=$(EXPERIMENT)"
 	@echo "make test       set up and run the fast tests"
 	@echo "make test-all   all tests, slow ones included"
 	@echo "make data       generate + preprocess the phantom data set only"
+	@echo "make wheel-check  build + install the wheel outside the checkout, run its commands (CI)"
 	@echo "make lint       ruff check + format check"
 	@echo "make bench      benchmark suite (< 10 min on CPU; CUDA when present): table + bench/results/*.json"
 	@echo "make gpu-check  every framework 30 steps at 96^3 in bf16 / fp16 on a GPU (< 8 min): s/step, memory"
@@ -48,6 +49,9 @@ test: setup
 
 test-all: setup $(NB_STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
+
+wheel-check: setup
+	.ci/wheel_check
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -73,11 +73,11 @@ def compose(experiment: str, *overrides: str):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from scdl.utils.config import project_root, register_resolvers
+    from scdl.utils.config import conf_dir, register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hcompose(
             "train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True
         )

@@ -3,31 +3,7 @@
 
 Writes ``<run>/eval/<split>_<protocol>/metrics.{json,csv}`` (see :mod:`scdl.evaluation.evaluate`)."""
 
-from __future__ import annotations
-
-import hydra
-from dotenv import load_dotenv
-from omegaconf import DictConfig
-
-from scdl.command_line import exit_on_bad_command_line
-from scdl.utils.config import project_root, register_resolvers
-from scdl.utils.errors import config_folders, user_errors
-
-load_dotenv(project_root() / ".env")  # WANDB_API_KEY, ...
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-@user_errors(config_folders)  # permission / read-only / disk full: the message only
-def main(cfg: DictConfig) -> float | None:
-    from scdl.evaluation.evaluate import evaluate
-    from scdl.reporting.wandb_eval import log_evaluation
-
-    summary = evaluate(cfg)
-    log_evaluation(cfg, summary)
-    return summary["overall"]["dice"]["mean"]
-
+from scdl.commands.eval import command
 
 if __name__ == "__main__":
-    exit_on_bad_command_line()  # unquoted paths, missing plugins: the fix, before Hydra fails
-    main()
+    command()

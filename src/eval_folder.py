@@ -5,27 +5,7 @@ class_names=[background,liver,...]] [protocol=standard|paper]``.
 Writes ``<output_dir>/metrics.{json,csv}`` + ``metrics_per_case.csv`` (default
 ``<pred_dir>/eval_<protocol>``; see :mod:`scdl.evaluation.folder`)."""
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from scdl.command_line import exit_on_bad_command_line
-from scdl.utils.config import register_resolvers
-from scdl.utils.errors import config_folders, user_errors
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval_folder")
-@user_errors(config_folders)  # permission / read-only / disk full: the message only
-def main(cfg: DictConfig) -> float | None:
-    from scdl.evaluation.folder import evaluate_folder_from_config
-
-    summary = evaluate_folder_from_config(OmegaConf.to_container(cfg, resolve=True))
-    return summary["overall"]["dice"]["mean"]
-
+from scdl.commands.eval_folder import command
 
 if __name__ == "__main__":
-    exit_on_bad_command_line()  # unquoted paths, missing plugins: the fix, before Hydra fails
-    main()
+    command()

@@ -2,26 +2,7 @@
 experiment=synapse_magicnet_scdl data.root=... released=<.pth> output=<file.ckpt>``, then
 ``python src/eval.py ckpt_path=<file.ckpt>``. See :mod:`scdl.inference.released`."""
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from scdl.command_line import exit_on_bad_command_line
-from scdl.utils.config import register_resolvers
-from scdl.utils.errors import config_folders, user_errors
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="import_released")
-@user_errors(config_folders)  # permission / read-only / disk full: the message only
-def main(cfg: DictConfig) -> None:
-    from scdl.inference.released import import_released
-
-    print(f"wrote {import_released(cfg)}")
-
+from scdl.commands.import_released import command
 
 if __name__ == "__main__":
-    exit_on_bad_command_line()  # unquoted paths, missing plugins: the fix, before Hydra fails
-    main()
+    command()

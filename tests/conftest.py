@@ -15,9 +15,10 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from scdl.utils.config import project_root, register_resolvers  # noqa: E402
+from scdl.utils.config import conf_dir, register_resolvers  # noqa: E402
 
-CONF_DIR = str(project_root() / "conf")
+CONF_DIR = str(conf_dir())  # the package's configs (src/scdl/conf)
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout: src/<entry>.py, bench/, docs/
 TINY_PHANTOM_CASES = 6
 
 

@@ -265,11 +265,11 @@ def _cli(script: str, *overrides: str, cwd: Path) -> tuple[int, str]:
     import subprocess
     import sys
 
-    from scdl.utils.config import project_root
+    from conftest import REPO_ROOT
 
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     result = subprocess.run(
-        [sys.executable, str(project_root() / "src" / f"{script}.py"), *overrides],
+        [sys.executable, str(REPO_ROOT / "src" / f"{script}.py"), *overrides],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 
-from scdl.utils.config import project_root
+from conftest import REPO_ROOT
 
 
 def _suite():
-    spec = importlib.util.spec_from_file_location("suite", project_root() / "bench" / "suite.py")
+    spec = importlib.util.spec_from_file_location("suite", REPO_ROOT / "bench" / "suite.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -205,8 +205,7 @@ def check_cfg(root: Path, tmp_path: Path, *overrides: str):
 
 
 def test_check_data_reports_split_ids_without_files_and_exits_nonzero(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "src"))
-    import check_data
+    from scdl.commands import check_data
 
     root = dataset(tmp_path)
     assert check_data.run(check_cfg(root, tmp_path)) == 0  # clean

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from hydra.errors import CompactHydraException
 
-from conftest import CONF_DIR, compose_cfg
+from conftest import CONF_DIR, REPO_ROOT, compose_cfg
 from scdl import command_line
 from scdl.command_line import exit_if_missing_hydra_plugins, missing_hydra_plugins
 from scdl.config_checks import ConfigError, validate_config
-from scdl.utils.config import project_root
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 ABLATIONS = sorted(p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml"))
@@ -169,7 +168,7 @@ def test_installed_or_unselected_plugins_pass(monkeypatch):
 def test_train_script_exits_2_with_the_install_hint():
     if command_line.plugin_available("hydra_plugins.hydra_submitit_launcher"):
         pytest.skip("hydra-submitit-launcher is installed here")
-    root = project_root()
+    root = REPO_ROOT
     proc = subprocess.run(
         [sys.executable, str(root / "src" / "train.py"), "launcher=slurm"],
         capture_output=True,
@@ -241,7 +240,7 @@ def test_unquoted_paths_with_spaces_or_non_ascii_are_named_with_the_quoting(tmp_
     assert "\"data.root='/data/my scans'\"" in msgs[0] and "non-ASCII" in msgs[1]
     assert unquoted_values(["data.root='/data/my scans'", "seed=1", "-m"]) == []
     res = subprocess.run(
-        [sys.executable, str(project_root() / "src" / "check_data.py"), "data.root=/a b"],
+        [sys.executable, str(REPO_ROOT / "src" / "check_data.py"), "data.root=/a b"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF_DIR
+from conftest import REPO_ROOT
 
-ROOT = os.path.dirname(CONF_DIR)
+ROOT = str(REPO_ROOT)
 
 
 def _ddp_train(cache: Path, tmp_path: Path, run_dir: Path, probe: Path, *extra: str):

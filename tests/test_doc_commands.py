@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from scdl.utils.config import register_resolvers
+from scdl.utils.config import conf_dir, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -41,7 +41,7 @@ def _commands() -> list[tuple[str, str, list[str]]]:
 
 
 def _is_group(key: str) -> bool:
-    return (ROOT / "conf" / key.lstrip("+~")).is_dir()
+    return (conf_dir() / key.lstrip("+~")).is_dir()
 
 
 def _overrides(tokens: list[str], with_suffix: bool = False) -> list[str] | None:
@@ -88,7 +88,7 @@ def hydra_conf():
     """One Hydra initialisation for every command (composing is what is tested)."""
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         yield
     GlobalHydra.instance().clear()
 

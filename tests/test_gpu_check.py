@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from scdl.utils.config import project_root
+from conftest import REPO_ROOT
 
-SCRIPT = project_root() / "bench" / "gpu_check.py"
+SCRIPT = REPO_ROOT / "bench" / "gpu_check.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: make gpu-check runs it")

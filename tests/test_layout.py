@@ -63,6 +63,7 @@ LAYERS = (
     ("scdl.evaluation",),
     ("scdl.reporting",),
     ("scdl.config_checks", "scdl.command_line", "scdl.training", "scdl.sweeps"),
+    ("scdl.commands",),  # the console commands and src/*.py: nothing imports them
 )
 
 

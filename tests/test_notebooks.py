@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose_cfg, tiny_train_overrides
-from scdl.utils.config import project_root
+from conftest import REPO_ROOT, compose_cfg, tiny_train_overrides
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 TINY_SPLIT = "data.module.num_val=1 data.module.num_test=1 data.module.num_labeled=2"
 

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
+from conftest import REPO_ROOT
 from real_data_fixtures import write_nnunet
-from scdl.utils.config import project_root
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 
 _PREPARE = """
 import logging, sys

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import CompactHydraException
 
-from conftest import CONF_DIR, compose_cfg
+from conftest import CONF_DIR, REPO_ROOT, compose_cfg
 from real_data_fixtures import write_amos22, write_btcv, write_nnunet, write_split
 from scdl.build import build_backbone, setup_data
 from scdl.data.catalog import DataNotFoundError
@@ -221,7 +221,7 @@ def test_missing_data_root_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 def test_train_script_prints_only_the_message_when_data_is_missing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    root = Path(CONF_DIR).parent
+    root = REPO_ROOT
     proc = subprocess.run(
         [
             sys.executable,
@@ -290,7 +290,7 @@ def test_prepare_data_script_is_idempotent(tmp_path):
     write_amos22(tmp_path, tr=(1, 2), va=(), ts=())
     cmd = [
         sys.executable,
-        str(Path(CONF_DIR).parent / "src" / "prepare_data.py"),
+        str(REPO_ROOT / "src" / "prepare_data.py"),
         "data=amos",
         f"data.root={tmp_path}",
         f"paths.log_dir={tmp_path}/logs",

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_cfg, tiny_train_overrides
-from scdl.utils.config import project_root
+from conftest import REPO_ROOT, compose_cfg, tiny_train_overrides
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 
 
 def _train(cache: Path, tmp_path: Path, run: str, *extra: str) -> subprocess.CompletedProcess:

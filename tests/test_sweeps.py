@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose_cfg, tiny_train_overrides
-from scdl.utils.config import project_root
+from conftest import REPO_ROOT, compose_cfg, tiny_train_overrides
+from scdl.utils.config import conf_dir
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 CLASSES = ["big", "mid", "small"]
 
 
@@ -286,7 +286,7 @@ def _compose_with_hydra(overrides: list[str]):
 
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     GlobalHydra.instance().clear()
     return cfg

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_cfg, tiny_train_overrides
+from conftest import REPO_ROOT, compose_cfg, tiny_train_overrides
 from scdl.callbacks.wandb_media import OverlaySlice, choose_overlay_slices
 from scdl.loggers import merge_tags
 from scdl.reporting.dashboard import dashboard_sources, main
 from scdl.runs import load_overlays, save_overlays
-from scdl.utils.config import project_root
 from scdl.utils.display import slice_class_counts
 from wandb_log import iter_wandb_records, read_wandb_run
 
-ROOT = project_root()
+ROOT = REPO_ROOT
 
 
 # --- fast -----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from scdl.utils.config import conf_dir, project_root
+from scdl.utils.config import conf_dir
 from scdl.utils.errors import ConfigError
 
 _MISSING = object()
@@ -267,7 +267,7 @@ def _check_split_keys(c: _Checker) -> None:
             + (" and name it with data.labeled=<name> (it names the run)" if choice else "")
         )
     elif split_file is None and tag not in (None, _MISSING) and drawn:
-        split_dir = project_root() / "conf" / "data" / "splits" / str(c.get("data.name"))
+        split_dir = conf_dir() / "data" / "splits" / str(c.get("data.name"))
         if (split_dir / f"{tag}.json").is_file():
             given = ", ".join(f"data.module.{k}={_show(v)}" for k, v in drawn.items())
             c.problems.append(

@@ -10,24 +10,28 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def project_root() -> Path:
-    """The repository root (folder holding ``pyproject.toml``) for an editable install, or the
-    ``PROJECT_ROOT`` environment variable, or the current directory."""
-    if os.environ.get("PROJECT_ROOT"):
-        return Path(os.environ["PROJECT_ROOT"]).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").is_file() and (parent / "conf").is_dir():
-            return parent
-    return Path.cwd()
+    """The folder whose ``data/`` and ``logs/`` the configs default to (``paths.root_dir``):
+    ``SCDL_HOME`` (or the older ``PROJECT_ROOT``) when set; else the checkout this package runs
+    from (an editable install: the folder holding ``pyproject.toml`` and ``src/scdl``); else
+    ``~/scdl`` (an installed wheel). Never the current directory: a command run from another
+    folder finds the same data."""
+    for variable in ("SCDL_HOME", "PROJECT_ROOT"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser().resolve()
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parents[1]
+    if (checkout / "pyproject.toml").is_file() and package.parent.name == "src":
+        return checkout
+    return Path.home() / "scdl"
 
 
 def conf_dir() -> Path:
-    """The Hydra config folder (``<project root>/conf``)."""
-    return project_root() / "conf"
+    """The Hydra config folder, inside the package (``scdl/conf``, ``pkg://scdl.conf``)."""
+    return Path(__file__).resolve().parents[1] / "conf"
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, the arithmetic ``${div:a,b}`` (floor division, element-wise for a
+    """``${project_root:}``, ``${conf_dir:}`` (the package's config folder), the arithmetic ``${div:a,b}`` (floor division, element-wise for a
     list ``a``), ``${min:...}`` / ``${max:...}`` (of their arguments or of one list),
     ``${cpu_precision:}`` / ``${cpu_channels_last:}`` (:func:`scdl.utils.hardware.cpu_precision_choice`),
     ``${gpu_precision:}`` (:func:`scdl.utils.hardware.gpu_precision_choice`)
@@ -39,6 +43,8 @@ def register_resolvers() -> None:
     everything else (names, attributes, calls of anything else)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("conf_dir"):  # split files shipped with the configs
+        OmegaConf.register_new_resolver("conf_dir", lambda: str(conf_dir()))
     if not OmegaConf.has_resolver("cpu_precision"):  # conf/trainer/cpu.yaml: by the CPU's bf16
         from scdl.utils.hardware import cpu_precision_choice
 
@@ -177,5 +183,5 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     register_resolvers()
     if GlobalHydra.instance().is_initialized():
         return compose(config_name=config_name, overrides=overrides)
-    with initialize_config_dir(str(project_root() / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
