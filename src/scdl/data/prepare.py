@@ -137,35 +137,57 @@ class PreprocessProtocol:
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def _transforms(
+#: one preprocessing step: (name of a ``monai.transforms`` class, its keyword arguments, JSON-able).
+#: The same list builds the transforms here and the bundle's ``configs/inference.json``
+#: (:mod:`scdl.inference.bundle`), so an exported model preprocesses as training did.
+TransformSpec = tuple[str, dict]
+
+
+def preprocessing_specs(
     protocol: PreprocessProtocol, labeled: bool, arrays: bool = False, load: bool = True
-):
-    """MONAI pipeline: NIfTI paths -> (1, X, Y, Z) tensors, or (arrays) channel-first arrays in.
-    ``load=False`` leaves out the loading steps (:func:`_load_transforms`)."""
+) -> list[TransformSpec]:
+    """The protocol as MONAI steps: NIfTI paths -> (1, X, Y, Z) tensors, or (``arrays``)
+    channel-first arrays in. ``load=False`` leaves out the loading steps (:func:`load_specs`)."""
+    keys = ["image", "label"] if labeled else ["image"]
+    modes = ["bilinear", "nearest"] if labeled else ["bilinear"]
+    steps: list[TransformSpec] = []
+    if not arrays and load:
+        steps += load_specs(labeled)
+    steps.append(("EnsureTyped", {"keys": keys, "dtype": "float32", "track_meta": not arrays}))
+    if protocol.orientation and not arrays:
+        steps.append(("Orientationd", {"keys": keys, "axcodes": protocol.orientation}))
+    if protocol.spacing and not arrays:
+        steps.append(("Spacingd", {"keys": keys, "pixdim": list(protocol.spacing), "mode": modes}))
+    if protocol.resize:
+        rmodes = ["trilinear", "nearest-exact"] if labeled else ["trilinear"]
+        steps.append(
+            ("Resized", {"keys": keys, "spatial_size": list(protocol.resize), "mode": rmodes})
+        )
+    return steps + intensity_specs(protocol)
+
+
+def build_transforms(specs: Sequence[TransformSpec]):
+    """``monai.transforms.Compose`` of ``specs``."""
     # Imported here: MONAI is slow to import and most callers only need the cache readers.
     from monai import transforms as T
 
+    return T.Compose([getattr(T, name)(**kwargs) for name, kwargs in specs])
+
+
+def _transforms(
+    protocol: PreprocessProtocol, labeled: bool, arrays: bool = False, load: bool = True
+):
+    """:func:`preprocessing_specs` as one MONAI ``Compose``."""
+    return build_transforms(preprocessing_specs(protocol, labeled, arrays, load))
+
+
+def load_specs(labeled: bool) -> list[TransformSpec]:
+    """Read a NIfTI (with its meta) and put its channel first."""
     keys = ["image", "label"] if labeled else ["image"]
-    modes = ("bilinear", "nearest") if labeled else ("bilinear",)
-    steps: list = []
-    if not arrays and load:
-        steps += _load_transforms(labeled)
-    steps.append(T.EnsureTyped(keys, dtype=np.float32, track_meta=not arrays))
-    if protocol.orientation and not arrays:
-        steps.append(T.Orientationd(keys, axcodes=protocol.orientation))
-    if protocol.spacing and not arrays:
-        steps.append(T.Spacingd(keys, pixdim=protocol.spacing, mode=modes))
-    if protocol.resize:
-        rmodes = ("trilinear", "nearest-exact") if labeled else ("trilinear",)
-        steps.append(T.Resized(keys, spatial_size=protocol.resize, mode=rmodes))
-    return T.Compose(steps + _intensity_steps(protocol))
-
-
-def _load_transforms(labeled: bool) -> list:
-    from monai import transforms as T
-
-    keys = ["image", "label"] if labeled else ["image"]
-    return [T.LoadImaged(keys, image_only=False), T.EnsureChannelFirstd(keys)]
+    return [
+        ("LoadImaged", {"keys": keys, "image_only": False}),
+        ("EnsureChannelFirstd", {"keys": keys}),
+    ]
 
 
 def guard_nonfinite(image, case: RawCase, nonfinite: str = "error"):
@@ -185,26 +207,39 @@ def guard_nonfinite(image, case: RawCase, nonfinite: str = "error"):
     return image
 
 
-def _intensity_steps(protocol: PreprocessProtocol) -> list:
-    from monai import transforms as T
-
-    steps: list = []
+def intensity_specs(protocol: PreprocessProtocol) -> list[TransformSpec]:
+    """Clipping and normalisation of the image (after resampling)."""
+    steps: list[TransformSpec] = []
     if protocol.normalisation == "ct":
         lo, hi, mean, std = protocol.intensity_stats
-        steps.append(T.ThresholdIntensityd("image", threshold=lo, above=True, cval=lo))
-        steps.append(T.ThresholdIntensityd("image", threshold=hi, above=False, cval=hi))
-        steps.append(T.NormalizeIntensityd("image", subtrahend=mean, divisor=max(std, 1e-8)))
+        steps.append(_threshold(lo, above=True))
+        steps.append(_threshold(hi, above=False))
+        steps.append(
+            (
+                "NormalizeIntensityd",
+                {"keys": "image", "subtrahend": mean, "divisor": max(std, 1e-8)},
+            )
+        )
         return steps
     if protocol.clip is not None:
         lo, hi = protocol.clip
         if protocol.normalisation == "window":
-            steps.append(T.ScaleIntensityRanged("image", lo, hi, 0.0, 1.0, clip=True))
+            window = {"a_min": lo, "a_max": hi, "b_min": 0.0, "b_max": 1.0, "clip": True}
+            steps.append(("ScaleIntensityRanged", {"keys": "image", **window}))
         else:
-            steps.append(T.ThresholdIntensityd("image", threshold=lo, above=True, cval=lo))
-            steps.append(T.ThresholdIntensityd("image", threshold=hi, above=False, cval=hi))
+            steps.append(_threshold(lo, above=True))
+            steps.append(_threshold(hi, above=False))
     if protocol.normalisation == "zscore":
-        steps.append(T.NormalizeIntensityd("image"))
+        steps.append(("NormalizeIntensityd", {"keys": "image"}))
     return steps
+
+
+def _threshold(value: float, above: bool) -> TransformSpec:
+    """Values on the wrong side of ``value`` become ``value`` (a one-sided clip)."""
+    return (
+        "ThresholdIntensityd",
+        {"keys": "image", "threshold": value, "above": above, "cval": value},
+    )
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -344,13 +379,12 @@ def preprocess_case(
     """
     if is_array_case(case):
         return _preprocess_arrays(case, protocol, nonfinite)
-    from monai.transforms import Compose
 
     labeled = case.label is not None
     data = {"image": str(case.image)}
     if labeled:
         data["label"] = str(case.label)
-    data = Compose(_load_transforms(labeled))(data)
+    data = build_transforms(load_specs(labeled))(data)
     for role in ("image", "label") if labeled else ("image",):
         _require_one_volume(data[role], case, role)
     data["image"] = guard_nonfinite(data["image"], case, nonfinite)

@@ -124,7 +124,10 @@ def feature_map_to_tokens(features: torch.Tensor, grid: int) -> torch.Tensor:
         )
         # x-window sizes are applied last, on the small (B, t, t, t, D) result
         inv_x = _inv_window_sizes(nx, grid, out_dtype, dev)
-        s = _WindowSumX.apply(features, ix, channels_last).to(out_dtype)
+        if features.requires_grad and torch.is_grad_enabled():
+            s = _WindowSumX.apply(features, ix, channels_last).to(out_dtype)
+        else:  # the same matmul; a plain op, which TorchScript export can keep (no Function)
+            s = torch.matmul(ix, _x_major(features, channels_last)).to(out_dtype)
         if channels_last:  # s: (B, t, Y*Z*D)
             s = torch.matmul(ay, s.reshape(b * grid, ny, nz * d))  # (B*t, t, Z*D)
             s = torch.matmul(az, s.reshape(b * grid * grid, nz, d))  # (B*t*t, t, D)
