@@ -115,3 +115,79 @@ def test_reference_checkpoints_load_into_cps():
     torch.testing.assert_close(m.net_a(x), src_a(x))
     torch.testing.assert_close(m.segment(x), 0.5 * (src_a(x) + src_b(x)))
     assert convert_reference_vnet(_reference_state(src_a)).keys() == src_a.state_dict().keys()
+
+
+def _dhc(**kw):
+    """The wiring of ``loss=dhc`` (code/train_dhc.py of xmed-lab/DHC)."""
+    from scdl.losses.dhc import WeightedCEDiceLoss
+
+    m = _cps(
+        sup_loss=DHCWeightedLoss(C, "difficulty"),
+        sup_loss_b=DHCWeightedLoss(C, "distribution", update_on_call=False),
+        **kw,
+    )
+    m.unsup_loss = PseudoLabelLoss(WeightedCEDiceLoss(dice_weight=0.0))
+    return m
+
+
+def test_dhc_weights_each_direction_with_the_student_networks_weights():
+    """DHC: A's CPS term is CE weighted by A's DiffDW weights of this step, B's by B's DistDW
+    weights; B's DistDW starts from the labeled set's counts and then follows only B's
+    pseudo-labels of the unlabeled batch (EMA 0.99), never the labeled targets."""
+    from scdl.losses.dhc import DistDW
+
+    m = _dhc()
+    labeled_counts = torch.tensor([900.0, 80.0, 20.0])
+    m.sup_loss_b.init_from_counts(labeled_counts)
+    assert not m.sup_loss_b.wants_labeled_counts  # init once (a checkpoint keeps its own)
+    reference = DistDW(C)
+    expected_b = reference.init_weights(labeled_counts)
+    torch.testing.assert_close(m.sup_loss_b.class_weights, expected_b)
+
+    seen = []
+    forward = m.unsup_loss.forward
+    m.unsup_loss.forward = lambda s, t, class_weights=None: (
+        seen.append(class_weights) or forward(s, t, class_weights=class_weights)
+    )
+    batch = _batch()
+    m.training_step(batch, 0)
+    x = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])
+    with torch.no_grad():  # B on the joint batch, as in the step (train-mode BatchNorm)
+        pseudo_b = m.net_b(x)[batch["labeled"]["image"].shape[0] :].argmax(1)
+    expected_b = reference.update(pseudo_b)  # EMA from the init, labeled targets not counted
+    torch.testing.assert_close(m.sup_loss_b.class_weights, expected_b)
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], m.sup_loss.class_weights)  # A's, updated this step
+    torch.testing.assert_close(seen[1], expected_b)
+    assert not torch.equal(seen[0], torch.full((C,), float(C)))  # DiffDW moved off its init
+
+
+def test_dhc_distribution_weights_start_from_the_labeled_cache(phantom_cache):
+    """``on_fit_start`` initialises B's DistDW from the voxel counts of the labeled cases (DHC's
+    ``DistDW.init_weights(labeled_dataset)``), once."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from scdl.losses.dhc import DistDW
+
+    ids = sorted(p.name[: -len("_label.npy")] for p in phantom_cache.glob("*_label.npy"))[:2]
+    num_classes = 14
+    m = CPSModule(
+        backbone=VNet(num_classes=num_classes, base_filters=4),
+        backbone_b=VNet(num_classes=num_classes, base_filters=4),
+        sup_loss=DHCWeightedLoss(num_classes, "difficulty"),
+        sup_loss_b=DHCWeightedLoss(num_classes, "distribution", update_on_call=False),
+        unsup_loss=PseudoLabelLoss(CE()),
+        num_classes=num_classes,
+    )
+    datamodule = SimpleNamespace(split=SimpleNamespace(labeled=ids), cache_dir=phantom_cache)
+    m.trainer = SimpleNamespace(datamodule=datamodule)
+    m.on_fit_start()
+    counts = sum(np.bincount(np.load(phantom_cache / f"{i}_label.npy").ravel(), minlength=14)
+                 for i in ids)  # fmt: skip
+    expected = DistDW(num_classes).init_weights(torch.as_tensor(counts, dtype=torch.float64))
+    torch.testing.assert_close(m.sup_loss_b.class_weights, expected)
+    m.sup_loss_b.weighter.weights.fill_(1.0)
+    m.on_fit_start()  # initialised: left alone
+    assert torch.equal(m.sup_loss_b.class_weights, torch.ones(num_classes))

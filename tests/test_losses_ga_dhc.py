@@ -244,6 +244,38 @@ def test_diffdw_hand_sequence() -> None:
     assert got[0] > got[1] and got.max().item() == pytest.approx(2.0)
 
 
+def test_diffdw_keeps_the_tiny_dice_of_a_present_unpredicted_class() -> None:
+    """DHC's reference (``DiffDW.cal_weights`` on its smoothed hard Dice) takes the log of the tiny
+    Dice of a class that is present but not predicted (1e-8 / |target|), unclamped; a clamp at 1e-8
+    moved the weights by up to 0.19 (of ~5) early in training, when small organs are not yet
+    predicted."""
+    m = 49 / 50
+    diff = DiffDW(3, accumulate_iters=50)
+    target = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2]])
+    preds = ([[0, 0, 0, 0, 0, 0, 2, 2]], [[0, 0, 0, 1, 0, 0, 2, 2]], [[0, 0, 0, 1, 1, 0, 2, 0]])
+    last, learn, unlearn, beta = [1e-8] * 3, [0.0] * 3, [0.0] * 3, [1.0] * 3
+    for pred in preds:
+        pred = torch.tensor(pred)
+        counts = [(int(((pred == c) & (target == c)).sum()), int((pred == c).sum()),
+                   int((target == c).sum())) for c in range(3)]  # fmt: skip
+        # DHC: (2 tp + 1e-8) / (|p| + |t| + 1e-8 + 1e-8), in float32 as the counts are
+        dice = [float(np.float32((2 * tp + 1e-8) / (np_ + nt + 2e-8))) for tp, np_, nt in counts]
+        assert min(dice) < 1e-8 or pred is not preds[0]
+        for c in range(3):
+            delta = dice[c] - last[c]
+            lr = math.log(dice[c] / last[c])
+            learn[c] = m * learn[c] + (1 - m) * (delta * lr if delta > 0 else 0.0)
+            unlearn[c] = m * unlearn[c] + (1 - m) * (delta * lr if delta <= 0 else 0.0)
+            beta[c] = m * beta[c] + (1 - m) * (1 - dice[c])
+            last[c] = dice[c]
+        raw = [((unlearn[c] + 1e-8) / (learn[c] + 1e-8)) ** 0.2 * beta[c] for c in range(3)]
+        expected = [3 * r / max(raw) for r in raw]
+        got = diff.update(pred, target)
+        assert np.allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5), (pred, got, expected)
+    # an exact 0 (from elsewhere than DHC's Dice) still gives finite weights
+    assert torch.isfinite(DiffDW(2).update_from_dice(torch.tensor([0.0, 0.5]))).all()
+
+
 def test_diffdw_update_from_logits() -> None:
     logits = torch.tensor([[[5.0, 5.0, -5.0, -5.0], [-5.0, -5.0, 5.0, 5.0]]])  # argmax 0 0 1 1
     target = torch.tensor([[0, 1, 1, 1]])

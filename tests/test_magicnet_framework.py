@@ -76,3 +76,10 @@ def test_tiny_magicnet_fit_and_test(phantom_cache, tmp_path, experiment):
     )
     metrics = train(cfg)
     assert 0.0 <= metrics["test/dice"] <= 1.0 and "train/loss_loc" in metrics
+
+
+def test_blending_starts_where_the_reference_starts(phantom_cache, tmp_path):
+    """MagicNet's train_main_btcv.py blends when ``iter_num > 100`` with ``iter_num`` the finished
+    iterations: the 102nd step (global_step 101) is the first blended one (was 100)."""
+    m = _module(phantom_cache, tmp_path)
+    assert not m.blends_at(100) and m.blends_at(101)

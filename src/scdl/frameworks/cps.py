@@ -97,22 +97,41 @@ class CPSModule(SemiSupervisedModule):
             loss = loss + step.loss
         logs.update(step.logs)
         logits_b = self.net_b(x)
+        if hasattr(self.sup_loss_b, "observe") and unlabeled is not None:
+            # DHC: B's distribution weights follow its own pseudo-labels of the unlabeled batch,
+            # updated before this step's losses use them
+            self.sup_loss_b.observe(logits_b[n_l:].detach().argmax(dim=1))
         loss_sup = self.sup_loss(logits_a[:n_l], y) + self.sup_loss_b(logits_b[:n_l], y)
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
         if unlabeled is not None or self.cps_on_labeled:
             lo = 0 if self.cps_on_labeled else n_l
-            loss_cps = self.unsup_loss(logits_a[lo:], logits_b[lo:]) + self.unsup_loss(
-                logits_b[lo:], logits_a[lo:]
+            # each direction weighted by the student network's own class weights where the
+            # losses have them (DHC: A's difficulty-, B's distribution-aware weights)
+            loss_cps = self.unsup_loss(
+                logits_a[lo:], logits_b[lo:], class_weights=_class_weights(self.sup_loss)
+            ) + self.unsup_loss(
+                logits_b[lo:], logits_a[lo:], class_weights=_class_weights(self.sup_loss_b)
             )
-            if hasattr(self.sup_loss_b, "observe") and unlabeled is not None:
-                # DHC: B's distribution weights follow its own pseudo-labels of the unlabeled batch
-                self.sup_loss_b.observe(logits_b[n_l:].detach().argmax(dim=1))
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_cps
             logs.update({"train/loss_unsup": loss_cps, "train/unsup_weight": w})
         self.log_step(logs, loss, x.shape[0])
         return loss
+
+    def on_fit_start(self) -> None:
+        """DHC: B's distribution weights start from the labeled set's voxel counts (a restored
+        checkpoint keeps its own; without a cached split, from the first pseudo-labels)."""
+        super().on_fit_start()
+        loss = self.sup_loss_b
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = getattr(datamodule, "split", None)  # a data module of cached cases
+        if getattr(loss, "wants_labeled_counts", False) and split is not None:
+            from scdl.data.class_stats import class_voxel_counts
+
+            labeled = tuple(split.labeled)
+            counts = class_voxel_counts(datamodule.cache_dir, labeled, loss.num_classes)
+            loss.init_from_counts(torch.as_tensor(counts, dtype=torch.float64))
 
     def load_reference_weights(self, state_a: dict, state_b: dict) -> None:
         """Loads the released GA-CPS weights (two reference-VNet state dicts) into A and B."""
@@ -120,3 +139,9 @@ class CPSModule(SemiSupervisedModule):
 
         self.net_a.load_state_dict(convert_reference_vnet(state_a), strict=True)
         self.net_b.load_state_dict(convert_reference_vnet(state_b), strict=True)
+
+
+def _class_weights(loss: nn.Module) -> torch.Tensor | None:
+    """The current class weights (C,) of a class-weighted supervised loss, else None."""
+    weights = getattr(loss, "class_weights", None)
+    return weights.detach() if isinstance(weights, torch.Tensor) else None

@@ -12,8 +12,9 @@ per axis (3 cubes of 32^3 at 96^3; 3 of 16^3 at the phantom's 48^3):
 3. within-image partition: every volume's n^3 cubes go through the encoder as a batch; their
    bottlenecks, in a random order, feed the location head (n^3-way cross-entropy ``L_loc``); their
    decoder features, re-assembled, feed the head -> ``logits_local``;
-4. teacher pseudo-labels on the unlabeled patches (noised input); from ``blend_start`` on they are
-   blended cube-wise with the student's within-image prediction, weighted by class frequency
+4. teacher pseudo-labels on the unlabeled patches (noised input); from step ``blend_start`` on
+   (101: the reference blends when ``iter_num > 100``, ``iter_num`` counting finished steps) blended
+   cube-wise with the student's within-image prediction, weighted by class frequency
    (:class:`~scdl.losses.magicnet.ClassFrequencyWeights`);
 5. ``L = [GACE + GADice](logits_l) + GADice(unmix_l) + GADice(local_l)) / 4 + loc_weight * L_loc
    + w_cons(t) * GADice(unmix_u, PL)`` (+ the plug-in's loss), ``w_cons`` MagicNet's step schedule.
@@ -63,8 +64,8 @@ class MagicNetModule(SemiSupervisedModule):
         loc_weight: weight of the location loss (0.1).
         cons_weight, cons_steps_per_epoch, cons_rampup_epochs: ``w_cons(t) = cons_weight *
             exp(-5 (1 - min(t // steps, epochs) / epochs)^2)`` (0.1, 350, 200).
-        blend_start: iteration from which pseudo-labels are blended with the within-image
-            prediction (100); ``blend_update_every``, ``blend_temperature``: the class-frequency
+        blend_start: first step (``global_step``, finished steps) whose pseudo-labels are blended
+            with the within-image prediction (101, the reference's ``iter_num > 100``); ``blend_update_every``, ``blend_temperature``: the class-frequency
             histogram refresh interval (20) and temperature (1).
         mix_pl_from: whose within-image prediction is blended into the unlabeled pseudo-labels:
             ``labeled`` (the released GALoss / SCDL code decodes the labeled samples' cubes: a
@@ -88,7 +89,7 @@ class MagicNetModule(SemiSupervisedModule):
         cons_weight: float = 0.1,
         cons_steps_per_epoch: int = 350,
         cons_rampup_epochs: int = 200,
-        blend_start: int = 100,
+        blend_start: int = 101,
         blend_update_every: int = 20,
         blend_temperature: float = 1.0,
         mix_pl_from: Literal["labeled", "unlabeled"] = "labeled",
@@ -173,6 +174,10 @@ class MagicNetModule(SemiSupervisedModule):
         )
 
     # --- training -------------------------------------------------------------------------------
+    def blends_at(self, step: int) -> bool:
+        """Whether the pseudo-labels of step ``step`` (finished steps before it) are blended."""
+        return step >= self.blend_start
+
     def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
         y = labeled["label"]
@@ -200,7 +205,7 @@ class MagicNetModule(SemiSupervisedModule):
         if unlabeled is not None:
             with torch.no_grad():
                 t_logits = self.teacher_logits(x[n_l:])
-                if self.global_step >= self.blend_start:
+                if self.blends_at(self.global_step):
                     source = (
                         local_features[:n_l]
                         if self.mix_pl_from == "labeled"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -19,6 +21,8 @@ class PseudoLabelLoss(nn.Module):
         self.loss = loss
         self.threshold = threshold
         self.ignore_index = ignore_index
+        # a class-weighted loss (DHC's weighted CE) takes the student network's class weights
+        self.takes_class_weights = "class_weights" in inspect.signature(loss.forward).parameters
 
     @staticmethod
     def pseudo_labels(
@@ -31,6 +35,14 @@ class PseudoLabelLoss(nn.Module):
             labels = labels.masked_fill(conf < threshold, ignore_index)
         return labels
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        class_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``class_weights`` (C,) are passed to the loss when it takes them (else ignored)."""
         target = self.pseudo_labels(teacher_logits, self.threshold, self.ignore_index)
+        if self.takes_class_weights:
+            return self.loss(student_logits, target, class_weights=class_weights)
         return self.loss(student_logits, target)

@@ -123,7 +123,8 @@ class DistDW(nn.Module):
 class DiffDW(nn.Module):
     """Difficulty-aware class weights from the per-class hard Dice of the labeled batch (DHC ``DiffDW``).
 
-    With the current Dice ``D`` (clamped to >= 1e-8 to keep ``log`` finite), the previous Dice
+    With the current Dice ``D`` (DHC's smoothed hard Dice, > 0; an exact 0 is lifted to the
+    smallest normal float to keep ``log`` finite), the previous Dice
     ``D'`` (initially 1e-8), ``delta = D - D'`` and ``m = (a - 1) / a`` (``a = accumulate_iters``)::
 
         learn   <- m * learn   + (1 - m) * [delta > 0]  * delta * log(D / D')
@@ -157,7 +158,10 @@ class DiffDW(nn.Module):
     def update_from_dice(self, dice: torch.Tensor) -> torch.Tensor:
         """One update from per-class Dice ``(C,)`` in [0, 1]; returns the new weights ``(C,)``."""
         dice = torch.as_tensor(dice, dtype=self.last_dice.dtype, device=self.last_dice.device)
-        dice = dice.clamp_min(1e-8)
+        # DHC's smoothed Dice is never 0 (a present, unpredicted class scores ~1e-8 / |target|),
+        # so its log is finite: only an exact 0 from another source is lifted, to the smallest
+        # normal float (a clamp at 1e-8 moved such classes' weights by up to 0.19 of ~5)
+        dice = dice.clamp_min(torch.finfo(dice.dtype).tiny)
         m = self.momentum
         delta = dice - self.last_dice
         log_ratio = torch.log(dice / self.last_dice)
