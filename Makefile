@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= phantom_scdl
 ARGS ?=
 
-.PHONY: help setup data train test test-all wheel-check lint format bench gpu-check clean-logs notebooks tables
+.PHONY: help setup lock data train test test-all wheel-check lint format bench gpu-check clean-logs notebooks tables
 
 help:
 	@echo "make train      set up, generate the phantom, train + test experiment=$(EXPERIMENT)"
 	@echo "make test       set up and run the fast tests"
 	@echo "make test-all   all tests, slow ones included"
 	@echo "make data       generate + preprocess the phantom data set only"
+	@echo "make lock       rewrite requirements/lock.txt from the venv (after upgrading it)"
 	@echo "make wheel-check  build + install the wheel outside the checkout, run its commands (CI)"
 	@echo "make lint       ruff check + format check"
 	@echo "make bench      benchmark suite (< 10 min on CPU; CUDA when present): table + bench/results/*.json"
@@ -21,21 +22,26 @@ help:
 	@echo "make notebooks  execute notebooks/*.ipynb into docs/notebooks/ (Markdown + figures)"
 	@echo "make tables     regenerate the tables under results/ from their per-case data"
 
-$(STAMP): pyproject.toml
+LOCK := requirements/lock.txt
+# The index decides torch's build (CPU or CUDA), not the version: on a CPU-only machine
+# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the multi-GB CUDA wheel
+TORCH_INDEX ?=
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
+	# the exact versions of the lock (pyproject.toml states ranges); torch first, from TORCH_INDEX if set
+	$(BIN)/pip install -q -c $(LOCK) torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# launchers and the Optuna sweeper too: their configs are tested (tests/test_sweeps.py)
-	$(BIN)/pip install -q -e ".[dev,slurm,joblib,hpo]"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,slurm,joblib,hpo]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# the notebooks extra (nbclient, ipykernel): make notebooks and the notebook test of make test-all
+# the notebooks and export extras (papermill, nbconvert, ipykernel; onnx): make notebooks, make test-all
 NB_STAMP := $(VENV)/.installed-notebooks
 $(NB_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e ".[notebooks]"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[notebooks,export]"
 	touch $(NB_STAMP)
 
 data: setup
@@ -49,6 +55,13 @@ test: setup
 
 test-all: setup $(NB_STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
+
+# the lock from the venv as it is (after a deliberate upgrade there); the notebooks extra included
+lock: $(NB_STAMP)
+	{ echo "# The exact versions of the reproducible venv (make setup: pip install -c $(LOCK) ...);"; \
+	  echo "# pyproject.toml states the ranges. Written by make lock: $$($(BIN)/python -V), $$(uname -m), $$(date -u +%F)"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E '^(uv|mypy|mypy_extensions)==' | sed -E 's/\+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 wheel-check: setup
 	.ci/wheel_check
@@ -73,6 +86,7 @@ tables: setup
 gpu-check: setup
 	$(BIN)/python bench/gpu_check.py $(ARGS)
 
-# SCDL_NOTEBOOK_* variables choose the inputs (see each notebook's first cell); NB="01_data" runs one
+# papermill parameters choose the inputs (each notebook's parameters cell), e.g.
+# NB_PARAMS="-p LOGS logs/notebook_demo -p FIGURES docs"; NB="01_data" runs one
 notebooks: $(NB_STAMP)
-	$(BIN)/python notebooks/run_notebooks.py --out docs/notebooks $(NB)
+	$(BIN)/python notebooks/run_notebooks.py --out docs/notebooks $(NB_PARAMS) $(NB)

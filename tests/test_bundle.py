@@ -176,3 +176,32 @@ def test_export_refuses_a_folder_that_holds_files(exported, tmp_path):
     with pytest.raises(InputError, match="not empty"):
         export_bundle(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_onnx_window_matches_the_framework_in_onnxruntime(exported, tmp_path):
+    """``onnx=true``: the window also as ONNX (dynamo exporter), run by onnxruntime at a batch size
+    other than the exported one, within 1e-4 of the framework's probabilities."""
+    pytest.importorskip("onnxscript", reason="the export extra")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra")
+    from scdl.inference.bundle import export_bundle
+
+    cfg = compose_cfg(
+        [
+            f"ckpt_path={exported['ckpt']}",
+            f"output={tmp_path / 'bundle'}",
+            f"paths.log_dir={tmp_path}/logs",
+            "onnx=true",
+        ],
+        config_name="export",
+    )
+    bundle = export_bundle(cfg)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["scdl"]["onnx"]["max_abs_diff_vs_torch"] < 1e-4
+    module, _ = load_module_from_checkpoint(exported["ckpt"])
+    x = torch.rand(4, 1, *module.inference_cfg.roi_size, generator=torch.Generator().manual_seed(2))
+    session = onnxruntime.InferenceSession(str(bundle / "models" / "model.onnx"))
+    (got,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected = module.segment(x).float().softmax(dim=1).numpy()
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4

@@ -13,6 +13,7 @@ project is imported::
       models/model.ts          one sliding window of the trained framework, TorchScript:
                                (N, 1, *roi) float32 -> (N, C, *roi) class probabilities (or logits
                                when the run averages logits), the SCDL prior path included
+      models/model.onnx        (onnx=true) the same window as ONNX, checked with onnxruntime
       docs/README.md           how to run it
 
 Labels agree with ``predict.py`` but for the resampling back to the scan's grid: ``predict.py``
@@ -41,6 +42,7 @@ from scdl.utils.errors import InputError
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "models/model.ts"
+ONNX_FILE = "models/model.onnx"
 
 
 class InferenceWindow(nn.Module):
@@ -84,6 +86,39 @@ def script_window(module: nn.Module, window: SlidingWindowConfig) -> torch.jit.S
             "random steps that tracing cannot keep; export is not possible for this framework"
         )
     return frozen
+
+
+def onnx_window(module: nn.Module, window: SlidingWindowConfig, path: Path) -> float:
+    """Writes the same window as ONNX (torch's dynamo exporter, the batch axis dynamic) and runs it
+    with onnxruntime on a random batch of 3 against the eager module; returns the largest absolute
+    difference (float32 kernels differ in summation order: ~1e-5 in probabilities)."""
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401 - the exporter needs it
+    except ImportError as err:
+        raise InputError(
+            f"onnx=true needs {err.name}: pip install 'scdl[export]' (onnx, onnxscript, "
+            "onnxruntime)"
+        ) from err
+    wrapper = InferenceWindow(module, window.average == "probs").eval().float().cpu()
+    roi = tuple(int(r) for r in window.roi_size)
+    generator = torch.Generator().manual_seed(0)
+    example, check = (torch.rand((n, 1, *roi), generator=generator) for n in (2, 3))
+    with torch.no_grad():
+        expected = wrapper(check).numpy().copy()
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["pred"],
+        dynamic_shapes=({0: batch},),
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": check.numpy()})
+    return float(abs(got - expected).max())
 
 
 def _specs_to_config(specs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
@@ -252,7 +287,8 @@ def export_bundle(cfg: DictConfig) -> Path:
     """Writes the bundle of ``cfg.ckpt_path`` into ``cfg.output``; returns the folder.
 
     Config keys (``conf/export.yaml``): ``ckpt_path`` (a checkpoint or run folder), ``output``,
-    ``inference`` (sliding-window settings overriding the trained ones), ``overwrite``.
+    ``inference`` (sliding-window settings overriding the trained ones), ``overwrite``, ``onnx``
+    (also ``models/model.onnx``).
     """
     from scdl.data.layouts import ARRAY_LAYOUTS
 
@@ -273,9 +309,12 @@ def export_bundle(cfg: DictConfig) -> Path:
     (out / "models").mkdir(exist_ok=True)
     (out / "docs").mkdir(exist_ok=True)
     torch.jit.save(scripted, str(out / MODEL_FILE))
+    onnx_diff = onnx_window(module, window, out / ONNX_FILE) if cfg.get("onnx", False) else None
     config = inference_config(run_cfg, window)
     (out / "configs" / "inference.json").write_text(json.dumps(config, indent=2) + "\n")
     meta = metadata(run_cfg, window, ckpt, step)
+    if onnx_diff is not None:
+        meta["scdl"]["onnx"] = {"file": ONNX_FILE, "max_abs_diff_vs_torch": onnx_diff}
     (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     protocol = meta["scdl"]["protocol"]
     roi = meta["scdl"]["sliding_window"]["roi_size"]
