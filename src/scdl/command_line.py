@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from omegaconf import OmegaConf
 
@@ -73,7 +74,7 @@ def _selections_of(group: str, option: str, depth: int = 0) -> list[tuple[str, s
         return []
     path = conf_dir() / group / f"{option}.yaml"
     try:
-        defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+        defaults = cast(dict, OmegaConf.to_container(OmegaConf.load(path))).get("defaults") or []
     except Exception:  # noqa: BLE001 - unknown option: Hydra reports it
         return []
     found = []

@@ -25,7 +25,7 @@ import numbers
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -123,7 +123,7 @@ class _Checker:
                 return _MISSING
         return value
 
-    def add(self, key: str, value: Any, expected: str, example: str | None = None) -> None:
+    def add(self, key: str, value: Any, expected: str, example: str | float | None = None) -> None:
         fix = f"; e.g. {key}={example}" if example is not None else ""
         self.problems.append(f"{key}={_show(value)}: expected {expected}{fix}")
 
@@ -362,7 +362,9 @@ def scdl_variants(experiment: str) -> list[tuple[str, str]]:
     found = []
     for path in sorted((conf_dir() / "experiment").glob("*.yaml")):
         try:
-            defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+            defaults = (
+                cast(dict, OmegaConf.to_container(OmegaConf.load(path))).get("defaults") or []
+            )
         except Exception:  # noqa: BLE001 - unreadable file: no suggestion from it
             continue
         names = {d for d in defaults if isinstance(d, str)}

@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from hydra.errors import CompactHydraException
@@ -67,7 +67,7 @@ def load_config(run: str | Path) -> DictConfig | None:
     if not cfg_path.is_file():
         return None
     register_resolvers()
-    cfg = OmegaConf.load(cfg_path)
+    cfg = cast(DictConfig, OmegaConf.load(cfg_path))  # a saved run config is a mapping
     if "paths" in cfg:
         with open_dict(cfg):  # ${hydra:runtime.output_dir} does not resolve outside Hydra
             cfg.paths.output_dir = str(run)
@@ -260,8 +260,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p.resolve()
     if p.is_dir():
         folder = p / CHECKPOINTS if (p / CHECKPOINTS).is_dir() else p
-        scored = [(f, checkpoint_score(f)) for f in sorted(folder.glob("best*.ckpt"))]
-        scored = [(f, s) for f, s in scored if s is not None]
+        candidates = [(f, checkpoint_score(f)) for f in sorted(folder.glob("best*.ckpt"))]
+        scored = [(f, s) for f, s in candidates if s is not None]
         if scored:
             sign = -1.0 if scored[0][1][1] == "min" else 1.0
             best = max(scored, key=lambda fs: sign * fs[1][0])[0]
@@ -326,7 +326,10 @@ def save_overlays(
     prediction, caption)``. Read back by :func:`load_overlays`."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"overlays_step{step:06d}.npz"
-    arrays = {"captions": np.array([p[3] for p in planes]), "class_names": np.array(class_names)}
+    arrays: dict[str, Any] = {
+        "captions": np.array([p[3] for p in planes]),
+        "class_names": np.array(class_names),
+    }
     for k, (image, truth, pred, _) in enumerate(planes):
         arrays |= {f"image_{k}": image, f"truth_{k}": truth, f"prediction_{k}": pred}
     np.savez_compressed(path, **arrays)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def load_cached_case(cache_dir: str | Path, case_id: str, in_memory: bool = True
     if not meta_path.is_file():
         raise FileNotFoundError(f"case {case_id!r} is not in the cache {cache}")
     meta = json.loads(meta_path.read_text())
-    mode = None if in_memory else "r"
+    mode: Literal["r"] | None = None if in_memory else "r"
     image = np.load(cache / f"{case_id}_image.npy", mmap_mode=mode)
     label_path = cache / f"{case_id}_label.npy"
     label = np.load(label_path, mmap_mode=mode) if label_path.is_file() else None

@@ -115,7 +115,7 @@ class CheckReport:
 
     def table(self) -> str:
         """The plain-text summary: one row per check category."""
-        rows = defaultdict(lambda: [0, 0])
+        rows: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         for p in self.problems:
             rows[p.check][0 if p.is_error else 1] += 1
         width = max([len("check")] + [len(k) for k in rows])
@@ -143,7 +143,7 @@ class CheckReport:
         table.add_column("check")
         table.add_column("errors", justify="right")
         table.add_column("warnings", justify="right")
-        rows = defaultdict(lambda: [0, 0])
+        rows: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         for p in self.problems:
             rows[p.check][0 if p.is_error else 1] += 1
         for k, (e, w) in sorted(rows.items()):
@@ -507,7 +507,7 @@ def _check_array_case(
     try:
         image, label = load_array_case(case)
     except Exception as e:  # noqa: BLE001
-        problem = Problem(
+        unreadable = Problem(
             ERROR,
             "unreadable",
             f"cannot be read ({type(e).__name__}: {e})",
@@ -515,8 +515,8 @@ def _check_array_case(
             case.case_id,
             case.image,
         )
-        return [problem], facts
-    problems = []
+        return [unreadable], facts
+    problems: list[Problem] = []
     if image.ndim != 3:
         problems.append(
             Problem(

@@ -395,7 +395,10 @@ def read_amos22(root: str | Path, include_test: bool = False) -> RawDataset:
     root = _find_dir_with(Path(root), "dataset.json", (".", "amos22"))
     meta = load_dataset_json(root / "dataset.json")
     class_names = _class_names(meta, root / "dataset.json")
-    subsets = [("Tr", "imagesTr", "labelsTr"), ("Va", "imagesVa", "labelsVa")]
+    subsets: list[tuple[str, str, str | None]] = [
+        ("Tr", "imagesTr", "labelsTr"),
+        ("Va", "imagesVa", "labelsVa"),
+    ]
     if include_test:
         subsets.append(("Ts", "imagesTs", None))
     cases: list[RawCase] = []

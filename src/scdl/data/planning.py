@@ -6,6 +6,7 @@ protocol is built, :mod:`scdl.data.prepare` then writes the cache with them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -13,14 +14,21 @@ from scdl.data.checks import squeeze_to_3d
 from scdl.data.layouts import RawCase, RawDataset, is_array_case, load_array_case
 from scdl.utils.progress import progress_iter
 
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+
 
 def _raw_arrays(case: RawCase) -> tuple[np.ndarray, np.ndarray | None]:
     if is_array_case(case):
         return load_array_case(case)
     import nibabel as nib
 
-    image = squeeze_to_3d(np.asanyarray(nib.load(str(case.image)).dataobj))
-    label = squeeze_to_3d(np.asanyarray(nib.load(str(case.label)).dataobj)) if case.label else None
+    image = squeeze_to_3d(np.asanyarray(cast("SpatialImage", nib.load(str(case.image))).dataobj))
+    label = (
+        squeeze_to_3d(np.asanyarray(cast("SpatialImage", nib.load(str(case.label))).dataobj))
+        if case.label
+        else None
+    )
     if label is not None and label.shape != image.shape:
         raise ValueError(
             f"{case.case_id}: label {case.label} shape {label.shape} differs from image "
@@ -80,7 +88,7 @@ def median_spacing(
     for case in raw.labeled:
         if is_array_case(case):
             raise ValueError(f"{case.image}: array cases have no spacing; set it explicitly")
-        affine = nib.load(str(case.image)).affine
+        affine = cast("SpatialImage", nib.load(str(case.image))).affine
         zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
         if orientation:  # spacing along the output axes: axis i of the file goes to ornt[i, 0]
             out = np.empty(3)
@@ -92,4 +100,4 @@ def median_spacing(
     coarse = int(np.argmax(target))
     if target[coarse] > anisotropy * target.min():
         target[coarse] = np.percentile(spacings[:, coarse], 10)
-    return tuple(round(float(s), 4) for s in target)
+    return cast(tuple[float, float, float], tuple(round(float(s), 4) for s in target))

@@ -23,7 +23,7 @@ A class predicted nowhere but present in the ground truth always scores 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -117,6 +117,9 @@ class PerCaseDice(Metric):
     means, bit for bit). Case ids ride along (:meth:`compute_case_ids`)."""
 
     full_state_update = False
+    # the add_state lists (concatenated tensors once torchmetrics has synced them across ranks)
+    rows: list[torch.Tensor]
+    keys: list[torch.Tensor]
 
     def __init__(self, num_classes: int, absent: AbsentPolicy = "zero") -> None:
         super().__init__()
@@ -162,7 +165,8 @@ class PerCaseDice(Metric):
         super().sync(*args, **kwargs)
 
     def compute(self) -> torch.Tensor:
-        rows, keys = self.rows, self.keys
+        rows: list[torch.Tensor] | torch.Tensor = self.rows
+        keys: Any = self.keys  # a list while rows is one, a tensor while rows is one
         if isinstance(rows, list):
             if not rows:
                 return torch.empty(0, self.num_classes - 1)
@@ -172,7 +176,7 @@ class PerCaseDice(Metric):
     def compute_case_ids(self) -> list[str]:
         """The case ids of every rank's cases (those updated with ``case_ids``), in
         :meth:`compute`'s row order; a collective under DDP: every rank calls it."""
-        per_rank = [self._case_ids]
+        per_rank: list[Any] = [self._case_ids]
         if _distributed():
             per_rank = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_rank, self._case_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 
@@ -43,7 +44,7 @@ def convert_reference_vnet(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     ``state_dict`` / ``model``) -> a state dict for :class:`~scdl.models.vnet.VNet`."""
     for wrapper in ("state_dict", "model", "net"):
         if wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
+            state = cast(Mapping[str, torch.Tensor], state[wrapper])
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.")

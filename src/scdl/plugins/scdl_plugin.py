@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +160,7 @@ class SCDLPlugin(nn.Module):
         if self.prior_feedback == "bottleneck":
             n_l = labels.shape[0]
             x5 = skips[-1][:n_l]
+            assert terms.mean_embedding_samples is not None  # sampled for the bottleneck prior
             prior = self.bottleneck_prior(
                 terms.prior_tokens[:n_l], terms.mean_embedding_samples[:n_l], x5.shape[2:]
             )
@@ -276,6 +277,7 @@ class SCDLPlugin(nn.Module):
         if self.detach_prior:
             prior_tokens = prior_tokens.detach()
         grid = tokens_to_grid(prior_tokens, self.token_grid).to(features.dtype)
+        assert self.prior_to_feat is not None  # built with prior_feedback="head"
         prior = self.prior_to_feat(grid)
         prior = F.interpolate(prior, size=features.shape[2:], mode="trilinear", align_corners=False)
         return head(features + prior)
@@ -294,11 +296,15 @@ class SCDLPlugin(nn.Module):
             ],
             dim=1,
         )
+        assert self.prior_to_bottleneck is not None  # built with prior_feedback="bottleneck"
         prior = self.prior_to_bottleneck(grid)
         return F.interpolate(prior, size=tuple(size), mode="trilinear", align_corners=False)
 
     def parameter_group(self, base_lr: float | None = None) -> dict:
-        group = {"params": [p for p in self.parameters() if p.requires_grad], "name": "scdl"}
+        group: dict[str, Any] = {
+            "params": [p for p in self.parameters() if p.requires_grad],
+            "name": "scdl",
+        }
         if base_lr is not None and self.lr_scale != 1.0:
             group["lr"] = base_lr * self.lr_scale
         return group

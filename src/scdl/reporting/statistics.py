@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -314,12 +314,12 @@ def compare(
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values (None stays None and is not in the family)."""
     idx = [i for i, p in enumerate(pvalues) if p is not None]
-    order = sorted(idx, key=lambda i: pvalues[i])
+    order = sorted(idx, key=lambda i: cast(float, pvalues[i]))
     m = len(order)
     adjusted: list[float | None] = [None] * len(pvalues)
     running = 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        running = max(running, min(1.0, (m - rank) * float(cast(float, pvalues[i]))))
         adjusted[i] = running
     return adjusted
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,13 @@ def _div(a: Any, b: Any) -> Any:
     return int(a) // int(b)
 
 
-_SAFE_CALLS = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
+_SAFE_CALLS: dict[str, Callable[..., Any]] = {
+    "min": min,
+    "max": max,
+    "int": int,
+    "round": round,
+    "abs": abs,
+}
 
 
 def safe_arithmetic(expr: str) -> Any:

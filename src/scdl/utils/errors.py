@@ -59,11 +59,12 @@ def storage_message(err: OSError, where: dict[str, Any] | None = None) -> str:
                     break
             except (OSError, ValueError):
                 continue
-    reason = {
+    reasons: dict[int | None, str] = {
         errno.EROFS: "read-only file system",
         errno.ENOSPC: "no space left on the device",
         errno.EDQUOT: "disk quota exceeded",
-    }.get(err.errno, err.strerror or "permission denied")
+    }
+    reason = reasons.get(err.errno, err.strerror or "permission denied")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free space there, or point the output elsewhere"
     else:

@@ -13,9 +13,11 @@ import logging
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -149,7 +151,7 @@ def sweep_gpus(job_gpus: str | list | int) -> list[str]:
             gpus = [str(i) for i in range(len(list(drv.iterdir())))] if drv.is_dir() else []
     else:
         count = isinstance(job_gpus, int) and not isinstance(job_gpus, bool)
-        indices = list(range(job_gpus)) if count else list(job_gpus)
+        indices = list(range(cast(int, job_gpus))) if count else list(cast(Iterable, job_gpus))
         if visible:
             bad = [i for i in indices if not (str(i).isdigit() and int(i) < len(visible))]
             if bad:

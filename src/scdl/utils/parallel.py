@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from typing import Any, TypeVar
 
 from scdl.utils.progress import progress_iter
 
@@ -93,11 +93,11 @@ def map_cases(
 class _Completed:
     """Futures in the order they finish, with a length (for :func:`progress_iter`)."""
 
-    def __init__(self, futures) -> None:
+    def __init__(self, futures: Mapping[Future[Any], int]) -> None:
         self.futures = futures
 
     def __len__(self) -> int:
         return len(self.futures)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Future[Any]]:
         return as_completed(self.futures)

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class SizedIterable(Protocol[T_co]):
+    """Anything with a length that can be iterated (a sequence, or futures as they complete)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[T_co]: ...
 
 
 def _is_terminal() -> bool:
@@ -30,7 +39,7 @@ def format_clock(seconds: float) -> str:
 
 
 def plain_progress(
-    items: Sequence[T], description: str, every_s: float = 30.0, stream=None
+    items: SizedIterable[T], description: str, every_s: float = 30.0, stream=None
 ) -> Iterator[T]:
     """Iterates ``items``, printing a progress line to ``stream`` (stdout) after each tenth of the
     items and whenever ``every_s`` seconds passed since the last line (always after the last)."""
@@ -54,7 +63,7 @@ def plain_progress(
             shown_tenth, last = tenth, now
 
 
-def progress_iter(items: Sequence[T], description: str, enabled: bool = True) -> Iterator[T]:
+def progress_iter(items: SizedIterable[T], description: str, enabled: bool = True) -> Iterator[T]:
     """Iterates ``items`` with a rich progress bar on a terminal, progress lines elsewhere (see the
     module docstring); plain iteration when disabled."""
     if not enabled:

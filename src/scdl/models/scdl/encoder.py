@@ -11,6 +11,8 @@ unbiased. Same distribution family, different random stream than ``nn.Dropout``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -67,6 +69,6 @@ class TokenEncoder(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., x_dim) -> (..., z_dim); ReLU + Dropout pairs run fused (see module docstring)."""
         lin1, _, drop1, lin2, _, drop2, lin3 = self
-        x = relu_dropout(lin1(x), drop1.p, self.training)
-        x = relu_dropout(lin2(x), drop2.p, self.training)
+        x = relu_dropout(lin1(x), cast(nn.Dropout, drop1).p, self.training)
+        x = relu_dropout(lin2(x), cast(nn.Dropout, drop2).p, self.training)
         return lin3(x)
