@@ -8,7 +8,7 @@ builder fills them, so any backbone can be swapped in with ``model=``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -17,7 +17,7 @@ from scdl.models.contracts import SegmentationBackbone, check_backbone
 from scdl.utils.errors import InputError
 
 if TYPE_CHECKING:
-    import lightning as L
+    from scdl.frameworks.base import SemiSupervisedModule
 
 SECOND_NETWORK = "second_network"  # model-config key: overrides for a second network (CPS's B)
 
@@ -25,10 +25,10 @@ SECOND_NETWORK = "second_network"  # model-config key: overrides for a second ne
 def build_backbone(model_cfg: DictConfig, second: bool = False) -> SegmentationBackbone:
     """The backbone of ``cfg.model``; ``second``: with the model's ``second_network`` overrides
     (e.g. the VNet's Xavier init for CPS network B)."""
-    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    cfg = OmegaConf.create(cast(dict, OmegaConf.to_container(model_cfg, resolve=True)))
     overrides = cfg.pop(SECOND_NETWORK, None) or {}
     if second:
-        cfg = OmegaConf.merge(cfg, overrides)
+        cfg = cast(DictConfig, OmegaConf.merge(cfg, overrides))
     return check_backbone(instantiate(cfg))
 
 
@@ -46,7 +46,7 @@ def build_plugin(cfg: DictConfig, host: SegmentationBackbone):
     return instantiate(node)
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
+def build_module(cfg: DictConfig) -> SemiSupervisedModule:
     """The framework LightningModule with its backbone(s), losses and plug-in
     (``cfg.data.num_classes`` set)."""
     backbone = build_backbone(cfg.model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import lightning as L
 import numpy as np
@@ -52,6 +53,8 @@ class SemiSupervisedModule(L.LightningModule):
             and counted (``train/nonfinite_steps``); after this many consecutive skipped steps the
             run stops with :class:`NonFiniteLossError`. 0 = stop at the first one.
     """
+
+    sup_loss: nn.Module  # set by the framework; the plug-in's train_step gets it
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ class SemiSupervisedModule(L.LightningModule):
         Default: the :attr:`plugin_host` (``backbone``) and the plug-in's group; a framework with
         other trainable parameters overrides this (checked: none may be left out)."""
         groups = [
-            {"params": list(self.plugin_host.parameters()), "name": "backbone"},
+            {"params": list(cast(nn.Module, self.plugin_host).parameters()), "name": "backbone"},
             *self.plugin_parameter_groups(),
         ]
         grouped = {id(p) for g in groups for p in g["params"]}
@@ -342,12 +345,16 @@ class SemiSupervisedModule(L.LightningModule):
     def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
-    def convert_memory_format(self, *modules: nn.Module) -> None:
+    def convert_memory_format(
+        self, *modules: nn.Module | SegmentationBackbone | FrameworkPlugin
+    ) -> None:
+        """Backbones and plug-ins are modules too (their protocols name only their own part)."""
         if self.channels_last:  # only 5-D weights have a channels-last-3D layout
             for m in modules:
-                for conv in m.modules():
+                for conv in cast(nn.Module, m).modules():
                     if isinstance(conv, nn.Conv3d | nn.ConvTranspose3d):
-                        conv.to(memory_format=torch.channels_last_3d)
+                        # torch's stub of Module.to lacks the memory_format keyword it accepts
+                        conv.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
     def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
         """Whole volume (B, 1, X, Y, Z) -> class probabilities (B, C, X, Y, Z).
@@ -436,7 +443,10 @@ class SemiSupervisedModule(L.LightningModule):
 
 def rng_states() -> dict:
     """torch (CPU and CUDA), numpy and Python RNG states as plain values (weights-only loadable)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - global RNG
+    kind, keys, pos, has_gauss, cached = cast(  # the legacy tuple (not the legacy=False dict)
+        "tuple[str, np.ndarray, int, int, float]",
+        np.random.get_state(),  # noqa: NPY002 - global RNG
+    )
     states = {
         "torch": torch.get_rng_state(),
         "numpy": {

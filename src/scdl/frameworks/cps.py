@@ -3,6 +3,8 @@ supervise each other with their detached argmax predictions."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -78,8 +80,8 @@ class CPSModule(SemiSupervisedModule):
 
     def parameter_groups(self) -> list[dict]:
         nets = [
-            {"params": list(self.net_a.parameters()), "name": "net_a"},
-            {"params": list(self.net_b.parameters()), "name": "net_b"},
+            {"params": list(cast(nn.Module, self.net_a).parameters()), "name": "net_a"},
+            {"params": list(cast(nn.Module, self.net_b).parameters()), "name": "net_b"},
         ]
         return nets + self.plugin_parameter_groups()
 
@@ -137,8 +139,8 @@ class CPSModule(SemiSupervisedModule):
         """Loads the released GA-CPS weights (two reference-VNet state dicts) into A and B."""
         from scdl.models.reference_weights import convert_reference_vnet
 
-        self.net_a.load_state_dict(convert_reference_vnet(state_a), strict=True)
-        self.net_b.load_state_dict(convert_reference_vnet(state_b), strict=True)
+        cast(nn.Module, self.net_a).load_state_dict(convert_reference_vnet(state_a), strict=True)
+        cast(nn.Module, self.net_b).load_state_dict(convert_reference_vnet(state_b), strict=True)
 
 
 def _class_weights(loss: nn.Module) -> torch.Tensor | None:

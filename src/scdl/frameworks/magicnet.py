@@ -25,7 +25,7 @@ plug-in's inference path).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ from scdl.frameworks.plugin import FrameworkPlugin
 from scdl.losses.magicnet import ClassFrequencyWeights, magicnet_consistency_weight
 from scdl.models.contracts import SegmentationBackbone, check_backbone
 from scdl.models.ema import EMATeacher
+
+if TYPE_CHECKING:
+    from scdl.models.vnet_magic import VNetMagic
 
 
 class MagicNetModule(SemiSupervisedModule):
@@ -108,7 +111,7 @@ class MagicNetModule(SemiSupervisedModule):
                 "needs model=vnet_magic"
             )
         self.convert_memory_format(self.student)
-        self.teacher = EMATeacher(self.student, decay=ema_decay)
+        self.teacher = EMATeacher(cast(nn.Module, self.student), decay=ema_decay)
         self.sup_loss = sup_loss
         self.unsup_loss = unsup_loss
         if dice_loss is None:
@@ -138,7 +141,7 @@ class MagicNetModule(SemiSupervisedModule):
         return self.student
 
     def after_optimizer_step(self, step: int) -> None:
-        self.teacher.update(self.student, step)
+        self.teacher.update(cast(nn.Module, self.student), step)
 
     # --- MagicNet parts ---------------------------------------------------------------------------
     def cross_image_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +161,8 @@ class MagicNetModule(SemiSupervisedModule):
         losses = []
         for i in range(b):  # the location head's BatchNorm1d sees one volume's n^3 cubes at once
             shuffled, labels = shuffle_cubes(bottlenecks[i])
-            losses.append(F.cross_entropy(self.student.locate(shuffled).float(), labels))
+            locate = cast("VNetMagic", self.student).locate  # checked in __init__
+            losses.append(F.cross_entropy(locate(shuffled).float(), labels))
         loss_loc = torch.stack(losses).mean()
         merged = merge_cubes(self.student.decode(skips), self.n)
         if self.released_cube_order:

@@ -3,7 +3,7 @@ unlabeled patches (the framework of GA-MagicNet / UA-MT, without MagicNet's cube
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ class MeanTeacherModule(SemiSupervisedModule):
         )
         self.student = check_backbone(backbone)
         self.convert_memory_format(self.student)
-        self.teacher = EMATeacher(self.student, decay=ema_decay)
+        self.teacher = EMATeacher(cast(nn.Module, self.student), decay=ema_decay)
         self.sup_loss = sup_loss
         self.unsup_loss = unsup_loss
         self.teacher_noise = teacher_noise
@@ -100,4 +100,4 @@ class MeanTeacherModule(SemiSupervisedModule):
         return loss
 
     def after_optimizer_step(self, step: int) -> None:
-        self.teacher.update(self.student, step)
+        self.teacher.update(cast(nn.Module, self.student), step)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +38,9 @@ from scdl.inference.predict import run_protocol
 from scdl.inference.sliding_window import SlidingWindowConfig
 from scdl.runs import checkpoint_step, resolve_checkpoint
 from scdl.utils.errors import InputError
+
+if TYPE_CHECKING:
+    from scdl.frameworks.base import SemiSupervisedModule
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class InferenceWindow(nn.Module):
     class probabilities (``probabilities``, the runs' default ``inference.average=probs``) or
     logits."""
 
-    def __init__(self, framework: nn.Module, probabilities: bool) -> None:
+    def __init__(self, framework: SemiSupervisedModule, probabilities: bool) -> None:
         super().__init__()
         self.framework = framework
         self.probabilities = probabilities
@@ -61,7 +64,9 @@ class InferenceWindow(nn.Module):
         return logits.softmax(dim=1) if self.probabilities else logits
 
 
-def script_window(module: nn.Module, window: SlidingWindowConfig) -> torch.jit.ScriptModule:
+def script_window(
+    module: SemiSupervisedModule, window: SlidingWindowConfig
+) -> torch.jit.ScriptModule:
     """The trained framework's window traced to TorchScript on CPU in float32 and frozen (the
     parameters it does not use, an EMA teacher's, are dropped). Checked against the eager module
     on a second random batch of another size before it is returned."""

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -36,7 +36,8 @@ from scdl.utils.config import register_resolvers
 from scdl.utils.errors import ConfigError, InputError, InputFileError
 
 if TYPE_CHECKING:  # lightning is slow to import; only the loader needs it, via build_module
-    import lightning as L
+    from scdl.frameworks.base import SemiSupervisedModule
+    from scdl.inference.sliding_window import SlidingWindowConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,12 @@ def _apply_overrides(cfg: DictConfig, overrides: Mapping | DictConfig | Sequence
         extra = OmegaConf.from_dotlist([str(o) for o in overrides])
     else:
         extra = OmegaConf.create(
-            OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else overrides
+            cast(
+                dict,
+                OmegaConf.to_container(overrides)
+                if isinstance(overrides, DictConfig)
+                else overrides,
+            )
         )
     return OmegaConf.merge(cfg, extra)
 
@@ -110,7 +116,7 @@ def load_run_config(
     register_resolvers()
     try:
         run_dir = find_run_dir(ckpt_path)
-        cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+        cfg = cast(DictConfig, OmegaConf.load(run_dir / RUN_CONFIG))  # a run config is a mapping
     except FileNotFoundError:
         cfg, run_dir = _embedded_run_config(ckpt_path)
     _pin_inference(cfg)
@@ -238,13 +244,13 @@ def resolve_classes(
     return n, [str(x) for x in names]
 
 
-def apply_inference_overrides(module: L.LightningModule, inference: Mapping | None) -> None:
+def apply_inference_overrides(module: SemiSupervisedModule, inference: Mapping | None) -> None:
     """Sets the non-null entries of ``inference`` (``roi_size``, ``overlap``, ``mode``,
     ``sw_batch_size``, ``average``) on ``module.inference_cfg`` (a :class:`SlidingWindowConfig`)."""
     if not inference:
         return
     values = (
-        OmegaConf.to_container(inference, resolve=True)
+        cast(dict, OmegaConf.to_container(inference, resolve=True))
         if isinstance(inference, DictConfig)
         else dict(inference)
     )
@@ -262,14 +268,14 @@ def apply_inference_overrides(module: L.LightningModule, inference: Mapping | No
         values["overlap"] = float(values["overlap"])
     if "roi_size" in values:
         values["roi_size"] = tuple(int(r) for r in values["roi_size"])
-    module.inference_cfg = dataclasses.replace(current, **values)
+    module.inference_cfg = dataclasses.replace(cast("SlidingWindowConfig", current), **values)
 
 
 def load_module_from_checkpoint(
     ckpt_path: str | Path,
     overrides: Mapping | DictConfig | Sequence[str] | None = None,
     inference: Mapping | DictConfig | None = None,
-) -> tuple[L.LightningModule, DictConfig]:
+) -> tuple[SemiSupervisedModule, DictConfig]:
     """Rebuilds the run's LightningModule and loads the checkpoint weights (``strict=True``).
 
     Args:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 from hydra.errors import CompactHydraException
@@ -146,7 +147,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         t0 = time.perf_counter()
         image, _, meta = preprocess_case(RawCase(nifti_stem(path), path), protocol)
         labels = segment_volume(module, image, device, precision)
-        reference = nib.load(str(path))
+        reference = cast(nib.Nifti1Image, nib.load(str(path)))  # a NIfTI input (1 or 2)
         native = labels_to_original_grid(labels, meta)
         if native.shape != reference.shape[:3]:
             raise RuntimeError(f"{path}: prediction {native.shape} vs image {reference.shape}")

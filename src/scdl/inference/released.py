@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,11 @@ def load_released(
     parts = split_released_magicnet(
         _load(released), _load(eprl) if eprl else None, keep_decoder_priors=keep_decoder_priors
     )
-    module.student.load_state_dict(parts.backbone, strict=True)
+    cast(nn.Module, module.student).load_state_dict(parts.backbone, strict=True)
     module.teacher.module.load_state_dict(parts.backbone, strict=True)
     missing: list[str] = []
     if module.plugin is not None:
-        result = module.plugin.load_state_dict(parts.plugin, strict=False)
+        result = cast(nn.Module, module.plugin).load_state_dict(parts.plugin, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"released plug-in keys with no place here: {result.unexpected_keys}")
         missing = list(result.missing_keys)
@@ -92,7 +94,7 @@ def import_released(cfg: DictConfig) -> Path:
     report = load_released(
         module, released, cfg.get("released_eprl"), bool(cfg.get("keep_decoder_priors"))
     )
-    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     run_config["split"] = datamodule.split.to_dict()
     out = Path(cfg.output).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

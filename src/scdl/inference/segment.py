@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from scdl.inference.runtime import inference_context
+
+if TYPE_CHECKING:
+    from scdl.frameworks.base import SemiSupervisedModule
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -14,7 +19,7 @@ def label_dtype(num_classes: int) -> np.dtype:
 
 
 def segment_volume(
-    module: torch.nn.Module,
+    module: SemiSupervisedModule,
     image: np.ndarray | torch.Tensor,
     device: torch.device,
     precision: str | int | None = None,

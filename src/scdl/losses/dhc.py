@@ -7,6 +7,8 @@ passed to :class:`WeightedCEDiceLoss`. See ``docs/method.md`` §4.4.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,7 +112,7 @@ class DistDW(nn.Module):
         if (labels is None) == (counts is None):
             raise ValueError("pass exactly one of labels or counts")
         if counts is None:
-            counts = class_counts(labels, self.num_classes)
+            counts = class_counts(cast(torch.Tensor, labels), self.num_classes)  # labels given
         current = self.weights_from_counts(counts)
         if bool(self.initialized):
             self.weights.mul_(self.momentum).add_(current, alpha=1.0 - self.momentum)

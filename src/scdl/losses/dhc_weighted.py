@@ -19,7 +19,7 @@ direction when that term takes ``class_weights`` (:class:`~scdl.losses.dhc.Weigh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ class DHCWeightedLoss(nn.Module):
     ) -> None:
         super().__init__()
         if weighting == "difficulty":
-            self.weighter: nn.Module = DiffDW(num_classes, accumulate_iters)
+            self.weighter: DiffDW | DistDW = DiffDW(num_classes, accumulate_iters)
         elif weighting == "distribution":
             self.weighter = DistDW(num_classes, momentum)
         else:
@@ -79,17 +79,18 @@ class DHCWeightedLoss(nn.Module):
     def observe(self, labels: torch.Tensor) -> None:
         """Feeds extra label maps (e.g. pseudo-labels) to the distribution weighter."""
         if self.weighting == "distribution":
-            self.weighter.update(counts=all_reduce_sum(class_counts(labels, self.num_classes)))
+            weighter = cast(DistDW, self.weighter)
+            weighter.update(counts=all_reduce_sum(class_counts(labels, self.num_classes)))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.weighting == "difficulty":
-                weights = self.weighter.update(logits.detach(), target)
+                weights = cast(DiffDW, self.weighter).update(logits.detach(), target)
             elif not self.update_on_call:
                 weights = self.weighter.weights.clone()
             else:
                 counts = all_reduce_sum(class_counts(target, self.num_classes))  # all ranks' batch
-                weights = self.weighter.update(counts=counts)
+                weights = cast(DistDW, self.weighter).update(counts=counts)
         return self.loss(logits, target, weights)
 
     @property

@@ -36,6 +36,9 @@ class ClassFrequencyWeights(nn.Module):
     observed since the last refresh. Under DDP each rank keeps its own histogram (not synchronised).
     """
 
+    counts: torch.Tensor
+    pending: torch.Tensor
+
     def __init__(self, num_classes: int, temperature: float = 1.0, update_every: int = 20) -> None:
         super().__init__()
         if temperature <= 0:

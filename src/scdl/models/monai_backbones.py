@@ -18,7 +18,7 @@ divisor (32 / 64): the deepest map is side / divisor voxels and instance norm ne
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.networks.nets import DynUNet, SwinUNETR
@@ -44,7 +44,7 @@ def check_input_size(module: torch.nn.Module, shape: Sequence[int]) -> None:
     that (the bottleneck is side / size_divisor voxels and instance norm, which normalises with the
     statistics of each map in training and in eval, needs more than one). A ValueError naming the
     model, the sizes and the fix otherwise."""
-    name, divisor = type(module).__name__, module.size_divisor
+    name, divisor = type(module).__name__, cast(int, module.size_divisor)
     if any(side % divisor for side in shape):
         raise ValueError(
             f"{name}: input sides {tuple(shape)} must be multiples of {divisor} "

@@ -40,7 +40,7 @@ def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
     out = tuple(int(v) for v in value)
     if len(out) != 3:
         raise ValueError(f"expected an int or 3 ints, got {value!r}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def location_head_in_features(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +130,7 @@ class SCDL(nn.Module):
         if self.encoder_autocast and torch.is_autocast_enabled(device_type):
             return self.encoder(x).float()
         with torch.autocast(device_type=device_type, enabled=False):
-            return self.encoder(x.to(self.encoder[0].weight.dtype)).float()
+            return self.encoder(x.to(cast(nn.Linear, self.encoder[0]).weight.dtype)).float()
 
     def proxy_means(self) -> torch.Tensor:
         """(C, z) normalised proxy means ``mu_hat`` (float32)."""
