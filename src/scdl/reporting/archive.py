@@ -31,7 +31,7 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def archive_record(record: dict) -> dict[str, Any]:
+def archive_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """The archived form of a :func:`scdl.reporting.summary.collect` record."""
     from scdl.runs import load_config, resolved_container
     from scdl.utils.provenance import read_provenance
@@ -82,7 +82,7 @@ def archive_record(record: dict) -> dict[str, Any]:
     }
 
 
-def record_file_name(record: dict) -> str:
+def record_file_name(record: Mapping[str, Any]) -> str:
     parts = (record["data"], record["experiment"], record["ablation"], f"seed{record['seed']}")
     return "__".join(str(p).replace("/", "-") for p in parts) + SUFFIX
 
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         return 0
     differ = regenerate(args.root, check=args.check)
-    for path in differ:
-        print(f"{'differs' if args.check else 'rewritten'}: {path}")
+    for table in differ:
+        print(f"{'differs' if args.check else 'rewritten'}: {table}")
     if args.check and differ:
         print(
             "the committed tables differ from their data: rerun "

@@ -21,13 +21,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from scdl.data.cache import load_cached_case, read_index
 from scdl.data.class_stats import class_voxel_counts
-from scdl.reporting.records import collect_runs, method_label, run_record
+from scdl.reporting.records import PaperRecord, collect_runs, method_label, run_record
 from scdl.runs import (
     CHECKPOINTS,
     PAPER_RESULTS,
@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 CMAP = "tab20"  # the class colours of the proxy figure, the dashboard and the W&B overlays
 
 
-def class_colour(c: int) -> tuple[float, float, float]:
+def class_colour(c: int | np.integer) -> tuple[float, float, float]:
     """RGB of class id ``c`` (``tab20``, as every other figure of the project)."""
     import matplotlib.pyplot as plt
 
-    return tuple(plt.get_cmap(CMAP)(c % 20)[:3])
+    return cast(tuple[float, float, float], tuple(plt.get_cmap(CMAP)(c % 20)[:3]))
 
 
 def save_figure(fig: Any, folder: str | Path | None, name: str, dpi: int = 100) -> None:
@@ -118,8 +118,8 @@ def focus_point(label: np.ndarray, class_index: int | None = None) -> tuple[int,
         class_index = min(present, key=lambda c: counts[c]) if present else None
     where = np.argwhere(label == class_index) if class_index is not None else np.empty((0, 3))
     if len(where) == 0:
-        return tuple(s // 2 for s in label.shape)
-    return tuple(int(round(v)) for v in where.mean(0))
+        return cast(tuple[int, int, int], tuple(s // 2 for s in label.shape))
+    return cast(tuple[int, int, int], tuple(int(round(v)) for v in where.mean(0)))
 
 
 def _planes(volume: np.ndarray, point: Sequence[int]) -> dict[str, np.ndarray]:
@@ -187,7 +187,7 @@ def draw_case_volumes(
     ax: Any,
     volumes: np.ndarray,
     class_names: Sequence[str],
-    labeled: Sequence[bool] | None = None,
+    labeled: Sequence[bool] | np.ndarray | None = None,
 ) -> None:
     """Class volume (mL, log scale) of every case: one dot per case and class, the labeled cases
     of the split filled, the others hollow; the median per class as a bar."""
@@ -294,7 +294,7 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def collect_results(runs: Sequence[Path]) -> tuple[list[dict[str, Any]], str]:
+def collect_results(runs: Sequence[Path]) -> tuple[list[PaperRecord], str]:
     """Records for :func:`scdl.reporting.paper_table.build_table`, and which results they hold.
 
     The papers' protocol (``<run>/eval/test_paper/metrics.json``, written by ``post_eval=[paper]``
@@ -345,7 +345,7 @@ def draw_validation_curves(ax: Any, runs: Sequence[Path]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _per_case_dice(run: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
+def _per_case_dice(run: Path) -> tuple[dict[str, dict[str, float | None]], list[str]]:
     """``{case: {class: dice}}`` of the run's test (paper protocol if evaluated, else training)."""
     from scdl.metrics.results import load_metrics
 
@@ -372,17 +372,22 @@ def small_organ(runs: Sequence[str | Path], k: int = 4, min_dice: float = 0.05) 
     """
     from scdl.data.class_stats import smallest_classes
 
-    runs = [Path(r) for r in runs]
-    cfg = _run_config(runs[0])
-    split = read_split(runs[0])
-    per_run = [_per_case_dice(run) for run in runs]
+    paths = [Path(r) for r in runs]
+    cfg = _run_config(paths[0])
+    split = cast(dict, read_split(paths[0]))  # every training run folder holds split.json
+    per_run = [_per_case_dice(run) for run in paths]
     classes = per_run[0][1]
     cache = Path(str(cfg.data.cache_dir))
     order = smallest_classes(cache, split["labeled"], len(classes) + 1, len(classes))
 
     def mean_dice(c: int) -> float:
         name = classes[c - 1]
-        vals = [d[name] for cases, _ in per_run for d in cases.values() if d.get(name) is not None]
+        vals = [
+            cast(float, d[name])
+            for cases, _ in per_run
+            for d in cases.values()
+            if d.get(name) is not None
+        ]
         return float(np.mean(vals)) if vals else 0.0
 
     chosen = next((c for c in order if mean_dice(c) >= min_dice), order[0])
@@ -402,7 +407,7 @@ def best_and_worst_cases(run: str | Path, class_name: str) -> dict[str, tuple[st
     cases, _ = _per_case_dice(Path(run))
     scored = sorted(
         (
-            (case, float(d[class_name]))
+            (case, float(cast(float, d[class_name])))
             for case, d in cases.items()
             if d.get(class_name) is not None
         ),
@@ -578,7 +583,7 @@ def token_embeddings(
 
     from scdl.models.scdl import feature_map_to_tokens, labels_to_token_dist
 
-    plugin = getattr(module, "plugin", None)
+    plugin: Any = getattr(module, "plugin", None)
     has_scdl = hasattr(plugin, "scdl")
     roi = tuple(int(r) for r in module.inference_cfg.roi_size)
     grid = int(plugin.token_grid) if has_scdl else max(1, min(roi) // 8)
@@ -636,7 +641,7 @@ def project_2d(points: np.ndarray, method: str = "auto") -> tuple[np.ndarray, st
     method used."""
     if method in ("auto", "umap"):
         try:
-            import umap  # type: ignore[import-not-found]
+            import umap
 
             reducer = umap.UMAP(n_components=2, metric="cosine", random_state=0)
             return np.asarray(reducer.fit_transform(points)), "UMAP"

@@ -28,8 +28,9 @@ import argparse
 import csv
 import logging
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -72,13 +73,13 @@ METHOD_ORDER = (
 )
 
 
-def _minority(records: list[dict], k: int) -> list[str]:
+def _minority(records: Sequence[Mapping[str, Any]], k: int) -> list[str]:
     """Names of the ``k`` smallest classes of the first run's labeled split (same for a sweep)."""
 
     from scdl.data.class_stats import smallest_classes
 
     first = records[0]
-    split = read_split(first["run"])
+    split = cast(dict, read_split(first["run"]))  # every training run folder holds split.json
     names = first["classes"]
     ids = smallest_classes(Path(first["cfg"].data.cache_dir), split["labeled"], len(names) + 1, k)
     return [names[c - 1] for c in ids]
@@ -97,7 +98,7 @@ class MixedRunsError(ValueError):
     """Runs that cannot share one table (other classes, data sets, or two runs of one seed)."""
 
 
-def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
+def build_table(records: Sequence[Mapping[str, Any]], k: int = 4) -> dict[str, Any]:
     """Rows (one per method, papers' order) with mean/std over seeds of every column."""
     from scdl.reporting.statistics import runs_by_seed, seed_order
 
@@ -114,7 +115,7 @@ def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
             "paper table is one data set (sweep one data set per sweep_name, e.g. the default "
             "decision_${data.name})"
         )
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
         groups[r["method"]].append(r)
     for method, rs in groups.items():
@@ -131,7 +132,7 @@ def build_table(records: list[dict], k: int = 4) -> dict[str, Any]:
     rows = []
     for method in sorted(groups, key=order):
         rs = sorted(groups[method], key=lambda r: seed_order(r["seed"]))
-        row = {
+        row: dict[str, Any] = {
             "method": method,
             "seeds": [r["seed"] for r in rs],
             "dice": _stats([r["dice"] for r in rs]),
@@ -154,7 +155,10 @@ def framework_without_scdl(method: str) -> str:
 
 
 def paired_comparisons(
-    groups: dict[str, list[dict]], minority: list[str], order: list[str], n_boot: int = 10000
+    groups: Mapping[str, Sequence[Mapping[str, Any]]],
+    minority: list[str],
+    order: list[str],
+    n_boot: int = 10000,
 ) -> list[dict[str, Any]]:
     """Each SCDL row against its framework without SCDL, paired by seed and test case: the
     :func:`scdl.reporting.statistics.compare` results over all classes (``mean``, the primary
@@ -385,7 +389,7 @@ def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str |
     import wandb
 
     classes = table["classes"]
-    columns = ["method", "seeds", "dice_mean", "dice_std", "asd_mean", "asd_std"]
+    columns: list[str | int] = ["method", "seeds", "dice_mean", "dice_std", "asd_mean", "asd_std"]
     columns += [f"{c}_mean" for c in classes]
     data = [
         [
@@ -426,8 +430,10 @@ def log_to_wandb(table: dict, files: dict[str, Path], group: str, project: str |
                 t, "class", "dice", title=f"Per-class test Dice: {row['method']}"
             )
         if table.get("paired"):
-            columns, rows = paired_rows(table)
-            logs["paper_table/paired"] = wandb.Table(columns=columns, data=rows)
+            paired_columns, rows = paired_rows(table)
+            logs["paper_table/paired"] = wandb.Table(
+                columns=cast("list[str | int]", paired_columns), data=rows
+            )
             if files.get("paired_png") is not None:
                 logs["paper_table/paired_figure"] = wandb.Image(str(files["paired_png"]))
             for c in table["paired"]:  # searchable scalars in the run's summary
@@ -496,7 +502,7 @@ def per_run_markdown(roots: list[Path], split: str = "test") -> str:
             f"no {split}_paper/metrics.json below {roots}: run src/eval.py protocol=paper"
         )
     heads = ["experiment", "ablation", "seed", "Avg Dice %", "Avg ASD (vox)"]
-    heads += [SHORT_NAMES.get(n, n) for n in names]
+    heads += [SHORT_NAMES.get(n, n) for n in cast(list, names)]  # set with the first row
     return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads), *rows])
 
 

@@ -23,13 +23,17 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import EllipsisType
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from scdl.runs import read_split
+
+if TYPE_CHECKING:
+    from scdl.plugins.scdl_plugin import SCDLPlugin
 
 
 def foreground_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
@@ -81,7 +85,10 @@ def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
 
     module, cfg = load_module_from_checkpoint(ckpt)
     cache, num_classes = Path(cfg.data.cache_dir), int(cfg.data.num_classes)
-    plugin = module.plugin if getattr(module.plugin, "prior_feedback", None) == "head" else None
+    plugin = cast(  # the SCDL plug-in with the head prior, or None
+        "SCDLPlugin | None",
+        module.plugin if getattr(module.plugin, "prior_feedback", None) == "head" else None,
+    )
     host = module.plugin_host
     patch = int(cfg.data.module.patch_size[0])
     out: dict[str, Any] = {}
@@ -103,9 +110,12 @@ def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
                 foreground_dice(pred[0].numpy(), label, num_classes)
             )
             where = central_patch(image, patch)
-            features = module.plugin_features(image[(..., *where)]).float()
+            # a named tuple: mypy reads image[(..., *w)] as Python 3.11's image[..., *w]
+            window: tuple[EllipsisType | slice, ...] = (..., *where)
+            features = module.plugin_features(image[window]).float()
             scdl_out = plugin.scdl(plugin.tokens(features), sample_embeddings=False)
             grid = tokens_to_grid(scdl_out.prior_tokens, plugin.token_grid)
+            assert plugin.prior_to_feat is not None  # built for the head prior
             prior = F.interpolate(
                 plugin.prior_to_feat(grid.to(features.dtype)),
                 size=features.shape[2:],
@@ -124,7 +134,7 @@ def _diagnose(ckpt: Path, split: dict, parts: Sequence[str]) -> dict:
 def diagnose_run(run: Path, every: int = 200, precision: str = "auto") -> list[dict]:
     """:func:`diagnose_checkpoint` of every ``periodic/step*.ckpt`` of ``run`` whose step is a
     multiple of ``every``."""
-    split = read_split(run)
+    split = cast(dict, read_split(run))  # training writes split.json into the run folder
     ckpts = sorted((run / "periodic").glob("step*.ckpt"))
     if not ckpts:
         raise SystemExit(

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -139,7 +139,7 @@ def collect(roots: list[Path], k: int = 4) -> list[RunRecord]:
             continue
         finished = finished_record(run) or {}
         res = load_metrics(result)
-        split = read_split(run)
+        split = cast(dict, read_split(run))  # training writes split.json into the run folder
         names = res["classes"]
         small = smallest_classes(Path(cfg.data.cache_dir), split["labeled"], len(names) + 1, k)
         mean = np.asarray(class_means(res, "dice"), dtype=float)
@@ -181,5 +181,5 @@ def load_records(roots: Sequence[Path]) -> list[RunRecord]:
                     f"{path}: archive version {data.get('archive_version')}, this code reads "
                     f"{ARCHIVE_VERSION}"
                 )
-            records.append({**data, "run": str(path)})
+            records.append(cast(RunRecord, {**data, "run": str(path)}))
     return records

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,15 +35,20 @@ from scdl.reporting.statistics import (
 )
 from scdl.runs import TRAIN_TEST_STEM
 
+Record = Mapping[str, Any]  # a run record (scdl.reporting.records.RunRecord or an archived one)
+RecordT = TypeVar("RecordT", bound=Record)
 
-def _data_set(record: dict) -> str:
+
+def _data_set(record: Record) -> str:
     return str(record.get("data", "?"))
 
 
-def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+def _by_experiment_and_ablation(
+    records: Sequence[Record],
+) -> list[tuple[tuple[str, str], list[Record]]]:
     """Groups of runs by experiment and ablation, and by data set: the held-out phantom is run with
     the phantom's experiment, and mixing its seeds into the phantom's would pair the wrong runs."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    groups: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         groups[(r["experiment"], r["ablation"], _data_set(r))].append(r)
     return [
@@ -50,11 +57,11 @@ def _by_experiment_and_ablation(records: list[dict]) -> list[tuple[tuple[str, st
     ]
 
 
-def _data_sets(records: list[dict]) -> list[str]:
+def _data_sets(records: Sequence[Record]) -> list[str]:
     return sorted({_data_set(r) for r in records})
 
 
-def check_one_run_per_seed(records: list[dict]) -> None:
+def check_one_run_per_seed(records: Sequence[Record]) -> None:
     """Raises ValueError naming the runs when a group (experiment, ablation, data set) holds two
     runs of one seed (e.g. two sweep folders of the same configuration summarised together):
     the mean over seeds would count a seed twice and a paired comparison would pick one."""
@@ -62,7 +69,7 @@ def check_one_run_per_seed(records: list[dict]) -> None:
         runs_by_seed(rs, f"{exp}/{abl} on {_data_set(rs[0])}")
 
 
-def markdown_table(records: list[dict]) -> str:
+def markdown_table(records: Sequence[Record]) -> str:
     """Mean ± sample std over seeds per (experiment, ablation), with a data-set column when the
     runs come from several data sets (their smallest classes then differ: named per row)."""
     multi = len(_data_sets(records)) > 1
@@ -97,12 +104,15 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _group_key(record: dict) -> str:
+def _group_key(record: Record) -> str:
     return f"{record['experiment']}/{record['ablation']}"
 
 
 def paired_vs_baseline(
-    records: list[dict], baseline: str | None = None, n_boot: int = 10000, primary: str = "mean"
+    records: Sequence[Record],
+    baseline: str | None = None,
+    n_boot: int = 10000,
+    primary: str = "mean",
 ) -> tuple[str, list[dict]]:
     """Every (experiment, ablation) group against ``baseline`` (``experiment/ablation``; default
     the group with ablation ``baseline``, else the first), paired by seed and test case: per group
@@ -128,8 +138,8 @@ def paired_vs_baseline(
 
 
 def _groups_and_baseline(
-    records: list[dict], baseline: str | None
-) -> tuple[dict[str, list[dict]], str]:
+    records: Sequence[Record], baseline: str | None
+) -> tuple[dict[str, list[Record]], str]:
     """The runs of one data set by ``experiment/ablation``, and the baseline's key: ``baseline``,
     else the group with ablation ``baseline``, else the first."""
     groups = {_group_key(rs[0]): rs for _, rs in _by_experiment_and_ablation(records)}
@@ -145,7 +155,7 @@ def _groups_and_baseline(
 
 
 def _paired_in_one_data_set(
-    records: list[dict], baseline: str | None, n_boot: int
+    records: Sequence[Record], baseline: str | None, n_boot: int
 ) -> tuple[str, list[dict]]:
     if len({_group_key(r) for r in records}) < 2:
         return baseline or "", []
@@ -166,7 +176,7 @@ def _paired_in_one_data_set(
 
 
 def comparison_table(
-    records: list[dict],
+    records: Sequence[Record],
     baseline: str | None = None,
     n_boot: int = 10000,
     primary: str = "mean",
@@ -228,13 +238,13 @@ def comparison_table(
     return "\n".join(lines)
 
 
-def per_class_table(records: list[dict]) -> str:
+def per_class_table(records: Sequence[Record]) -> str:
     """Per-class mean test Dice (%) per (experiment, ablation), averaged over seeds."""
     groups = _by_experiment_and_ablation(records)
     names = list(records[0]["per_class"]) if records else []
     multi = len(_data_sets(records)) > 1
 
-    def head(e: str, a: str, rs: list[dict]) -> str:
+    def head(e: str, a: str, rs: list[Record]) -> str:
         return f"{e} / {a}" + (f" on {_data_set(rs[0])}" if multi else "")
 
     lines = [
@@ -248,7 +258,7 @@ def per_class_table(records: list[dict]) -> str:
 
 
 def per_class_paired_table(
-    records: list[dict], baseline: str | None = None, n_boot: int = 2000
+    records: Sequence[Record], baseline: str | None = None, n_boot: int = 2000
 ) -> str:
     """Per class, the paired difference of each group vs ``baseline`` (Dice points, same seed and
     test case) with its random-effects 95 % interval: which classes carry a difference. A
@@ -302,7 +312,7 @@ def parse_seeds(text: str) -> set[int]:
     return seeds
 
 
-def only_seeds(records: list[dict], seeds: set[int]) -> list[dict]:
+def only_seeds(records: Sequence[RecordT], seeds: set[int]) -> list[RecordT]:
     """The runs of the given seeds: one seed set for every arm, when some arms have more seeds
     than others (a mean over 18 seeds beside one over 3 compares seed sets, not arms).
     ValueError naming the seeds found when none is kept."""
@@ -359,7 +369,8 @@ def render(args: argparse.Namespace) -> str:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     parts = [markdown_table(records)]
-    paired = paired_vs_baseline(records, args.baseline, primary=args.primary)
+    # Any: --per-class rebinds it to the per-class table's text, which --plot then unpacks
+    paired: Any = paired_vs_baseline(records, args.baseline, primary=args.primary)
     comparison = comparison_table(records, primary=args.primary, paired=paired)
     if comparison:
         parts.append(comparison)

@@ -32,7 +32,8 @@ def log_to_wandb(cfg: DictConfig, run_cfg: DictConfig, summary: Mapping, out_dir
 
     lcfg = _wandb_logger_cfg(cfg)
     mode = wandb_mode()
-    if lcfg is None or mode == "disabled" or rank_zero_only.rank != 0:
+    # lightning sets rank on the function object at import; its stub does not declare it
+    if lcfg is None or mode == "disabled" or rank_zero_only.rank != 0:  # type: ignore[attr-defined]
         return False
     import wandb
 
@@ -66,7 +67,8 @@ def log_to_wandb(cfg: DictConfig, run_cfg: DictConfig, summary: Mapping, out_dir
                 if stats["mean"] is not None:
                     flat[f"{prefix}/{metric}_{name}"] = stats["mean"]
         metrics = list(summary["metrics"])
-        columns = ["class"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+        columns: list[str | int] = ["class"]
+        columns += [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
         rows = [
             [name] + [summary["per_class"][name][m][s] for m in metrics for s in ("mean", "std")]
             for name in summary["classes"]
