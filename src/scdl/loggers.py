@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -122,7 +122,7 @@ class ResumableCSVLogger(CSVLogger):
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._experiment = _ContinuingWriter(self.log_dir, self.resume_step)
-        return self._experiment
+        return cast(ExperimentWriter, self._experiment)  # a _ContinuingWriter
 
 
 def wandb_run_id(run_dir: str | Path) -> str:
@@ -177,7 +177,8 @@ class WandbLogger(_LightningWandbLogger):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, name=name or None, tags=merge_tags(tags, extra_tags), **kwargs)
+        kwargs["name"] = name or None
+        super().__init__(*args, tags=merge_tags(tags, extra_tags), **kwargs)
         if not self._wandb_init.get("anonymous"):  # W&B warns that the setting has no effect
             self._wandb_init.pop("anonymous", None)
         self.summary_max = tuple(summary_max)

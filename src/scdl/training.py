@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -51,7 +52,7 @@ def build_loggers(cfg: DictConfig, plan: ResumePlan | None = None) -> list:
     for name, lcfg in (cfg.get("logger") or {}).items():
         if "_target_" not in lcfg:
             continue
-        extra = {}
+        extra: dict[str, Any] = {}
         if "WandbLogger" in lcfg._target_:
             mode = wandb_mode()
             if mode == "disabled":
@@ -98,10 +99,10 @@ def train(cfg: DictConfig) -> dict:
         from scdl.utils.provenance import record_start
 
         record_start(output_dir, cfg.trainer.get("precision"))  # commit + machine of the figures
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     module.run_config = {**resolved, "split": datamodule.split.to_dict()}
     if plan.same_run and zero:
-        set_aside_orphans(output_dir / CHECKPOINTS, plan.ckpt_path)
+        set_aside_orphans(output_dir / CHECKPOINTS, cast(str, plan.ckpt_path))  # same_run: set
 
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = build_loggers(cfg, plan)
@@ -234,8 +235,8 @@ def _precision_source(chosen: bool, auto, hardware: str) -> str:
 
 def _best_checkpoint(trainer: L.Trainer, cfg: DictConfig) -> str | None:
     """Best checkpoint of this fit, else ``ckpt_path`` of the config, else current weights."""
-    cb = trainer.checkpoint_callback
-    if cb is not None and getattr(cb, "best_model_path", ""):
+    cb: Any = trainer.checkpoint_callback  # a ModelCheckpoint, or another Checkpoint
+    if cb is not None and bool(getattr(cb, "best_model_path", "")):
         return cb.best_model_path
     return cfg.get("ckpt_path")
 

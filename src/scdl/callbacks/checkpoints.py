@@ -44,7 +44,8 @@ class BestCheckpoint(ModelCheckpoint):
     defaults to False; see the module docstring)."""
 
     def __init__(self, *args, save_on_train_epoch_end: bool | None = False, **kwargs) -> None:
-        super().__init__(*args, save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
+        kwargs["save_on_train_epoch_end"] = save_on_train_epoch_end
+        super().__init__(*args, **kwargs)
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         score = monitor_candidates.get(self.monitor) if self.monitor else None
@@ -102,7 +103,8 @@ class LastCheckpoint(Checkpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Runs after every best-checkpoint callback at validation end, whatever the config order
         (Lightning runs checkpoint callbacks last, in the order given)."""
-        callbacks = trainer.callbacks
+        # assigned by lightning's callback connector, not declared on its Trainer class
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
         bests = [i for i, cb in enumerate(callbacks) if isinstance(cb, ModelCheckpoint)]
         if bests and callbacks.index(self) < max(bests):
             callbacks.remove(self)

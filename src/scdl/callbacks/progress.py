@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -65,7 +65,7 @@ class TrainingProgressLines(ProgressBar):
         parts = [f"train: step {step}" + (f"/{total} ({100 * step // total}%)" if total else "")]
         loss = self.get_metrics(trainer, pl_module).get("loss")
         if loss is not None:
-            parts.append(f"loss {float(loss):.3f}")
+            parts.append(f"loss {float(cast(float, loss)):.3f}")
         parts += [f"{rate:.2f} it/s", f"{format_clock(elapsed)} elapsed"]
         if total and rate > 0:
             parts.append(f"~{format_clock((total - step) / rate)} left")

@@ -74,6 +74,7 @@ class ProxyEmbeddingPlot(L.Callback):
 
     def _plot(self, trainer, pl_module) -> None:
         plugin = pl_module.plugin  # an SCDLPlugin (checked in on_validation_batch_end)
+        assert self._batch is not None  # checked by on_validation_epoch_end
         roi = pl_module.inference_cfg.roi_size
         image = centre_crop(self._batch["image"], roi).to(pl_module.device)
         label = centre_crop(self._batch["label"], roi).to(pl_module.device)
@@ -99,18 +100,19 @@ class ProxyEmbeddingPlot(L.Callback):
         import matplotlib.pyplot as plt
 
         rng = np.random.default_rng(0)
-        keep = []
+        chosen: list[np.integer] = []
         for c in cls.unique().tolist():
             idx = torch.nonzero(cls == c).flatten().numpy()
-            keep.extend(rng.choice(idx, min(len(idx), self.max_tokens_per_class), replace=False))
-        keep = torch.as_tensor(sorted(keep))
+            chosen.extend(rng.choice(idx, min(len(idx), self.max_tokens_per_class), replace=False))
+        keep = torch.as_tensor(sorted(chosen))
         xy = pca_2d(torch.cat([emb[keep], proxies]))
         tok_xy, prox_xy = xy[: len(keep)].numpy(), xy[len(keep) :].numpy()
         colours = plt.get_cmap("tab20")
         fig, ax = plt.subplots(figsize=(7, 6))
         for c in cls[keep].unique().tolist():
             sel = (cls[keep] == c).numpy()
-            ax.scatter(*tok_xy[sel].T, s=8, alpha=0.5, color=colours(c % 20))
+            xs, ys = tok_xy[sel].T  # the two PCA coordinates
+            ax.scatter(xs, ys, s=8, alpha=0.5, color=colours(c % 20))
         for c, (px, py) in enumerate(prox_xy):
             ax.scatter(
                 px, py, marker="*", s=220, color=colours(c % 20), edgecolor="black", zorder=3

@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -37,6 +37,9 @@ from lightning.pytorch.loggers import WandbLogger
 from scdl.loggers import STEP_METRIC
 from scdl.runs import FIGURES, save_overlays
 from scdl.utils.display import slice_class_counts, to_display, to_uint8
+
+if TYPE_CHECKING:
+    from scdl.frameworks.base import SemiSupervisedModule
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +218,8 @@ class WandbValidationMedia(L.Callback):
         logged = getattr(logger, "logged_step", lambda key: None)(self.monitor)
         step = logged if logged is not None else logging_step(trainer)
         logs: dict[str, Any] = {}
-        value = trainer.callback_metrics.get(self.monitor)
-        value = float(value) if value is not None else math.nan
+        metric = trainer.callback_metrics.get(self.monitor)
+        value = float(metric) if metric is not None else math.nan
         if math.isfinite(value) and (self.best is None or value > self.best):
             self.best, self.best_step = value, step
             logs.update(self._per_class(trainer, pl_module, wandb, step))
@@ -259,7 +262,8 @@ class WandbValidationMedia(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, wandb: Any, step: int
     ) -> list:
         assert self.slices is not None
-        class_labels = {i: _name(pl_module, i) for i in range(int(pl_module.num_classes))}
+        num_classes = cast(int, pl_module.num_classes)
+        class_labels = {i: _name(pl_module, i) for i in range(int(num_classes))}
         predictions: dict[int, np.ndarray] = {}
         images, planes = [], []
         for s in self.slices:
@@ -296,7 +300,8 @@ class WandbValidationMedia(L.Callback):
         pl_module.eval()
         try:
             with context:
-                probs = pl_module.predict_volume(image.to(pl_module.device))
+                module = cast("SemiSupervisedModule", pl_module)
+                probs = module.predict_volume(image.to(pl_module.device))
         finally:
             pl_module.train(was_training)
         return probs.argmax(dim=1)[0].cpu().numpy()

@@ -7,6 +7,8 @@ Writes ``<output_dir>/metrics.{json,csv}`` + ``metrics_per_case.csv`` (default
 
 from __future__ import annotations
 
+from typing import cast
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +24,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> float | None:
     from scdl.evaluation.folder import evaluate_folder_from_config
 
-    summary = evaluate_folder_from_config(OmegaConf.to_container(cfg, resolve=True))
+    summary = evaluate_folder_from_config(cast(dict, OmegaConf.to_container(cfg, resolve=True)))
     return summary["overall"]["dice"]["mean"]
 
 

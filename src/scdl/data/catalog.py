@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
@@ -65,7 +66,11 @@ class DataNotFoundError(FileNotFoundError, CompactHydraException):
 
 def _protocol_spec(cfg: DictConfig | dict) -> dict:
     """The protocol config as a plain dict (lists as tuples), possibly with unresolved values."""
-    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    d = (
+        cast(dict, OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(cfg, DictConfig)
+        else dict(cfg)
+    )
     d.pop("_target_", None)
     for key in _TUPLE_KEYS:
         if isinstance(d.get(key), list):
@@ -152,7 +157,7 @@ def read_raw(data_cfg: DictConfig) -> RawDataset:
             f"data.root (or data.raw_dir, or the SCDL_DATA_DIR environment variable) to it."
         )
     options = data_cfg.get("reader")
-    options = OmegaConf.to_container(options, resolve=True) if options else {}
+    options = cast(dict, OmegaConf.to_container(options, resolve=True)) if options else {}
     try:
         return reader(raw_dir, **options)
     except FileNotFoundError as e:
@@ -324,8 +329,9 @@ def _cache_state(data_cfg: DictConfig, report: bool = True) -> tuple[dict | None
     protocol, or (with ``auto_prepare``) raw files changed since they were preprocessed."""
     index = _read_index_or_none(Path(data_cfg.cache_dir))
     stale = not _written_with(index, data_cfg)
-    if not stale and data_cfg.get("auto_prepare", False) and "protocol_hash" in index:
-        changed = changed_raw_cases(data_cfg, index)
+    # not stale: the index exists (_written_with)
+    if not stale and data_cfg.get("auto_prepare", False) and "protocol_hash" in cast(dict, index):
+        changed = changed_raw_cases(data_cfg, cast(dict, index))
         if changed and report:
             log.warning(
                 "%d raw case(s) changed since they were preprocessed (%s): preprocessing them again",

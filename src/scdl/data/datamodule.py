@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import numpy as np
@@ -95,7 +95,7 @@ class PatchDataset(Dataset):
             image, _ = pad_to_min_size(
                 np.asarray(case.image), self.patch_size, float(case.image.min())
             )
-            item = {"image": image[None].astype(np.float32, copy=False)}
+            item: dict[str, Any] = {"image": image[None].astype(np.float32, copy=False)}
             if with_label:
                 if case.label is None:
                     raise ValueError(f"case {case.case_id} has no label")
@@ -126,7 +126,12 @@ class PatchDataset(Dataset):
 
         keys = ["image", "label"] if self.with_label else ["image"]
         if self.sampling == "class_balanced":
-            ratios = list(class_ratios) if class_ratios is not None else [1.0] * int(num_classes)
+            # num_classes is set: _class_indices refused None for this sampling
+            ratios = (
+                list(class_ratios)
+                if class_ratios is not None
+                else [1.0] * int(cast(int, num_classes))
+            )
             if len(ratios) != num_classes:
                 raise ValueError(
                     f"class_ratios has {len(ratios)} entries for {num_classes} classes"
@@ -333,12 +338,11 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         return self.split
 
     def setup(self, stage: str | None = None) -> None:
-        if self.split is None:
-            self.prepare_split()
+        split = self.split if self.split is not None else self.prepare_split()
         if stage in (None, "fit") and self._train is None:
             load = lambda ids: [load_cached_case(self.cache_dir, i, self.in_memory) for i in ids]  # noqa: E731
             labeled = PatchDataset(
-                load(self.split.labeled),
+                load(split.labeled),
                 self.patch_size,
                 self.iters_per_epoch * self.labeled_bs,
                 with_label=True,
@@ -348,10 +352,10 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             )
             unlabeled = None
             if self.unlabeled_bs > 0:
-                if not self.split.unlabeled:
+                if not split.unlabeled:
                     raise ValueError("unlabeled_bs > 0 but the split has no unlabeled cases")
                 unlabeled = PatchDataset(
-                    load(self.split.unlabeled),
+                    load(split.unlabeled),
                     self.patch_size,
                     self.iters_per_epoch * self.unlabeled_bs,
                     with_label=False,
@@ -365,7 +369,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         scored twice are dropped by the Dice metric (same ``index``)."""
         dataset = VolumeDataset(self.cache_dir, case_ids)
         trainer = self.trainer
-        sampler = None
+        sampler: DistributedSampler | None = None
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(
                 dataset, trainer.world_size, trainer.global_rank, shuffle=False, drop_last=False
@@ -395,7 +399,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # own generator: creating an iterator draws a base seed, which from the global RNG
             # would shift every later random number of a resumed run
-            generator=torch.Generator().manual_seed(int(self.stream_seed)),
+            generator=torch.Generator().manual_seed(int(cast(int, self.stream_seed))),
         )
 
     def train_dataloader(self):
@@ -414,7 +418,8 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         trainer = self.trainer
         consumed = 0
         if trainer is not None:
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+            # a _ProcessedTracker, which lightning annotates as its base _ReadyCompletedTracker
+            consumed = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # type: ignore[attr-defined]
         return {"stream_seed": self.stream_seed, "batches_consumed": int(consumed)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -422,7 +427,7 @@ class SemiSupervisedDataModule(L.LightningDataModule):
         self.resume_batches = int(state.get("batches_consumed", 0))
 
     def val_dataloader(self) -> DataLoader:
-        return self._volume_loader(self.split.val)
+        return self._volume_loader(cast(Split, self.split).val)  # setup drew the split
 
     def test_dataloader(self) -> DataLoader:
-        return self._volume_loader(self.split.test)
+        return self._volume_loader(cast(Split, self.split).test)

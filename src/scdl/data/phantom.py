@@ -164,8 +164,8 @@ def phantom_case(seed: int, case_index: int = 0) -> tuple[np.ndarray, np.ndarray
     body_scale = rng.uniform(0.9, 1.08, size=3)
     pts = world / body_scale + 2.5 * disp
 
-    image = np.full(len(pts), TISSUE_HU["air"][0], dtype=np.float32)
-    label = np.zeros(len(pts), dtype=np.uint8)
+    image: np.ndarray = np.full(len(pts), TISSUE_HU["air"][0], dtype=np.float32)
+    label: np.ndarray = np.zeros(len(pts), dtype=np.uint8)
     hu = {k: m + rng.normal(0.0, s) for k, (m, s) in TISSUE_HU.items()}
 
     # Body: elliptic cylinder of fat with a muscle wall, bowel-filled abdomen, spine.

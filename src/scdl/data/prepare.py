@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -200,6 +200,7 @@ def guard_nonfinite(image, case: RawCase, nonfinite: str = "error"):
     if array.dtype.kind not in "fc" or np.isfinite(array).all():
         return image
     problem, _ = nonfinite_problem(array, case.case_id, case.image, nonfinite)
+    assert problem is not None  # the array has non-finite values
     if problem.is_error:
         raise DataCheckError(str(problem), [problem])
     log.warning("%s", problem)
@@ -211,7 +212,8 @@ def intensity_specs(protocol: PreprocessProtocol) -> list[TransformSpec]:
     """Clipping and normalisation of the image (after resampling)."""
     steps: list[TransformSpec] = []
     if protocol.normalisation == "ct":
-        lo, hi, mean, std = protocol.intensity_stats
+        # resolved from the data before the protocol is built (scdl.data.catalog)
+        lo, hi, mean, std = cast(tuple[float, float, float, float], protocol.intensity_stats)
         steps.append(_threshold(lo, above=True))
         steps.append(_threshold(hi, above=False))
         steps.append(
@@ -294,7 +296,7 @@ def _file_stamp(path: str | Path, digest: bool = True) -> dict:
     from scdl.data.checks import file_digest
 
     st = Path(path).stat()
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stamp: dict[str, int | str] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if digest:
         stamp["blake2b"] = file_digest(path)
     return stamp
@@ -465,7 +467,7 @@ def resolve_transpose(shape: Sequence[int], transpose) -> tuple[int, int, int]:
     if transpose == "auto":
         # z-first arrays (SimpleITK order, e.g. DHC's 80 x 160 x 160): reverse to (x, y, z)
         return (2, 1, 0) if shape[0] < shape[1] and shape[0] < shape[2] else (0, 1, 2)
-    return tuple(int(a) for a in transpose)
+    return cast(tuple[int, int, int], tuple(int(a) for a in transpose))
 
 
 def _preprocess_arrays(

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -211,7 +211,7 @@ def _inference_dict(module: Any) -> dict:
     inf = getattr(module, "inference_cfg", None)
     if inf is None or not dataclasses.is_dataclass(inf):
         return {}
-    d = dataclasses.asdict(inf)
+    d = dataclasses.asdict(cast(Any, inf))  # an instance: a SlidingWindowConfig
     d["roi_size"] = [int(r) for r in d["roi_size"]]
     return d
 
@@ -222,7 +222,7 @@ def _reference_image(meta: Mapping):
 
     src = meta.get("source_image")
     if src and str(src).endswith((".nii", ".nii.gz")) and Path(src).is_file():
-        ref = nib.load(src)
+        ref = cast(nib.Nifti1Image, nib.load(src))  # a .nii / .nii.gz file
         if tuple(ref.shape[:3]) == tuple(meta["original_shape"]):
             return ref
     return None

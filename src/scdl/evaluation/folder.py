@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from scdl.metrics.results import aggregate_metrics, format_metrics_table, save_m
 from scdl.utils.errors import InputError, InputFileError
 from scdl.utils.files import nifti_case_name
 from scdl.utils.progress import progress_iter
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,8 @@ def check_pair(pred_path: Path, ref_path: Path, affine_atol: float = 1e-3) -> tu
     affine; the error names the file). Returns the reference's voxel size."""
     import nibabel as nib
 
-    pred_img, ref_img = nib.load(str(pred_path)), nib.load(str(ref_path))
+    pred_img = cast("SpatialImage", nib.load(str(pred_path)))
+    ref_img = cast("SpatialImage", nib.load(str(ref_path)))
     p_shape, r_shape = _squeeze_shape(pred_img.shape), _squeeze_shape(ref_img.shape)
     if p_shape != r_shape:
         raise InputError(
@@ -140,7 +144,7 @@ def load_labels(path: Path, num_classes: int | None = None) -> np.ndarray:
     ``num_classes``, labels must lie in ``[0, C)`` (the error names the file)."""
     import nibabel as nib
 
-    data = np.asanyarray(nib.load(str(path)).dataobj)
+    data = np.asanyarray(cast("SpatialImage", nib.load(str(path))).dataobj)
     data = data.reshape(_squeeze_shape(data.shape))
     try:
         labels = to_label_array(data)
@@ -179,7 +183,7 @@ def evaluate_folder(
     Returns the results dict (:func:`aggregate_metrics` schema) plus ``pred_dir``, ``ref_dir``,
     ``metric_settings``, ``seconds`` and ``files``.
     """
-    check_protocol(protocol)
+    protocol = check_protocol(protocol)  # the same string, typed as a protocol name
     preds, refs = list_label_maps(pred_dir), list_label_maps(ref_dir)
     cases = match_cases(preds, refs, allow_missing)
     spacings = {c: check_pair(preds[c], refs[c], affine_atol) for c in cases}  # fail early

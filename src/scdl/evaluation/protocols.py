@@ -46,14 +46,14 @@ from __future__ import annotations
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from scdl.metrics.dice import per_class_dice
+from scdl.metrics.dice import AbsentPolicy, per_class_dice
 from scdl.utils.errors import InputError
 
 METRICS: tuple[str, ...] = ("dice", "asd", "hd95", "nsd")
@@ -123,11 +123,11 @@ def _normalize_spacing(spacing: float | Sequence[float] | None, ndim: int) -> np
 def _union_box(
     boxes: Sequence[tuple[slice, ...] | None], shape: tuple[int, ...], margin: int
 ) -> tuple[slice, ...]:
-    boxes = [b for b in boxes if b is not None]
+    present = [b for b in boxes if b is not None]
     return tuple(
         slice(
-            max(min(b[d].start for b in boxes) - margin, 0),
-            min(max(b[d].stop for b in boxes) + margin, n),
+            max(min(b[d].start for b in present) - margin, 0),
+            min(max(b[d].stop for b in present) + margin, n),
         )
         for d, n in enumerate(shape)
     )
@@ -142,13 +142,14 @@ def _monai_distances(
 
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal call
         warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
-        _, (d_pg, d_gp), _ = get_edge_surface_distance(
+        _, distances, _ = get_edge_surface_distance(
             torch.from_numpy(np.ascontiguousarray(pred)),
             torch.from_numpy(np.ascontiguousarray(gt)),
             spacing=spacing.tolist(),
             symmetric=True,
             warn_empty=False,
         )
+        d_pg, d_gp = cast("tuple[torch.Tensor, torch.Tensor]", distances)  # symmetric: both ways
     return d_pg.numpy().astype(np.float64), d_gp.numpy().astype(np.float64)
 
 
@@ -205,7 +206,7 @@ def _class_metrics(
     (Dice follows the protocol's absent rule of :func:`per_class_dice`)."""
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and label {gt.shape} differ in shape")
-    absent = "one" if protocol == "paper" else "skip_both_empty"
+    absent: AbsentPolicy = "one" if protocol == "paper" else "skip_both_empty"
     summarize = _paper_distances if protocol == "paper" else _standard_distances
     out = {m: np.empty(num_classes - 1) for m in METRICS}
     out["dice"] = per_class_dice(pred, gt, num_classes, absent).numpy()
@@ -347,8 +348,8 @@ def case_metric_kwargs(
     return kw
 
 
-def check_protocol(protocol: str) -> str:
+def check_protocol(protocol: str) -> Protocol:
     """``protocol`` when it is one of :data:`PROTOCOLS`, else an :class:`InputError` naming it."""
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be {'|'.join(PROTOCOLS)}, got {protocol!r}")
-    return protocol
+    return cast(Protocol, protocol)
