@@ -16,7 +16,7 @@ help:
 	@echo "make data       generate + preprocess the phantom data set only"
 	@echo "make lock       rewrite requirements/lock.txt from the venv (after upgrading it)"
 	@echo "make wheel-check  build + install the wheel outside the checkout, run its commands (CI)"
-	@echo "make lint       ruff check + format check"
+	@echo "make lint       ruff check + format check + mypy (src/scdl)"
 	@echo "make bench      benchmark suite (< 10 min on CPU; CUDA when present): table + bench/results/*.json"
 	@echo "make gpu-check  every framework 30 steps at 96^3 in bf16 / fp16 on a GPU (< 8 min): s/step, memory"
 	@echo "make notebooks  execute notebooks/*.ipynb into docs/notebooks/ (Markdown + figures)"
@@ -60,7 +60,7 @@ test-all: setup $(NB_STAMP)
 lock: $(NB_STAMP)
 	{ echo "# The exact versions of the reproducible venv (make setup: pip install -c $(LOCK) ...);"; \
 	  echo "# pyproject.toml states the ranges. Written by make lock: $$($(BIN)/python -V), $$(uname -m), $$(date -u +%F)"; \
-	  $(BIN)/pip freeze --exclude-editable | grep -v -E '^(uv|mypy|mypy_extensions)==' | sed -E 's/\+cpu$$//'; } > $(LOCK).new
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E '^uv==' | sed -E 's/\+cpu$$//'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
 wheel-check: setup
@@ -69,6 +69,7 @@ wheel-check: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff check --fix src tests bench

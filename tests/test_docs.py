@@ -112,9 +112,12 @@ def test_pre_commit_hooks_are_local_and_match_make_lint() -> None:
     cfg = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
     assert [r["repo"] for r in cfg["repos"]] == ["local"]
     hooks = {h["id"]: h for h in cfg["repos"][0]["hooks"]}
-    assert {"ruff-check", "ruff-format", "nbstripout", "check-yaml"} <= set(hooks)
+    assert {"ruff-check", "ruff-format", "mypy", "nbstripout", "check-yaml"} <= set(hooks)
     assert all(h["language"] == "system" for h in hooks.values())
     make_lint = (ROOT / "Makefile").read_text().split("\nlint:", 1)[1].split("\n\n", 1)[0]
     for hook in ("ruff-check", "ruff-format"):
         assert hooks[hook]["files"].strip("^/()").split("|") == ["src", "tests", "bench"]
         assert "src tests bench" in make_lint
+    # the type checker: the same command (settings in pyproject.toml) in both
+    assert hooks["mypy"]["entry"] == "mypy" and hooks["mypy"]["pass_filenames"] is False
+    assert "$(BIN)/mypy\n" in make_lint + "\n"

@@ -3,6 +3,7 @@ supervise each other with their detached argmax predictions."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -102,7 +103,7 @@ class CPSModule(SemiSupervisedModule):
         if hasattr(self.sup_loss_b, "observe") and unlabeled is not None:
             # DHC: B's distribution weights follow its own pseudo-labels of the unlabeled batch,
             # updated before this step's losses use them
-            self.sup_loss_b.observe(logits_b[n_l:].detach().argmax(dim=1))
+            cast(Any, self.sup_loss_b).observe(logits_b[n_l:].detach().argmax(dim=1))
         loss_sup = self.sup_loss(logits_a[:n_l], y) + self.sup_loss_b(logits_b[:n_l], y)
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
@@ -125,14 +126,14 @@ class CPSModule(SemiSupervisedModule):
         """DHC: B's distribution weights start from the labeled set's voxel counts (a restored
         checkpoint keeps its own; without a cached split, from the first pseudo-labels)."""
         super().on_fit_start()
-        loss = self.sup_loss_b
+        loss = cast(Any, self.sup_loss_b)
         datamodule = getattr(self.trainer, "datamodule", None)
         split = getattr(datamodule, "split", None)  # a data module of cached cases
         if getattr(loss, "wants_labeled_counts", False) and split is not None:
             from scdl.data.class_stats import class_voxel_counts
 
-            labeled = tuple(split.labeled)
-            counts = class_voxel_counts(datamodule.cache_dir, labeled, loss.num_classes)
+            cache_dir = Path(cast(Any, datamodule).cache_dir)
+            counts = class_voxel_counts(cache_dir, tuple(split.labeled), loss.num_classes)
             loss.init_from_counts(torch.as_tensor(counts, dtype=torch.float64))
 
     def load_reference_weights(self, state_a: dict, state_b: dict) -> None:

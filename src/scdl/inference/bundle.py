@@ -93,7 +93,7 @@ def script_window(
     return frozen
 
 
-def onnx_window(module: nn.Module, window: SlidingWindowConfig, path: Path) -> float:
+def onnx_window(module: SemiSupervisedModule, window: SlidingWindowConfig, path: Path) -> float:
     """Writes the same window as ONNX (torch's dynamo exporter, the batch axis dynamic) and runs it
     with onnxruntime on a random batch of 3 against the eager module; returns the largest absolute
     difference (float32 kernels differ in summation order: ~1e-5 in probabilities)."""

@@ -73,7 +73,7 @@ class DHCWeightedLoss(nn.Module):
     def init_from_counts(self, counts: torch.Tensor) -> None:
         """DHC's ``DistDW.init_weights``: the weights of the labeled set's voxel counts (C,)."""
         if self.weighting == "distribution":
-            self.weighter.init_weights(torch.as_tensor(counts))
+            cast(DistDW, self.weighter).init_weights(torch.as_tensor(counts))
 
     @torch.no_grad()
     def observe(self, labels: torch.Tensor) -> None:
