@@ -204,6 +204,11 @@ def test_forest_plot_axis_names_the_baseline_it_was_compared_with(tmp_path, monk
     main([str(tmp_path), "--baseline", "exp/full", "--plot", str(tmp_path / "f.png")])
     assert labels == ["Dice points (row - exp/full)"] * 2
     assert (tmp_path / "f.png").stat().st_size > 1000
+    # with the per-class tables too (--per-class rebound the comparisons --plot draws to text)
+    main(
+        [str(tmp_path), "--baseline", "exp/full", "--per-class", "--plot", str(tmp_path / "g.png")]
+    )
+    assert (tmp_path / "g.png").stat().st_size > 1000
 
 
 def test_seeds_option_reports_every_arm_on_the_same_seeds(tmp_path, capsys):

@@ -369,16 +369,15 @@ def render(args: argparse.Namespace) -> str:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     parts = [markdown_table(records)]
-    # Any: --per-class rebinds it to the per-class table's text, which --plot then unpacks
-    paired: Any = paired_vs_baseline(records, args.baseline, primary=args.primary)
+    paired = paired_vs_baseline(records, args.baseline, primary=args.primary)
     comparison = comparison_table(records, primary=args.primary, paired=paired)
     if comparison:
         parts.append(comparison)
     if args.per_class:
         parts.append(per_class_table(records))
-        paired = per_class_paired_table(records, args.baseline)
-        if paired:
-            parts.append(paired)
+        per_class_paired = per_class_paired_table(records, args.baseline)
+        if per_class_paired:
+            parts.append(per_class_paired)
     if args.plot is not None:
         from scdl.reporting.paper_table import plot_paired
 
