@@ -92,6 +92,7 @@ def test_debug_fast_fits_validates_and_tests_every_phantom_experiment(
         ("fast", {"max_steps": 4, "profiler": None, "limit_val_batches": None}),
         ("profiler", {"max_steps": 4, "profiler": "SimpleProfiler", "limit_val_batches": None}),
         ("limit", {"max_steps": 20, "profiler": None, "limit_val_batches": 2}),
+        ("overfit", {"max_steps": 100, "profiler": None, "limit_val_batches": None}),
     ],
 )
 def test_debug_modes_compose(mode, expected, tmp_path):
@@ -118,3 +119,29 @@ def test_debug_profiler_writes_its_report(phantom_cache, tmp_path):
     train(cfg)
     reports = list((tmp_path / "run").glob("*profile*.txt"))
     assert reports and "training_step" in reports[0].read_text()
+
+
+def test_debug_overfit_trains_on_one_batch_and_its_loss_falls(phantom_cache, tmp_path):
+    """debug=overfit: every step sees the same labeled patches (Lightning's overfit_batches with a
+    sequential sampler over position-determined patches) and the training loss falls on it."""
+    import csv
+    import json
+
+    from scdl.training import train
+
+    overrides = [
+        "experiment=phantom_mt",
+        *tiny_train_overrides(phantom_cache, tmp_path),
+        "debug=overfit",
+        "trainer.max_steps=8",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+        "+callbacks.probe._target_=fault_injection.RankProbe",
+        f"+callbacks.probe.folder={tmp_path / 'probe'}",
+    ]
+    train(compose_cfg(overrides, output_dir=tmp_path / "run"))
+    steps = json.loads((tmp_path / "probe" / "rank0.json").read_text())
+    assert len(steps) == 8 and len({s["patches"] for s in steps}) == 1
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss_sup"]) for r in rows if r.get("train/loss_sup")]
+    assert len(losses) >= 6 and losses[-1] < losses[0]
