@@ -81,6 +81,7 @@ def test_notebook_takes_parameters_and_uses_the_package(path):
 
 def test_markdown_export_writes_text_tables_and_figures(tmp_path):
     nbformat = pytest.importorskip("nbformat", reason="the notebooks extra (make test-all)")
+    pytest.importorskip("nbconvert", reason="the notebooks extra (make test-all)")
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
     png = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
