@@ -222,22 +222,28 @@ def test_hard_batch_dice() -> None:
     assert np.allclose(d.numpy(), [2 / 3, 4 / 5, 0.5], atol=1e-6)
 
 
-def test_diffdw_hand_sequence() -> None:
-    m = 49 / 50
-    diff = DiffDW(2, accumulate_iters=50)
-    assert np.allclose(diff.weights.numpy(), [2, 2])  # DHC init: uniform C
-    last = [1e-8, 1e-8]
-    learn, unlearn, beta = [0.0, 0.0], [0.0, 0.0], [1.0, 1.0]
-    for dice in ([0.5, 0.2], [0.4, 0.3], [0.45, 0.3]):
-        for c in range(2):
+def diffdw_reference(dice_sequence: list[list[float]]):
+    """DHC's ``DiffDW.cal_weights`` written out in float64 (accumulate_iters 50): the weights
+    after each per-class Dice of ``dice_sequence``, the Dice used as given (no clamp)."""
+    m, n = 49 / 50, len(dice_sequence[0])
+    last, learn, unlearn, beta = [1e-8] * n, [0.0] * n, [0.0] * n, [1.0] * n
+    for dice in dice_sequence:
+        for c in range(n):
             delta = dice[c] - last[c]
             lr = math.log(dice[c] / last[c])
             learn[c] = m * learn[c] + (1 - m) * (delta * lr if delta > 0 else 0.0)
             unlearn[c] = m * unlearn[c] + (1 - m) * (delta * lr if delta <= 0 else 0.0)
             beta[c] = m * beta[c] + (1 - m) * (1 - dice[c])
             last[c] = dice[c]
-        raw = [((unlearn[c] + 1e-8) / (learn[c] + 1e-8)) ** 0.2 * beta[c] for c in range(2)]
-        expected = [2 * r / max(raw) for r in raw]
+        raw = [((unlearn[c] + 1e-8) / (learn[c] + 1e-8)) ** 0.2 * beta[c] for c in range(n)]
+        yield [n * r / max(raw) for r in raw]
+
+
+def test_diffdw_hand_sequence() -> None:
+    diff = DiffDW(2, accumulate_iters=50)
+    assert np.allclose(diff.weights.numpy(), [2, 2])  # DHC init: uniform C
+    sequence = [[0.5, 0.2], [0.4, 0.3], [0.45, 0.3]]
+    for dice, expected in zip(sequence, diffdw_reference(sequence), strict=True):
         got = diff.update_from_dice(torch.tensor(dice))
         assert np.allclose(got.numpy(), expected, rtol=1e-4), (dice, got, expected)
     # class 0 regressed (0.5 -> 0.4): it has unlearning and gets the largest weight
@@ -249,27 +255,19 @@ def test_diffdw_keeps_the_tiny_dice_of_a_present_unpredicted_class() -> None:
     Dice of a class that is present but not predicted (1e-8 / |target|), unclamped; a clamp at 1e-8
     moved the weights by up to 0.19 (of ~5) early in training, when small organs are not yet
     predicted."""
-    m = 49 / 50
     diff = DiffDW(3, accumulate_iters=50)
     target = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2]])
-    preds = ([[0, 0, 0, 0, 0, 0, 2, 2]], [[0, 0, 0, 1, 0, 0, 2, 2]], [[0, 0, 0, 1, 1, 0, 2, 0]])
-    last, learn, unlearn, beta = [1e-8] * 3, [0.0] * 3, [0.0] * 3, [1.0] * 3
-    for pred in preds:
-        pred = torch.tensor(pred)
+    preds = [[[0, 0, 0, 0, 0, 0, 2, 2]], [[0, 0, 0, 1, 0, 0, 2, 2]], [[0, 0, 0, 1, 1, 0, 2, 0]]]
+    sequence = []
+    for pred in map(torch.tensor, preds):
         counts = [(int(((pred == c) & (target == c)).sum()), int((pred == c).sum()),
                    int((target == c).sum())) for c in range(3)]  # fmt: skip
         # DHC: (2 tp + 1e-8) / (|p| + |t| + 1e-8 + 1e-8), in float32 as the counts are
-        dice = [float(np.float32((2 * tp + 1e-8) / (np_ + nt + 2e-8))) for tp, np_, nt in counts]
-        assert min(dice) < 1e-8 or pred is not preds[0]
-        for c in range(3):
-            delta = dice[c] - last[c]
-            lr = math.log(dice[c] / last[c])
-            learn[c] = m * learn[c] + (1 - m) * (delta * lr if delta > 0 else 0.0)
-            unlearn[c] = m * unlearn[c] + (1 - m) * (delta * lr if delta <= 0 else 0.0)
-            beta[c] = m * beta[c] + (1 - m) * (1 - dice[c])
-            last[c] = dice[c]
-        raw = [((unlearn[c] + 1e-8) / (learn[c] + 1e-8)) ** 0.2 * beta[c] for c in range(3)]
-        expected = [3 * r / max(raw) for r in raw]
+        sequence.append(
+            [float(np.float32((2 * tp + 1e-8) / (p + t + 2e-8))) for tp, p, t in counts]
+        )
+    assert min(sequence[0]) < 1e-8  # class 1 present, not predicted
+    for pred, expected in zip(map(torch.tensor, preds), diffdw_reference(sequence), strict=True):
         got = diff.update(pred, target)
         assert np.allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5), (pred, got, expected)
     # an exact 0 (from elsewhere than DHC's Dice) still gives finite weights
