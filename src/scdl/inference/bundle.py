@@ -64,26 +64,36 @@ class InferenceWindow(nn.Module):
         return logits.softmax(dim=1) if self.probabilities else logits
 
 
+def _eager_window(
+    module: SemiSupervisedModule, window: SlidingWindowConfig, *batch_sizes: int
+) -> tuple[InferenceWindow, list[torch.Tensor]]:
+    """The window to export (CPU, float32, eval mode) and random inputs (N, 1, *roi) of the given
+    batch sizes (seed 0)."""
+    wrapper = InferenceWindow(module, window.average == "probs").eval().float().cpu()
+    roi = tuple(int(r) for r in window.roi_size)
+    generator = torch.Generator().manual_seed(0)
+    return wrapper, [torch.rand((n, 1, *roi), generator=generator) for n in batch_sizes]
+
+
 def script_window(
     module: SemiSupervisedModule, window: SlidingWindowConfig
 ) -> torch.jit.ScriptModule:
     """The trained framework's window traced to TorchScript on CPU in float32 and frozen (the
     parameters it does not use, an EMA teacher's, are dropped). Checked against the eager module
     on a second random batch of another size before it is returned."""
-    wrapper = InferenceWindow(module, window.average == "probs").eval().float().cpu()
-    if getattr(module, "channels_last", False):
-        module.channels_last = False  # a layout choice of training, not part of the model
+    wrapper, (example, check) = _eager_window(module, window, 1, 2)
+    channels_last = getattr(module, "channels_last", False)
+    module.channels_last = False  # a layout choice of training, not part of the model
     # Lightning's own to_torchscript flag: its ``trainer`` property returns None instead of raising
     # when tracing walks the module's attributes
     module._jit_is_scripting = True
-    roi = tuple(int(r) for r in window.roi_size)
-    generator = torch.Generator().manual_seed(0)
-    example = torch.rand((1, 1, *roi), generator=generator)
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, example, check_trace=False)
-        frozen = torch.jit.freeze(traced, optimize_numerics=False)
-        check = torch.rand((2, 1, *roi), generator=generator)
-        expected, got = wrapper(check), frozen(check)
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, example, check_trace=False)
+            frozen = torch.jit.freeze(traced, optimize_numerics=False)
+            expected, got = wrapper(check), frozen(check)
+    finally:
+        module.channels_last, module._jit_is_scripting = channels_last, False
     if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
         raise RuntimeError(
             f"the TorchScript window differs from the eager module (max |diff| "
@@ -105,10 +115,7 @@ def onnx_window(module: SemiSupervisedModule, window: SlidingWindowConfig, path:
             f"onnx=true needs {err.name}: pip install 'scdl[export]' (onnx, onnxscript, "
             "onnxruntime)"
         ) from err
-    wrapper = InferenceWindow(module, window.average == "probs").eval().float().cpu()
-    roi = tuple(int(r) for r in window.roi_size)
-    generator = torch.Generator().manual_seed(0)
-    example, check = (torch.rand((n, 1, *roi), generator=generator) for n in (2, 3))
+    wrapper, (example, check) = _eager_window(module, window, 2, 3)
     with torch.no_grad():
         expected = wrapper(check).numpy().copy()
     batch = torch.export.Dim("batch")
