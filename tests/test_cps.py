@@ -191,3 +191,28 @@ def test_dhc_distribution_weights_start_from_the_labeled_cache(phantom_cache):
     m.sup_loss_b.weighter.weights.fill_(1.0)
     m.on_fit_start()  # initialised: left alone
     assert torch.equal(m.sup_loss_b.class_weights, torch.ones(num_classes))
+
+
+def test_plain_cps_uses_dhc_train_cps_losses():
+    """loss=cps (DHC's code/train_cps.py defaults): supervised CE + foreground batch soft Dice
+    (smooth 1), cross pseudo-labels with plain CE of the other network's argmax, weight 1."""
+    from hydra.utils import instantiate
+
+    from conftest import compose_cfg
+
+    cfg = compose_cfg(["experiment=phantom_cps_plain", "data.num_classes=3"])
+    assert cfg.framework.unsup_weight == 1.0 and cfg.method_name == "CPS"
+    sup, unsup = instantiate(cfg.loss.sup), instantiate(cfg.loss.unsup)
+    g = torch.Generator().manual_seed(4)
+    student, other = (
+        torch.randn(2, C, 4, 4, 4, generator=g),
+        torch.randn(2, C, 4, 4, 4, generator=g),
+    )
+    y = torch.randint(0, C, (2, 4, 4, 4), generator=g)
+    torch.testing.assert_close(unsup(student, other), F.cross_entropy(student, other.argmax(1)))
+    p = student.softmax(1)
+    onehot = F.one_hot(y, C).movedim(-1, 1).float()
+    tp, denom = (p * onehot).sum((0, 2, 3, 4)), (p + onehot).sum((0, 2, 3, 4))
+    dice = (2 * tp + 1) / (denom + 1 + 1e-8)
+    expected = F.cross_entropy(student, y) + (1 - dice[1:]).mean()
+    torch.testing.assert_close(sup(student, y), expected)
