@@ -91,13 +91,17 @@ class MeanTeacherModule(SemiSupervisedModule):
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
         if unlabeled is not None:
-            t_logits = self.teacher_logits(x[n_l:])
-            loss_unsup = self.unsup_loss(logits[n_l:], t_logits)
+            loss_unsup = self.consistency(logits[n_l:], x[n_l:])
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_unsup
             logs.update({"train/loss_unsup": loss_unsup, "train/unsup_weight": w})
         self.log_step(logs, loss, x.shape[0])
         return loss
+
+    def consistency(self, student_logits: torch.Tensor, x_unlabeled: torch.Tensor) -> torch.Tensor:
+        """The unsupervised term: ``unsup_loss`` of the student's logits (Bu, C, P, P, P) against
+        the teacher's prediction of the noised unlabeled patches (Bu, 1, P, P, P)."""
+        return self.unsup_loss(student_logits, self.teacher_logits(x_unlabeled))
 
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update(cast(nn.Module, self.student), step)
