@@ -111,16 +111,24 @@ class CPSModule(SemiSupervisedModule):
             lo = 0 if self.cps_on_labeled else n_l
             # each direction weighted by the student network's own class weights where the
             # losses have them (DHC: A's difficulty-, B's distribution-aware weights)
-            loss_cps = self.unsup_loss(
-                logits_a[lo:], logits_b[lo:], class_weights=_class_weights(self.sup_loss)
-            ) + self.unsup_loss(
-                logits_b[lo:], logits_a[lo:], class_weights=_class_weights(self.sup_loss_b)
-            )
+            loss_cps = self.cross_loss(
+                logits_a[lo:], logits_b[lo:], self.sup_loss
+            ) + self.cross_loss(logits_b[lo:], logits_a[lo:], self.sup_loss_b)
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_cps
             logs.update({"train/loss_unsup": loss_cps, "train/unsup_weight": w})
         self.log_step(logs, loss, x.shape[0])
         return loss
+
+    def cross_loss(
+        self, student: torch.Tensor, other: torch.Tensor, student_sup_loss: nn.Module
+    ) -> torch.Tensor:
+        """``unsup_loss(student, other)``; with the student network's class weights when its
+        supervised loss has them (DHC), so a plain ``(student, other)`` loss keeps working."""
+        weights = _class_weights(student_sup_loss)
+        if weights is None:
+            return self.unsup_loss(student, other)
+        return self.unsup_loss(student, other, class_weights=weights)
 
     def on_fit_start(self) -> None:
         """DHC: B's distribution weights start from the labeled set's voxel counts (a restored
