@@ -26,12 +26,14 @@ LOCK := requirements/lock.txt
 # The index decides torch's build (CPU or CUDA), not the version: on a CPU-only machine
 # `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the multi-GB CUDA wheel
 TORCH_INDEX ?=
+# pinned here as in the lock: an unpinned torch would resolve to the newest (multi-GB CUDA) release
+TORCH_VERSION := 2.13.0
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the exact versions of the lock (pyproject.toml states ranges); torch first, from TORCH_INDEX if set
-	$(BIN)/pip install -q -c $(LOCK) torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -c $(LOCK) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# launchers and the Optuna sweeper too: their configs are tested (tests/test_sweeps.py)
 	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,slurm,joblib,hpo]"
 	touch $(STAMP)

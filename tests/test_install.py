@@ -68,3 +68,14 @@ def test_the_composed_data_paths_are_absolute_outside_the_checkout(tmp_path, mon
     assert cfg.paths.data_dir == str(tmp_path / "home" / "data")
     split = Path(cfg.data.module.split_file)
     assert split.is_absolute() and split.is_file() and conf_dir() in split.parents
+
+
+def test_the_makefile_pins_the_torch_of_the_lock():
+    """make setup installs torch==TORCH_VERSION (never an unpinned, newest CUDA torch), the same
+    version requirements/lock.txt pins."""
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    version = re.search(r"^TORCH_VERSION := (\S+)$", makefile, re.M).group(1)
+    assert "torch==$(TORCH_VERSION)" in makefile
+    assert f"torch=={version}\n" in (ROOT / "requirements" / "lock.txt").read_text()
