@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import REPO_ROOT, compose_cfg, tiny_train_overrides
+from conftest import CONF_DIR, REPO_ROOT, compose_cfg, tiny_train_overrides
 from scdl.utils.config import conf_dir
 
 ROOT = REPO_ROOT
@@ -329,6 +330,28 @@ def test_slurm_launcher_starts_one_task_per_gpu_on_every_node_and_requeues():
 
 
 # --- the whole paper-table sweep, interrupted and resumed -----------------------------------------
+def _sweep_experiments(sweep: str, data: str = "phantom") -> list[str]:
+    """The experiments a sweep config lists (its ``${data.name}`` filled in)."""
+    cfg = OmegaConf.load(Path(CONF_DIR) / "sweep" / f"{sweep}.yaml")
+    listed = OmegaConf.to_container(cfg.hydra.sweeper.params)["experiment"]  # not resolved
+    return [e.replace("${data.name}", data) for e in listed.split(",")]
+
+
+def test_paper_table_lists_every_method_with_and_without_scdl_and_baselines_without():
+    from scdl.reporting.paper_table import METHOD_ORDER
+
+    existing = {p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")}
+    for data in ("phantom", "amos", "synapse"):
+        table = _sweep_experiments("paper_table", data)
+        assert set(table) <= existing and len(table) == len(set(table)) == len(METHOD_ORDER)
+        plain = [e for e in table if not e.endswith("_scdl")]
+        with_scdl = {f"{data}_scdl" if e == f"{data}_mt" else f"{e}_scdl" for e in plain}
+        assert with_scdl == set(table) - set(plain)  # each with and without
+        assert _sweep_experiments("baselines", data) == plain
+    cfg = compose_cfg(["sweep=baselines", "data=phantom"])
+    assert cfg.sweep_name == "baselines/phantom" and cfg.post_eval == ["paper"]
+
+
 def _sweep_cmd(cache: Path, tmp_path: Path) -> list[str]:
     tiny = [o for o in tiny_train_overrides(cache, tmp_path) if not o.startswith("paths.")]
     return [
@@ -338,7 +361,7 @@ def _sweep_cmd(cache: Path, tmp_path: Path) -> list[str]:
         "data=phantom",
         *tiny,
         f"paths.log_dir={tmp_path}/logs",
-        "seed=1",  # 8 jobs; the spread over seeds is tested on hand-made runs above
+        "seed=1",  # one job per method; the spread over seeds is tested on hand-made runs above
         "data.module.patch_size=[48,48,48]",  # GA-MagicNet: 3 cubes per axis, 16 voxels each
         "trainer.max_steps=4",
         "checkpoint_every_n_steps=2",
@@ -375,7 +398,7 @@ def test_interrupted_paper_table_sweep_resumes_and_completes(phantom_cache, tmp_
     # the interrupted job continued its own last.ckpt
     assert re.search(r"resuming from \S*/2_phantom_\w+_seed1/checkpoints/last.ckpt", out)
     runs = sorted(p.parent.name for p in sweep.glob("*/finished.json"))
-    assert len(runs) == 8  # 8 methods x 1 seed
+    assert len(runs) == len(_sweep_experiments("paper_table"))  # every method x 1 seed
     table = (sweep / "paper_table.md").read_text()
     from scdl.reporting.paper_table import METHOD_ORDER  # every framework, with and without SCDL
 

@@ -100,25 +100,52 @@ class CPSModule(SemiSupervisedModule):
             loss = loss + step.loss
         logs.update(step.logs)
         logits_b = self.net_b(x)
-        if hasattr(self.sup_loss_b, "observe") and unlabeled is not None:
-            # DHC: B's distribution weights follow its own pseudo-labels of the unlabeled batch,
-            # updated before this step's losses use them
-            cast(Any, self.sup_loss_b).observe(logits_b[n_l:].detach().argmax(dim=1))
+        self.observe_pseudo_labels(logits_a, logits_b, n_l, unlabeled is not None)
         loss_sup = self.sup_loss(logits_a[:n_l], y) + self.sup_loss_b(logits_b[:n_l], y)
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
         if unlabeled is not None or self.cps_on_labeled:
             lo = 0 if self.cps_on_labeled else n_l
-            # each direction weighted by the student network's own class weights where the
-            # losses have them (DHC: A's difficulty-, B's distribution-aware weights)
-            loss_cps = self.cross_loss(
-                logits_a[lo:], logits_b[lo:], self.sup_loss
-            ) + self.cross_loss(logits_b[lo:], logits_a[lo:], self.sup_loss_b)
+            loss_cps = self.cps_term(logits_a, logits_b, lo, n_l, y)
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_cps
             logs.update({"train/loss_unsup": loss_cps, "train/unsup_weight": w})
         self.log_step(logs, loss, x.shape[0])
         return loss
+
+    def cps_term(
+        self, logits_a: torch.Tensor, logits_b: torch.Tensor, lo: int, n_l: int, y: torch.Tensor
+    ) -> torch.Tensor:
+        """The unweighted cross pseudo-label term on samples ``lo:`` of the logits (B, C, P, P, P)
+        of A and B (``n_l`` labeled samples first, labels ``y`` (n_l, P, P, P)): ``unsup(A, B) +
+        unsup(B, A)``, each direction weighted by the student network's own class weights where
+        the losses have them (DHC: A's difficulty-, B's distribution-aware weights). The baselines
+        that choose their pseudo-labels otherwise (DePL, Adsh, CLD) override it."""
+        return self.cross_loss(logits_a[lo:], logits_b[lo:], self.sup_loss) + self.cross_loss(
+            logits_b[lo:], logits_a[lo:], self.sup_loss_b
+        )
+
+    def class_weighted_losses(self) -> list[tuple[str, nn.Module]]:
+        """``("a", sup_loss)`` and ``("b", sup_loss_b)`` (B only when it is its own module)."""
+        pairs = [("a", self.sup_loss)]
+        return pairs if self.sup_loss_b is self.sup_loss else [*pairs, ("b", self.sup_loss_b)]
+
+    @torch.no_grad()
+    def observe_pseudo_labels(
+        self, logits_a: torch.Tensor, logits_b: torch.Tensor, n_l: int, has_unlabeled: bool
+    ) -> None:
+        """Hands each network's own pseudo-labels (argmax of its logits (B, C, P, P, P)) to its
+        supervised loss when that loss follows them (``observe``), before this step's losses use
+        its class weights: DHC's DistDW (network B) and CReST from the unlabeled samples, SimiS
+        (``observes == "all"``) from the whole batch."""
+        logits = {"a": logits_a, "b": logits_b}
+        for net, loss in self.class_weighted_losses():
+            if not hasattr(loss, "observe"):
+                continue
+            if getattr(loss, "observes", "unlabeled") == "all":
+                cast(Any, loss).observe(logits[net].argmax(dim=1))
+            elif has_unlabeled:
+                cast(Any, loss).observe(logits[net][n_l:].argmax(dim=1))
 
     def cross_loss(
         self, student: torch.Tensor, other: torch.Tensor, student_sup_loss: nn.Module
@@ -131,18 +158,21 @@ class CPSModule(SemiSupervisedModule):
         return self.unsup_loss(student, other, class_weights=weights)
 
     def on_fit_start(self) -> None:
-        """DHC: B's distribution weights start from the labeled set's voxel counts (a restored
-        checkpoint keeps its own; without a cached split, from the first pseudo-labels)."""
+        """Class weights that start from the labeled set's voxel counts (DHC's DistDW of B, CReST,
+        SimiS, CLD) are initialised here (a restored checkpoint keeps its own; without a cached
+        split, from the first pseudo-labels)."""
         super().on_fit_start()
-        loss = cast(Any, self.sup_loss_b)
         datamodule = getattr(self.trainer, "datamodule", None)
         split = getattr(datamodule, "split", None)  # a data module of cached cases
-        if getattr(loss, "wants_labeled_counts", False) and split is not None:
-            from scdl.data.class_stats import class_voxel_counts
+        for _, loss in self.class_weighted_losses():
+            if getattr(loss, "wants_labeled_counts", False) and split is not None:
+                from scdl.data.class_stats import class_voxel_counts
 
-            cache_dir = Path(cast(Any, datamodule).cache_dir)
-            counts = class_voxel_counts(cache_dir, tuple(split.labeled), loss.num_classes)
-            loss.init_from_counts(torch.as_tensor(counts, dtype=torch.float64))
+                cache_dir = Path(cast(Any, datamodule).cache_dir)
+                counts = class_voxel_counts(
+                    cache_dir, tuple(split.labeled), cast(Any, loss).num_classes
+                )
+                cast(Any, loss).init_from_counts(torch.as_tensor(counts, dtype=torch.float64))
 
     def load_reference_weights(self, state_a: dict, state_b: dict) -> None:
         """Loads the released GA-CPS weights (two reference-VNet state dicts) into A and B."""

@@ -46,3 +46,24 @@ class PseudoLabelLoss(nn.Module):
         if self.takes_class_weights:
             return self.loss(student_logits, target, class_weights=class_weights)
         return self.loss(student_logits, target)
+
+
+def voxel_weighted_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    voxel_weights: torch.Tensor | None = None,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``mean_v  w_{y_v} * CE_v * m_v`` over every voxel ``v`` of the batch: DHC's
+    ``WeightedCrossEntropyLoss(weight=w)(logits, target, weight_map=m)`` (per-voxel CE, optionally
+    class-weighted, times a detached voxel weight map, averaged over all voxels, masked ones
+    included), the pseudo-label loss of DePL, DST, CLD and Acisis.
+
+    Shapes: ``logits`` (B, C, *S), ``target`` (B, *S) integer, ``voxel_weights`` (B, *S),
+    ``class_weights`` (C,).
+    """
+    weight = None if class_weights is None else class_weights.detach().to(logits.device).float()
+    ce = nn.functional.cross_entropy(logits.float(), target.long(), weight=weight, reduction="none")
+    if voxel_weights is not None:
+        ce = ce * voxel_weights.detach().to(ce.dtype)
+    return ce.mean()

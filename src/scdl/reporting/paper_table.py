@@ -61,15 +61,23 @@ SHORT_NAMES = {
     "prostate_uterus": "P/U",
 }
 # row order of the papers' tables; other methods follow alphabetically
-METHOD_ORDER = (
-    "Mean teacher",
-    "Mean teacher + SCDL",
-    "GA-CPS",
-    "GA-CPS + SCDL",
-    "DHC",
-    "DHC + SCDL",
-    "GA-MagicNet",
-    "GA-MagicNet + SCDL",
+METHOD_ORDER = tuple(
+    name
+    for base in (
+        "Supervised only",
+        "Mean teacher",
+        "UA-MT",
+        "CPS",
+        "GA-CPS",
+        "DHC",
+        "CReST",
+        "SimiS",
+        "CLD",
+        "DePL",
+        "Adsh",
+        "GA-MagicNet",
+    )
+    for name in (base, f"{base} + SCDL")
 )
 
 

@@ -1,0 +1,277 @@
+"""The class-imbalanced SSL baselines of DHC's benchmark on CPS (docs/method.md §4.5): CReST,
+SimiS and CLD class weights, CLD's confidence sampling, DePL's debiased pseudo-labels and Adsh's
+adaptive thresholds, each on a case computed by hand from the reference scripts' formulas
+(xmed-lab/DHC code/train_{crest,simis,cld,depl,adsh}.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import compose_cfg, semi_batch
+from scdl.frameworks.adsh import AdshModule, adaptive_thresholds, class_masked_ce
+from scdl.frameworks.cld import CLDModule
+from scdl.frameworks.cps import CPSModule
+from scdl.frameworks.depl import DePLModule
+from scdl.losses.class_weights import CountWeightedLoss, cld_weights, crest_weights, simis_weights
+from scdl.losses.consistency import PseudoLabelLoss, voxel_weighted_ce
+from scdl.losses.dhc import WeightedCEDiceLoss
+from scdl.models.vnet import VNet
+
+C = 3
+COUNTS = torch.tensor([100.0, 10.0, 1.0])
+
+
+# --- class weights ---------------------------------------------------------------------------
+def test_crest_weights_reverse_the_ranks_of_the_cube_root_frequencies():
+    mu = [1.0, 0.1 ** (1 / 3), 0.01 ** (1 / 3)]  # (n / max n)^(1/3), classes already ranked
+    torch.testing.assert_close(crest_weights(COUNTS), torch.tensor(mu[::-1], dtype=torch.float64))
+    # unranked input: class 2 most frequent, class 0 rarest
+    w = crest_weights(torch.tensor([1.0, 10.0, 100.0]))
+    torch.testing.assert_close(w, torch.tensor(mu, dtype=torch.float64))
+
+
+def test_simis_and_cld_weights():
+    p = np.array([100, 10, 1]) / 111
+    torch.testing.assert_close(simis_weights(COUNTS), torch.tensor(3 * (p.max() - p)))
+    expected = torch.tensor([1.0, 10 ** (1 / 3), 100 ** (1 / 3)], dtype=torch.float64)
+    torch.testing.assert_close(cld_weights(COUNTS), expected)
+    # a class absent from the labeled set: 1 voxel (finite), not the reference's inf
+    assert math.isclose(float(cld_weights(torch.tensor([100.0, 0.0]))[1]), 100 ** (1 / 3))
+
+
+def test_count_weighted_loss_init_and_ema():
+    simis = CountWeightedLoss(C, "simis", momentum=0.99)
+    simis.init_from_counts(COUNTS)  # the reference's EMA(w, C * ones)
+    torch.testing.assert_close(simis.weights, (0.99 * 3 + 0.01 * simis_weights(COUNTS)).float())
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    before = simis.weights.clone()
+    simis.observe(labels)
+    now = simis_weights(torch.tensor([2.0, 1.0, 3.0])).float()
+    torch.testing.assert_close(simis.weights, 0.99 * before + 0.01 * now)
+
+    crest = CountWeightedLoss(C, "crest")
+    assert crest.wants_labeled_counts
+    crest.observe(labels)  # before any init: set, no EMA
+    torch.testing.assert_close(crest.weights, crest_weights(torch.tensor([2.0, 1.0, 3.0])).float())
+    assert not crest.wants_labeled_counts
+
+    cld = CountWeightedLoss(C, "cld")
+    cld.init_from_counts(COUNTS)
+    cld.observe(labels)  # fixed
+    torch.testing.assert_close(cld.weights, cld_weights(COUNTS).float())
+    # the loss is DHC's DC_and_CE_loss(w_dc=w, w_ce=w)
+    g = torch.Generator().manual_seed(0)
+    logits, y = (
+        torch.randn(2, C, 4, 4, 4, generator=g),
+        torch.randint(0, C, (2, 4, 4, 4), generator=g),
+    )
+    torch.testing.assert_close(cld(logits, y), WeightedCEDiceLoss()(logits, y, cld.weights))
+
+
+def _cps(cls=CPSModule, size=8, **kw):
+    torch.manual_seed(0)
+    m = cls(
+        backbone=VNet(num_classes=C, base_filters=4, init="kaiming"),
+        backbone_b=VNet(num_classes=C, base_filters=4, init="xavier"),
+        sup_loss=kw.pop("sup_loss", WeightedCEDiceLoss()),
+        sup_loss_b=kw.pop("sup_loss_b", None),
+        unsup_loss=PseudoLabelLoss(WeightedCEDiceLoss(dice_weight=0.0)),
+        unsup_weight=1.0,
+        rampup_steps=0,
+        num_classes=C,
+        **kw,
+    )
+    m.log_dict = lambda *a, **k: None
+    m.log = lambda *a, **k: None
+    return m
+
+
+@pytest.mark.parametrize("observes", ["unlabeled", "all"])
+def test_cps_hands_each_network_its_own_pseudo_labels(observes):
+    """CReST observes its network's argmax of the unlabeled samples, SimiS of the whole batch; B
+    has its own weights; the cross pseudo-label CE of each direction uses the student's weights."""
+    loss_a = CountWeightedLoss(C, "crest", observes=observes)
+    loss_b = CountWeightedLoss(C, "crest", observes=observes)
+    m = _cps(sup_loss=loss_a, sup_loss_b=loss_b)
+    g = torch.Generator().manual_seed(1)
+    la, lb = torch.randn(4, C, 4, 4, 4, generator=g), torch.randn(4, C, 4, 4, 4, generator=g)
+    m.observe_pseudo_labels(la, lb, 2, True)
+    part = slice(0, 4) if observes == "all" else slice(2, 4)
+    for loss, logits in ((loss_a, la), (loss_b, lb)):
+        counts = torch.bincount(logits[part].argmax(1).reshape(-1), minlength=C).double()
+        torch.testing.assert_close(loss.weights, crest_weights(counts).float())
+    expected = F.cross_entropy(la, lb.argmax(1), weight=loss_a.weights) + F.cross_entropy(
+        lb, la.argmax(1), weight=loss_b.weights
+    )
+    torch.testing.assert_close(m.cps_term(la, lb, 0, 2, torch.zeros(2, 4, 4, 4)), expected)
+
+
+def test_voxel_weighted_ce_is_the_mean_over_all_voxels():
+    g = torch.Generator().manual_seed(2)
+    logits, y = (
+        torch.randn(2, C, 3, 3, 3, generator=g),
+        torch.randint(0, C, (2, 3, 3, 3), generator=g),
+    )
+    mask = (torch.rand(2, 3, 3, 3, generator=g) > 0.5).float()
+    w = torch.tensor([0.5, 1.0, 2.0])
+    logp = logits.log_softmax(1).gather(1, y[:, None])[:, 0]
+    expected = (-logp * w[y] * mask).sum() / mask.numel()  # masked voxels count in the mean
+    torch.testing.assert_close(voxel_weighted_ce(logits, y, mask, w), expected)
+
+
+# --- CLD ---------------------------------------------------------------------------------------
+def test_cld_confidence_bank_sampling_rate_and_masked_loss():
+    m = _cps(CLDModule, bank_every=2, bank_momentum=0.9, gamma=0.5)
+    assert torch.equal(m.conf_a, m.conf_b)  # B starts as a copy of A's random bank
+    y = torch.tensor([0, 0, 1, 2]).view(1, 4, 1, 1)
+    logits = torch.zeros(1, C, 4, 1, 1)
+    logits[0, 0] = 2.0  # class 0 scores e^2 / (e^2 + 2) everywhere
+    p0 = math.exp(2) / (math.exp(2) + 2)
+    p1 = 1 / (math.exp(2) + 2)
+    m.record_confidence([logits, logits], y)  # 1 of 2: no update yet
+    m.record_confidence([logits, logits], y)
+    torch.testing.assert_close(m.conf_a, torch.tensor([p0, p1, p1]))  # first update: set
+    m.record_confidence([logits, logits], y)
+    m.record_confidence([logits * 0, logits * 0], y)
+    new = torch.tensor([(p0 + 1 / 3) / 2, (p1 + 1 / 3) / 2, (p1 + 1 / 3) / 2])
+    torch.testing.assert_close(m.conf_b, 0.9 * torch.tensor([p0, p1, p1]) + 0.1 * new)
+    # sampling rate ((1 - conf) / max(1 - conf)) ** 0.5; a class of confidence 1 is never kept
+    conf = torch.tensor([1.0, 0.0, 0.75])
+    torch.testing.assert_close(m.sampling_rate(conf), torch.tensor([0.0, 1.0, 0.5]))
+    pred = torch.zeros(1, C, 2, 1, 1)
+    pred[0, 0, 0], pred[0, 1, 1] = 5.0, 5.0  # voxel 0 predicts class 0, voxel 1 class 1
+    assert m.sample_map(pred, conf).tolist() == [[[[0.0]], [[1.0]]]]
+    # the term: w_y CE(A, argmax B) on A's own sample map, the reverse on B's
+    m.conf_a.copy_(conf)
+    m.conf_b.copy_(torch.tensor([0.0, 1.0, 0.75]))  # B keeps class 0, drops class 1
+    m.sup_loss = CountWeightedLoss(C, "cld")
+    m.sup_loss.init_from_counts(COUNTS)
+    m.sup_loss_b = m.sup_loss
+    m.bank_every = 10**6  # leave the banks alone
+    a, b = pred.clone(), pred.flip(2)  # B predicts class 1 at voxel 0 and class 0 at voxel 1
+    w = m.sup_loss.weights
+    ce_a = F.cross_entropy(a, b.argmax(1), weight=w, reduction="none")[0, :, 0, 0]
+    ce_b = F.cross_entropy(b, a.argmax(1), weight=w, reduction="none")[0, :, 0, 0]
+    expected = ce_a[1] / 2 + ce_b[1] / 2  # A keeps voxel 1 (class 1), B keeps voxel 1 (class 0)
+    term = m.cps_term(a, b, 0, 1, torch.zeros(1, 2, 1, 1, dtype=torch.long))
+    torch.testing.assert_close(term, expected)
+
+
+# --- DePL --------------------------------------------------------------------------------------
+def test_depl_debiases_masks_then_updates_qhat():
+    m = _cps(DePLModule, patch_size=(2, 1, 1), tau=1.0, threshold=0.9, qhat_momentum=0.5)
+    m.qhat[1, 0, :, 0] = torch.tensor([0.98, 0.01, 0.01]).view(C, 1, 1)  # B's bias towards 0
+    a = torch.zeros(2, C, 2, 1, 1)  # sample 0 labeled, sample 1 unlabeled
+    a[:, 2] = 4.0  # A: class 2 everywhere
+    b = torch.zeros(2, C, 2, 1, 1)
+    b[:, 0, 0] = 4.0  # B: class 0 at voxel 0, but its bias makes that class 1 / 2 after debiasing
+    b[:, 1, 1] = 6.0  # class 1 at voxel 1
+    qhat_b = m.qhat[1].clone()
+    p_b = (b - torch.log(qhat_b)).softmax(1)
+    conf_b, t_b = p_b.max(1)
+    p_a = (a - math.log(1 / 3)).softmax(1)
+    conf_a, t_a = p_a.max(1)
+    assert (t_b[:, 0] != 0).all()  # the debiasing moved B's pseudo-label off the biased class
+    term = m.cps_term(a, b, 0, 1, torch.zeros(1, 2, 1, 1, dtype=torch.long))
+    expected = (F.cross_entropy(a, t_b, reduction="none") * (conf_b >= 0.9)).mean() + (
+        F.cross_entropy(b, t_a, reduction="none") * (conf_a >= 0.9)
+    ).mean()
+    torch.testing.assert_close(term, expected)
+    # qhat: EMA of the unlabeled samples' softmax, after the pseudo-labels used the old one
+    torch.testing.assert_close(m.qhat[1], 0.5 * qhat_b + 0.5 * b[1:].softmax(1))
+    torch.testing.assert_close(m.qhat[0], 0.5 / 3 + 0.5 * a[1:].softmax(1))
+
+
+# --- Adsh --------------------------------------------------------------------------------------
+def _thresholds_by_sorting(scores: np.ndarray, thresh_major: float) -> np.ndarray:
+    """The reference's estimate, written from its description with numpy's sort."""
+    c = scores.shape[1]
+    flat = np.concatenate([s.reshape(c, -1) for s in scores], axis=1)
+    voxel_num = np.bincount(flat.argmax(0), minlength=c).astype(np.float32)
+    major = int(voxel_num.argmax())
+    rho = np.float32((flat[major] > thresh_major).sum() + 1e-8) / np.float32(
+        voxel_num[major] + 1e-8
+    )
+    out = np.zeros(c, dtype=np.float32)
+    for i in range(c):
+        ranked = np.sort(flat[i])[::-1]
+        out[i] = ranked[min(int(rho * voxel_num[i]), flat.shape[1] - 1)]
+    return out
+
+
+def test_adsh_thresholds_keep_each_class_the_majority_fraction():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, C, 4, 4, 4, generator=g) * 3
+    logits[:, 0] += 2.0  # class 0 is the majority
+    scores = logits.softmax(1)
+    expected = _thresholds_by_sorting(scores.numpy(), 0.9)
+    torch.testing.assert_close(adaptive_thresholds(scores, 0.9), torch.from_numpy(expected))
+    # one class everywhere: the index past the end takes the smallest score (the reference fails)
+    one = torch.zeros(1, C, 2, 2, 2)
+    one[:, 0] = 1.0
+    assert adaptive_thresholds(one, 0.9)[0] == 1.0
+
+
+def test_adsh_window_fills_then_thresholds_then_masked_ce():
+    m = _cps(AdshModule, patch_size=(2, 2, 2), window_samples=4, thresh_major=0.9)
+    g = torch.Generator().manual_seed(4)
+    seen = []
+    for step in range(3):  # Bu = 2: stored at fill 0 and 2, estimated at fill 4 (>= 4 - 1)
+        u = torch.randn(2, C, 2, 2, 2, generator=g)
+        m.update_thresholds(0, u)
+        if step < 2:
+            seen.append(u.softmax(1))
+            assert torch.equal(m.thresholds[0], torch.zeros(C))
+    window = torch.cat(seen)
+    torch.testing.assert_close(m.thresholds[0], adaptive_thresholds(window, 0.9))
+    assert int(m.window_fill[0]) == 0
+    t = torch.tensor([0.2, 0.9, 0.0])
+    logits = torch.randn(2, C, 2, 2, 2, generator=g, requires_grad=True)
+    target = torch.randint(0, C, (2, 2, 2, 2), generator=g)
+    keep = (logits.detach().softmax(1) > t.view(1, C, 1, 1, 1)).float()
+    torch.testing.assert_close(
+        class_masked_ce(logits, target, t), F.cross_entropy(logits * keep, target)
+    )
+
+
+# --- every baseline trains ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        (CLDModule, {}),
+        (DePLModule, {"patch_size": (16, 16, 16)}),
+        (AdshModule, {"patch_size": (16, 16, 16), "window_samples": 2}),
+    ],
+)
+def test_every_parameter_of_both_networks_learns(cls, kw):
+    m = _cps(cls, **kw)
+    batch = semi_batch(C, 16, seed=5)
+    for step in range(2):  # Adsh: the second step uses estimated thresholds
+        m.zero_grad()
+        loss = m.training_step(batch, step)
+        loss.backward()
+        assert torch.isfinite(loss)
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("method", ["crest", "simis", "cld", "depl", "adsh"])
+def test_experiments_compose_with_the_reference_defaults(method):
+    expected = {  # (cps_w, ramped over the run) of each reference script
+        "crest": (0.1, False),
+        "simis": (0.1, False),
+        "cld": (1.0, True),
+        "depl": (1.0, True),
+        "adsh": (0.1, True),
+    }[method]
+    for data in ("phantom", "amos", "synapse"):
+        cfg = compose_cfg([f"experiment={data}_{method}_scdl"])
+        assert cfg.framework.unsup_weight == expected[0]
+        assert (cfg.framework.rampup_steps == cfg.trainer.max_steps) == expected[1]
+        assert (cfg.framework.rampup_steps == 0) == (not expected[1])
+        assert cfg.method_name.endswith(" + SCDL") and cfg.scdl is not None
