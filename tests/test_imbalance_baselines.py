@@ -1,7 +1,7 @@
-"""The class-imbalanced SSL baselines of DHC's benchmark on CPS (docs/method.md §4.5): CReST,
-SimiS and CLD class weights, CLD's confidence sampling, DePL's debiased pseudo-labels and Adsh's
-adaptive thresholds, each on a case computed by hand from the reference scripts' formulas
-(xmed-lab/DHC code/train_{crest,simis,cld,depl,adsh}.py)."""
+"""The class-imbalanced SSL baselines of DHC's benchmark (docs/method.md §4.4c): CReST, SimiS and
+CLD class weights, CLD's confidence sampling, DePL's debiased pseudo-labels, Adsh's adaptive
+thresholds and Acisis's fuzzy-rank sampling, each on a case computed by hand from the reference
+scripts' formulas (xmed-lab/DHC code/train_{crest,simis,cld,depl,adsh,acisis}.py)."""
 
 from __future__ import annotations
 
@@ -275,3 +275,92 @@ def test_experiments_compose_with_the_reference_defaults(method):
         assert (cfg.framework.rampup_steps == cfg.trainer.max_steps) == expected[1]
         assert (cfg.framework.rampup_steps == 0) == (not expected[1])
         assert cfg.method_name.endswith(" + SCDL") and cfg.scdl is not None
+
+
+# --- Acisis ------------------------------------------------------------------------------------
+def _acisis(**kw):
+    from scdl.frameworks.acisis import AcisisModule
+
+    torch.manual_seed(0)
+    m = AcisisModule(
+        VNet(num_classes=C, base_filters=4),
+        WeightedCEDiceLoss(),
+        PseudoLabelLoss(WeightedCEDiceLoss(dice_weight=0.0)),
+        num_classes=C,
+        teacher_noise=0.0,
+        unsup_weight=1.0,
+        rampup_steps=0,
+        **kw,
+    )
+    m.log_dict = lambda *a, **k: None
+    m.log = lambda *a, **k: None
+    return m
+
+
+def test_acisis_criteria_pair_every_sample_with_every_label_map_as_the_reference():
+    """The reference's sum(p_c[:, None] * log p * (gt == c)[:, None]) with gt (Bl, 1, ...): written
+    out here with explicit loops over the two sample indices."""
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, C, 2, 2, 1, generator=g)
+    labels = torch.randint(0, C, (2, 2, 2, 1), generator=g)
+    p = logits.softmax(1)
+    log_sum = torch.log(p + 1e-12).sum(1)
+    margin = p.max(1).values
+    for cross in (True, False):
+        got = _acisis(cross_sample_statistics=cross).labeled_criteria(logits, labels)
+        for c in range(C):
+            n = (labels == c).sum() + 1e-12
+            pairs = [(i, j) for i in range(2) for j in range(2) if cross or i == j]
+            ent = sum((p[j, c] * log_sum[j] * (labels[i] == c)).sum() for i, j in pairs)
+            conf = sum((p[j, c] * (labels[i] == c)).sum() for i, j in pairs)
+            marg = sum(((margin[j] - p[j, c]) * (labels[i] == c)).sum() for i, j in pairs)
+            torch.testing.assert_close(got[:, c], torch.stack([ent, conf, marg]) / n)
+
+
+def test_acisis_sampling_rate_by_fuzzy_rank_fusion():
+    from scdl.frameworks.acisis import PENALTY_RANK, fuzzy_ranks
+
+    m = _acisis(update_every=2, top_m=2, rate_momentum=0.5, rate_power=2.5)
+    crit = torch.tensor([[-3.0, -1.0, -2.0], [0.9, 0.2, 0.5], [0.0, 0.6, 0.3]], dtype=torch.float64)
+    m.criteria.copy_(2 * crit)
+    m.criteria_steps.fill_(2)
+    m.update_sampling_rate()
+    # by hand: softmax over classes of the averaged criteria, Gompertz ranks, top 2 of 3 kept
+    r = torch.softmax(crit, dim=1).numpy()
+    k = 1 - np.exp(-np.exp(-2 * r))
+    kept = k <= np.sort(k, axis=1)[:, 1:2]  # the 2 smallest of each row
+    ranks = np.where(kept, k, PENALTY_RANK)
+    np.testing.assert_allclose(fuzzy_ranks(r, 2), ranks)
+    cfs = 1 - np.where(kept, r, 0.0).sum(0) / 3
+    cc = cfs * ranks.sum(0)
+    cc = 0.5 * (cc / cc.max())  # EMA from 0 with momentum 0.5
+    rate = ((1 - cc) / (1 - cc).max()) ** 2.5
+    torch.testing.assert_close(m.sampling_rate, torch.tensor(rate, dtype=torch.float32))
+    assert int(m.criteria_steps) == 0 and not m.criteria.any()
+
+
+def test_acisis_loss_is_confidence_weighted_ce_on_sampled_voxels():
+    m = _acisis()
+    m.sampling_rate.copy_(torch.tensor([0.0, 1.0, 1.0]))  # class 0 never kept, the others always
+    student = torch.zeros(1, C, 2, 1, 1)
+    student[0, 0, 0], student[0, 1, 1] = 3.0, 3.0  # voxel 0 -> class 0, voxel 1 -> class 1
+    teacher = torch.zeros(1, C, 2, 1, 1)
+    teacher[0, 2] = 5.0  # the teacher says class 2
+    m.teacher_logits = lambda x: teacher
+    p = student.softmax(1)
+    ce = F.cross_entropy(student, teacher.argmax(1), reduction="none")[0, :, 0, 0]
+    expected = ce[1] * p[0, 1, 1, 0, 0] ** 1.5 / 2
+    torch.testing.assert_close(m.consistency(student, torch.zeros(1, 1, 2, 1, 1)), expected)
+
+
+def test_acisis_trains_every_student_parameter():
+    m = _acisis(update_every=1)
+    batch = semi_batch(C, 16, seed=7)
+    loss = m.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and not torch.equal(m.sampling_rate, torch.ones(C))
+    for name, p in m.student.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    cfg = compose_cfg(["experiment=amos_acisis_scdl"])
+    assert cfg.framework.teacher_noise == 0.0 and cfg.framework.unsup_weight == 1.0
+    assert cfg.framework.rampup_steps == 0 and cfg.framework.update_every == 103

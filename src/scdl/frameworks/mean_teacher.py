@@ -91,12 +91,17 @@ class MeanTeacherModule(SemiSupervisedModule):
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
         if unlabeled is not None:
+            self.observe_labeled(logits[:n_l].detach(), labeled["label"])
             loss_unsup = self.consistency(logits[n_l:], x[n_l:])
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_unsup
             logs.update({"train/loss_unsup": loss_unsup, "train/unsup_weight": w})
         self.log_step(logs, loss, x.shape[0])
         return loss
+
+    def observe_labeled(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Sees the student's detached logits (Bl, C, P, P, P) of the labeled patches and their
+        labels (Bl, P, P, P) before the unsupervised term (Acisis's confidence statistics)."""
 
     def consistency(self, student_logits: torch.Tensor, x_unlabeled: torch.Tensor) -> torch.Tensor:
         """The unsupervised term: ``unsup_loss`` of the student's logits (Bu, C, P, P, P) against

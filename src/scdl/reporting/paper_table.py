@@ -75,6 +75,7 @@ METHOD_ORDER = tuple(
         "CLD",
         "DePL",
         "Adsh",
+        "Acisis",
         "GA-MagicNet",
     )
     for name in (base, f"{base} + SCDL")
