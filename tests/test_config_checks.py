@@ -17,6 +17,9 @@ from scdl.config_checks import ConfigError, validate_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 ABLATIONS = sorted(p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml"))
+FRAMEWORKS = sorted(
+    p.stem for p in (Path(CONF_DIR) / "framework").glob("*.yaml") if p.stem != "common"
+)
 
 
 def _cfg(tmp_path, *overrides: str):
@@ -87,7 +90,7 @@ def test_ablation_without_scdl_names_the_experiment_and_the_fix(tmp_path):
         (
             "~framework._target_",
             "framework: has no _target_",
-            "framework=cps|magicnet|mean_teacher",
+            "framework=" + "|".join(FRAMEWORKS),
         ),
         ("~loss.sup._target_", "loss.sup", "_target_"),
     ],

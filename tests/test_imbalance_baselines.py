@@ -1,7 +1,8 @@
 """The class-imbalanced SSL baselines of DHC's benchmark (docs/method.md §4.4c): CReST, SimiS and
 CLD class weights, CLD's confidence sampling, DePL's debiased pseudo-labels, Adsh's adaptive
-thresholds and Acisis's fuzzy-rank sampling, each on a case computed by hand from the reference
-scripts' formulas (xmed-lab/DHC code/train_{crest,simis,cld,depl,adsh,acisis}.py)."""
+thresholds, DST's decoupled decoders and Acisis's fuzzy-rank sampling, each on a case computed by
+hand from the reference scripts' formulas (xmed-lab/DHC
+code/train_{crest,simis,dst,cld,depl,adsh,acisis}.py)."""
 
 from __future__ import annotations
 
@@ -364,3 +365,66 @@ def test_acisis_trains_every_student_parameter():
     cfg = compose_cfg(["experiment=amos_acisis_scdl"])
     assert cfg.framework.teacher_noise == 0.0 and cfg.framework.unsup_weight == 1.0
     assert cfg.framework.rampup_steps == 0 and cfg.framework.update_every == 103
+
+
+# --- DST ---------------------------------------------------------------------------------------
+def test_dst_worst_case_loss_and_reversal_schedule():
+    from scdl.frameworks.dst import reverse_gradient, warm_start_coeff, worst_case_loss
+
+    assert warm_start_coeff(0) == 0.0
+    assert math.isclose(warm_start_coeff(500), 2 * 0.1 / (1 + math.exp(-1)) - 0.1)
+    assert warm_start_coeff(10**6) == pytest.approx(0.1)
+    x = torch.ones(3, requires_grad=True)
+    (reverse_gradient(x, 0.25) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([-0.25, -0.5, -0.75]))
+    g = torch.Generator().manual_seed(8)
+    main_l, worst_l, main_u, worst_u = (torch.randn(1, C, 2, 2, 1, generator=g) for _ in range(4))
+    p_u = worst_u.softmax(1)
+    away = torch.log(torch.clamp(1 - p_u + 1e-6, max=1.0))
+    t_u = main_u.argmax(1)
+    expected = 2 * F.cross_entropy(worst_l, main_l.argmax(1)) - away.gather(1, t_u[:, None]).mean()
+    torch.testing.assert_close(worst_case_loss(main_l, worst_l, main_u, worst_u), expected)
+
+
+def test_dst_pseudo_decoders_supervise_the_other_network_and_stay_untrained():
+    from scdl.frameworks.dst import DSTModule
+
+    m = _cps(DSTModule)
+    assert not any(p.requires_grad for p in m.pseudo_decoders.parameters())
+    batch = semi_batch(C, 16, seed=9)
+    m.training_step(batch, 0).backward()
+    for name, p in m.named_parameters():
+        if name.startswith("pseudo_decoders"):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # the term by hand: A's main logits on B's pseudo decoder's confident labels, and back
+    x = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])
+    m.pseudo_decoders["b"].out_conv.weight.data.mul_(50.0)  # B's pseudo decoder: confident
+    with torch.no_grad():
+        ea, eb = m.net_a.encode(x), m.net_b.encode(x)
+        la, lb = m.net_a.head(m.net_a.decode(ea)), m.net_b.head(m.net_b.decode(eb))
+        qa = m.pseudo_decoders["a"](ea).softmax(1).max(1)
+        qb = m.pseudo_decoders["b"](eb).softmax(1).max(1)
+        wa, wb = m.worst_decoders["a"](ea), m.worst_decoders["b"](eb)
+        term = m.cps_term(la, lb, 0, 2, batch["labeled"]["label"], (ea, eb))
+    assert (qb.values > 0.95).any()
+    ce = (F.cross_entropy(la, qb.indices, reduction="none") * (qb.values > 0.95)).mean() + (
+        F.cross_entropy(lb, qa.indices, reduction="none") * (qa.values > 0.95)
+    ).mean()
+    from scdl.frameworks.dst import worst_case_loss
+
+    worst = worst_case_loss(la[:2], wa[:2], la[2:], wa[2:]) + worst_case_loss(
+        lb[:2], wb[:2], lb[2:], wb[2:]
+    )
+    torch.testing.assert_close(term, ce + worst)
+    from scdl.models.monai_backbones import MonaiUNet
+
+    with pytest.raises(TypeError, match="make_decoder"):  # a backbone without extra decoders
+        DSTModule(
+            backbone=MonaiUNet(num_classes=C, base_filters=4),
+            backbone_b=MonaiUNet(num_classes=C, base_filters=4),
+            sup_loss=WeightedCEDiceLoss(),
+            unsup_loss=PseudoLabelLoss(WeightedCEDiceLoss()),
+            num_classes=C,
+        )

@@ -86,7 +86,13 @@ class AdshModule(CPSModule):
         return self.thresholds[net]
 
     def cps_term(
-        self, logits_a: torch.Tensor, logits_b: torch.Tensor, lo: int, n_l: int, y: torch.Tensor
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        lo: int,
+        n_l: int,
+        y: torch.Tensor,
+        skips: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         if tuple(logits_a.shape[1:]) != tuple(self.window.shape[2:]):
             raise ValueError(

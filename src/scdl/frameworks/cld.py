@@ -93,7 +93,13 @@ class CLDModule(CPSModule):
         return (u > 1 - rate[pred]).float()
 
     def cps_term(
-        self, logits_a: torch.Tensor, logits_b: torch.Tensor, lo: int, n_l: int, y: torch.Tensor
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        lo: int,
+        n_l: int,
+        y: torch.Tensor,
+        skips: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         self.record_confidence([logits_a[:n_l], logits_b[:n_l]], y)
         a, b = logits_a[lo:], logits_b[lo:]

@@ -99,14 +99,15 @@ class CPSModule(SemiSupervisedModule):
         if step.loss is not None:
             loss = loss + step.loss
         logs.update(step.logs)
-        logits_b = self.net_b(x)
+        skips_b = self.net_b.encode(x)
+        logits_b = self.net_b.head(self.net_b.decode(skips_b))
         self.observe_pseudo_labels(logits_a, logits_b, n_l, unlabeled is not None)
         loss_sup = self.sup_loss(logits_a[:n_l], y) + self.sup_loss_b(logits_b[:n_l], y)
         loss = loss + loss_sup
         logs["train/loss_sup"] = loss_sup
         if unlabeled is not None or self.cps_on_labeled:
             lo = 0 if self.cps_on_labeled else n_l
-            loss_cps = self.cps_term(logits_a, logits_b, lo, n_l, y)
+            loss_cps = self.cps_term(logits_a, logits_b, lo, n_l, y, (skips, skips_b))
             w = self.unsup_weight_at(self.global_step)
             loss = loss + w * loss_cps
             logs.update({"train/loss_unsup": loss_cps, "train/unsup_weight": w})
@@ -114,10 +115,17 @@ class CPSModule(SemiSupervisedModule):
         return loss
 
     def cps_term(
-        self, logits_a: torch.Tensor, logits_b: torch.Tensor, lo: int, n_l: int, y: torch.Tensor
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        lo: int,
+        n_l: int,
+        y: torch.Tensor,
+        skips: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """The unweighted cross pseudo-label term on samples ``lo:`` of the logits (B, C, P, P, P)
-        of A and B (``n_l`` labeled samples first, labels ``y`` (n_l, P, P, P)): ``unsup(A, B) +
+        of A and B (``n_l`` labeled samples first, labels ``y`` (n_l, P, P, P); ``skips``: A's and
+        B's encoder maps of the batch, for extra decoders): ``unsup(A, B) +
         unsup(B, A)``, each direction weighted by the student network's own class weights where
         the losses have them (DHC: A's difficulty-, B's distribution-aware weights). The baselines
         that choose their pseudo-labels otherwise (DePL, Adsh, CLD) override it."""

@@ -75,7 +75,13 @@ class DePLModule(CPSModule):
         self.qhat[net].mul_(self.qhat_momentum).add_(mean, alpha=1 - self.qhat_momentum)
 
     def cps_term(
-        self, logits_a: torch.Tensor, logits_b: torch.Tensor, lo: int, n_l: int, y: torch.Tensor
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        lo: int,
+        n_l: int,
+        y: torch.Tensor,
+        skips: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         a, b = logits_a[lo:], logits_b[lo:]
         if tuple(a.shape[1:]) != tuple(self.qhat.shape[2:]):

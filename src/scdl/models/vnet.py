@@ -63,7 +63,22 @@ class UpBlock(nn.Sequential):
         )
 
 
-class VNet(nn.Module):
+class _DecoderLayers(nn.Module):
+    """The decoder layers of :func:`_decoder_layers`, set by name (declared for type checkers)."""
+
+    up5: nn.Module
+    block6: nn.Module
+    up6: nn.Module
+    block7: nn.Module
+    up7: nn.Module
+    block8: nn.Module
+    up8: nn.Module
+    block9: nn.Module
+    dropout: nn.Module
+    out_conv: nn.Module
+
+
+class VNet(_DecoderLayers):
     """VNet for 3D segmentation.
 
     Args:
@@ -104,32 +119,18 @@ class VNet(nn.Module):
         self.down4 = DownBlock(8 * f, 16 * f, normalization)
         self.block5 = ConvBlock(3, 16 * f, 16 * f, normalization)
 
-        self.up5 = UpBlock(16 * f, 8 * f, normalization)
-        self.block6 = ConvBlock(3, 8 * f, 8 * f, normalization)
-        self.up6 = UpBlock(8 * f, 4 * f, normalization)
-        self.block7 = ConvBlock(3, 4 * f, 4 * f, normalization)
-        self.up7 = UpBlock(4 * f, 2 * f, normalization)
-        self.block8 = ConvBlock(2, 2 * f, 2 * f, normalization)
-        self.up8 = UpBlock(2 * f, f, normalization)
-        self.block9 = ConvBlock(1, f, f, normalization)
-        self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
-        self.out_conv = nn.Conv3d(f, num_classes, 1)
+        for name, layer in _decoder_layers(f, num_classes, normalization, dropout).items():
+            setattr(self, name, layer)  # up5 ... block9, dropout, out_conv (state-dict names)
+        self._decoder_args = (f, num_classes, normalization, dropout, init)
         self._init_weights(init)
 
     def _init_weights(self, init: str) -> None:
-        if init == "default":
-            return
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
-                if init == "kaiming":
-                    nn.init.kaiming_normal_(m.weight)
-                elif init == "xavier":
-                    nn.init.xavier_normal_(m.weight)
-                else:
-                    raise ValueError(f"unknown init {init!r}; expected kaiming|xavier|default")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_weights(self, init)
+
+    def make_decoder(self) -> VNetDecoder:
+        """A new decoder + head of this network's shape and init (own weights): skip maps of
+        :meth:`encode` -> logits. For methods with extra decoders on one encoder (DST)."""
+        return VNetDecoder(*self._decoder_args)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder. ``x``: (B, in_ch, X, Y, Z) -> [x1 (f, X), x2 (2f, X/2), x3, x4, x5 (16f, X/16)]."""
@@ -142,12 +143,7 @@ class VNet(nn.Module):
 
     def decode(self, skips: list[torch.Tensor]) -> torch.Tensor:
         """Decoder. Returns the feature map x9: (B, base_filters, X, Y, Z), before the classifier."""
-        x1, x2, x3, x4, x5 = skips
-        x = self.block6(self.up5(x5) + x4)
-        x = self.block7(self.up6(x) + x3)
-        x = self.block8(self.up7(x) + x2)
-        x = self.block9(self.up8(x) + x1)
-        return self.dropout(x)
+        return _decode(self, skips)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Classifier: (B, base_filters, X, Y, Z) -> logits (B, C, X, Y, Z)."""
@@ -161,3 +157,69 @@ class VNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, in_ch, X, Y, Z) -> logits (B, C, X, Y, Z)."""
         return self.forward_features(x)[0]
+
+
+class VNetDecoder(_DecoderLayers):
+    """The VNet decoder and classifier alone (:meth:`VNet.make_decoder`): skip maps
+    [x1 ... x5] of :meth:`VNet.encode` -> logits (B, C, X, Y, Z)."""
+
+    def __init__(
+        self,
+        base_filters: int,
+        num_classes: int,
+        normalization: Norm = "batchnorm",
+        dropout: float = 0.0,
+        init: Literal["kaiming", "xavier", "default"] = "kaiming",
+    ) -> None:
+        super().__init__()
+        for name, layer in _decoder_layers(
+            base_filters, num_classes, normalization, dropout
+        ).items():
+            setattr(self, name, layer)
+        init_conv_weights(self, init)
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        return self.out_conv(_decode(self, skips))
+
+
+def _decoder_layers(f: int, num_classes: int, norm: Norm, dropout: float) -> dict[str, nn.Module]:
+    """The decoder's layers in construction order (the order fixes the random initial weights)."""
+    return {
+        "up5": UpBlock(16 * f, 8 * f, norm),
+        "block6": ConvBlock(3, 8 * f, 8 * f, norm),
+        "up6": UpBlock(8 * f, 4 * f, norm),
+        "block7": ConvBlock(3, 4 * f, 4 * f, norm),
+        "up7": UpBlock(4 * f, 2 * f, norm),
+        "block8": ConvBlock(2, 2 * f, 2 * f, norm),
+        "up8": UpBlock(2 * f, f, norm),
+        "block9": ConvBlock(1, f, f, norm),
+        "dropout": nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+        "out_conv": nn.Conv3d(f, num_classes, 1),
+    }
+
+
+def _decode(m: _DecoderLayers, skips: list[torch.Tensor]) -> torch.Tensor:
+    """The decoder pass of a module holding :func:`_decoder_layers` -> features x9."""
+    x1, x2, x3, x4, x5 = skips
+    x = m.block6(m.up5(x5) + x4)
+    x = m.block7(m.up6(x) + x3)
+    x = m.block8(m.up7(x) + x2)
+    x = m.block9(m.up8(x) + x1)
+    return m.dropout(x)
+
+
+def init_conv_weights(module: nn.Module, init: str) -> None:
+    """``kaiming`` / ``xavier`` normal conv weights, BatchNorm 1 / 0; ``default`` leaves torch's."""
+    if init == "default":
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
+            if init == "kaiming":
+                nn.init.kaiming_normal_(m.weight)
+            elif init == "xavier":
+                nn.init.xavier_normal_(m.weight)
+            else:
+                raise ValueError(f"unknown init {init!r}; expected kaiming|xavier|default")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

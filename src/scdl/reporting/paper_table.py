@@ -72,6 +72,7 @@ METHOD_ORDER = tuple(
         "DHC",
         "CReST",
         "SimiS",
+        "DST",
         "CLD",
         "DePL",
         "Adsh",
