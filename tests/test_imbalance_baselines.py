@@ -1,8 +1,8 @@
 """The class-imbalanced SSL baselines of DHC's benchmark (docs/method.md §4.4c): CReST, SimiS and
 CLD class weights, CLD's confidence sampling, DePL's debiased pseudo-labels, Adsh's adaptive
-thresholds, DST's decoupled decoders and Acisis's fuzzy-rank sampling, each on a case computed by
-hand from the reference scripts' formulas (xmed-lab/DHC
-code/train_{crest,simis,dst,cld,depl,adsh,acisis}.py)."""
+thresholds, DST's decoupled decoders, Acisis's fuzzy-rank sampling and URPC's pyramid consistency,
+each on a case computed by hand from the reference scripts' formulas (xmed-lab/DHC
+code/train_{urpc,crest,simis,dst,cld,depl,adsh,acisis}.py)."""
 
 from __future__ import annotations
 
@@ -263,9 +263,9 @@ def test_every_parameter_of_both_networks_learns(cls, kw):
 
 @pytest.mark.parametrize("method", ["crest", "simis", "cld", "depl", "adsh"])
 def test_experiments_compose_with_the_reference_defaults(method):
-    expected = {  # (cps_w, ramped over the run) of each reference script
-        "crest": (0.1, False),
-        "simis": (0.1, False),
+    expected = {  # (cps_w, ramped over the run): each script's -w, DHC's launcher's -r
+        "crest": (0.1, True),
+        "simis": (0.1, True),
         "cld": (1.0, True),
         "depl": (1.0, True),
         "adsh": (0.1, True),
@@ -364,7 +364,7 @@ def test_acisis_trains_every_student_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     cfg = compose_cfg(["experiment=amos_acisis_scdl"])
     assert cfg.framework.teacher_noise == 0.0 and cfg.framework.unsup_weight == 1.0
-    assert cfg.framework.rampup_steps == 0 and cfg.framework.update_every == 103
+    assert cfg.framework.rampup_steps == cfg.trainer.max_steps and cfg.framework.update_every == 103
 
 
 # --- DST ---------------------------------------------------------------------------------------
@@ -428,3 +428,57 @@ def test_dst_pseudo_decoders_supervise_the_other_network_and_stay_untrained():
             unsup_loss=PseudoLabelLoss(WeightedCEDiceLoss()),
             num_classes=C,
         )
+
+
+# --- URPC --------------------------------------------------------------------------------------
+def test_urpc_pyramid_consistency_by_hand():
+    """The reference's per-scale KL 'variance', exp(-v) rectified squared distance to the mean
+    prediction, + mean variance; written out with numpy on two scales."""
+    from scdl.frameworks.urpc import pyramid_consistency
+
+    g = torch.Generator().manual_seed(10)
+    probs = [torch.randn(1, C, 2, 2, 1, generator=g).softmax(1) for _ in range(2)]
+    p = [t.numpy().astype(np.float64) for t in probs]
+    q = (p[0] + p[1]) / 2
+    losses = []
+    for pk in p:
+        v = (q * (np.log(q) - np.log(pk))).sum(1, keepdims=True)
+        w = np.exp(-v)
+        losses.append(((q - pk) ** 2 * w).mean() / (w.mean() + 1e-8) + v.mean())
+    assert math.isclose(pyramid_consistency(probs).item(), np.mean(losses), rel_tol=1e-5)
+    # the mean prediction is not detached (the reference): gradients reach every scale through it
+    a = probs[0].clone().requires_grad_(True)
+    pyramid_consistency([a, probs[1]]).backward()
+    assert a.grad.abs().sum() > 0
+
+
+def test_urpc_supervises_every_scale_and_trains_every_parameter():
+    from scdl.frameworks.urpc import URPCModule, pyramid_consistency
+
+    torch.manual_seed(0)
+    sup = WeightedCEDiceLoss(ce_weight=0.5, dice_weight=0.5, smooth=1e-8)
+    m = URPCModule(VNet(num_classes=C, base_filters=4), sup, num_classes=C, unsup_weight=1.0,
+                   rampup_steps=0)  # fmt: skip
+    m.log_dict = lambda *a, **k: None
+    m.log = lambda *a, **k: None
+    assert [h.in_channels for h in m.aux_heads] == [32, 16, 8]  # 8f, 4f, 2f
+    batch = semi_batch(C, 16, seed=11)
+    loss = m.training_step(batch, 0)
+    loss.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with torch.no_grad():  # by hand: 4 full-size outputs, sup on the labeled, pyramid on the rest
+        x = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])
+        stages = m.net.decode_stages(m.net.encode(x))
+        outs = [m.net.head(stages[-1])] + [
+            F.interpolate(h(s), size=(16, 16, 16), mode="trilinear")
+            for h, s in zip(m.aux_heads, stages[:-1], strict=True)
+        ]
+        y = batch["labeled"]["label"]
+        expected = sum(sup(o[:2], y) for o in outs) / 4
+        expected = expected + pyramid_consistency([o[2:].softmax(1) for o in outs])
+    torch.testing.assert_close(loss.detach(), expected)
+    with pytest.raises(TypeError, match="decode_stages"):
+        from scdl.models.monai_backbones import MonaiUNet
+
+        URPCModule(MonaiUNet(num_classes=C, base_filters=4), sup, num_classes=C)

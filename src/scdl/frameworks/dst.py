@@ -14,6 +14,7 @@ from torch import nn
 
 from scdl.frameworks.cps import CPSModule
 from scdl.losses.consistency import voxel_weighted_ce
+from scdl.models.contracts import DecoderFactoryBackbone
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -87,7 +88,7 @@ class DSTModule(CPSModule):
     ) -> None:
         super().__init__(*args, **kwargs)
         for net in (self.net_a, self.net_b):
-            if not hasattr(net, "make_decoder"):
+            if not isinstance(net, DecoderFactoryBackbone):
                 raise TypeError(
                     f"framework=dst needs a backbone with make_decoder() (extra decoders on its "
                     f"encoder); {type(net).__name__} has none: use model=vnet"

@@ -49,6 +49,32 @@ class SegmentationBackbone(Protocol):
         ...
 
 
+@runtime_checkable
+class DeepSupervisionBackbone(SegmentationBackbone, Protocol):
+    """A backbone whose decoder stages can be read one by one (URPC's multi-scale outputs).
+
+    Attributes:
+        stage_channels: channels of each stage map, deep to shallow.
+    """
+
+    stage_channels: tuple[int, ...]
+
+    def decode_stages(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Skip maps -> every decoder stage's map (B, stage_channels[i], X_i, Y_i, Z_i), deep to
+        shallow; the last is :meth:`decode`'s output."""
+        ...
+
+
+@runtime_checkable
+class DecoderFactoryBackbone(SegmentationBackbone, Protocol):
+    """A backbone that can build further decoders for its own encoder (DST's extra decoders)."""
+
+    def make_decoder(self) -> torch.nn.Module:
+        """A new decoder + head with its own weights: skip maps of :meth:`encode` -> logits
+        (B, C, X, Y, Z)."""
+        ...
+
+
 def check_backbone(module: object) -> SegmentationBackbone:
     """``module`` if it satisfies :class:`SegmentationBackbone`, else a TypeError naming what is
     missing."""

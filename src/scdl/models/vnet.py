@@ -143,7 +143,18 @@ class VNet(_DecoderLayers):
 
     def decode(self, skips: list[torch.Tensor]) -> torch.Tensor:
         """Decoder. Returns the feature map x9: (B, base_filters, X, Y, Z), before the classifier."""
+        return _decode(self, skips)[-1]
+
+    def decode_stages(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every decoder stage's output, deep to shallow: x6 (8f, X/8), x7 (4f, X/4), x8 (2f, X/2),
+        x9 (f, X) = :meth:`decode` (deep supervision, URPC)."""
         return _decode(self, skips)
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """Channels of :meth:`decode_stages`' maps."""
+        f = self.feature_channels
+        return (8 * f, 4 * f, 2 * f, f)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Classifier: (B, base_filters, X, Y, Z) -> logits (B, C, X, Y, Z)."""
@@ -179,7 +190,7 @@ class VNetDecoder(_DecoderLayers):
         init_conv_weights(self, init)
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
-        return self.out_conv(_decode(self, skips))
+        return self.out_conv(_decode(self, skips)[-1])
 
 
 def _decoder_layers(f: int, num_classes: int, norm: Norm, dropout: float) -> dict[str, nn.Module]:
@@ -198,14 +209,15 @@ def _decoder_layers(f: int, num_classes: int, norm: Norm, dropout: float) -> dic
     }
 
 
-def _decode(m: _DecoderLayers, skips: list[torch.Tensor]) -> torch.Tensor:
-    """The decoder pass of a module holding :func:`_decoder_layers` -> features x9."""
+def _decode(m: _DecoderLayers, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The decoder pass of a module holding :func:`_decoder_layers` -> the stages x6, x7, x8 and
+    the features x9 (after dropout)."""
     x1, x2, x3, x4, x5 = skips
-    x = m.block6(m.up5(x5) + x4)
-    x = m.block7(m.up6(x) + x3)
-    x = m.block8(m.up7(x) + x2)
-    x = m.block9(m.up8(x) + x1)
-    return m.dropout(x)
+    x6 = m.block6(m.up5(x5) + x4)
+    x7 = m.block7(m.up6(x6) + x3)
+    x8 = m.block8(m.up7(x7) + x2)
+    x9 = m.block9(m.up8(x8) + x1)
+    return [x6, x7, x8, m.dropout(x9)]
 
 
 def init_conv_weights(module: nn.Module, init: str) -> None:

@@ -67,6 +67,7 @@ METHOD_ORDER = tuple(
         "Supervised only",
         "Mean teacher",
         "UA-MT",
+        "URPC",
         "CPS",
         "GA-CPS",
         "DHC",
