@@ -188,6 +188,16 @@ def test_depl_debiases_masks_then_updates_qhat():
     torch.testing.assert_close(m.qhat[0], 0.5 / 3 + 0.5 * a[1:].softmax(1))
 
 
+def test_per_voxel_state_of_another_patch_size_is_refused_by_name():
+    m = _cps(DePLModule, patch_size=(2, 2, 2))
+    logits = torch.zeros(2, C, 4, 4, 4)
+    with pytest.raises(ValueError, match="framework.patch_size"):
+        m.cps_term(logits, logits, 0, 1, torch.zeros(1, 4, 4, 4, dtype=torch.long))
+    m = _cps(AdshModule, patch_size=(2, 2, 2))
+    with pytest.raises(ValueError, match="Adsh's window"):
+        m.cps_term(logits, logits, 0, 1, torch.zeros(1, 4, 4, 4, dtype=torch.long))
+
+
 # --- Adsh --------------------------------------------------------------------------------------
 def _thresholds_by_sorting(scores: np.ndarray, thresh_major: float) -> np.ndarray:
     """The reference's estimate, written from its description with numpy's sort."""

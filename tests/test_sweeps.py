@@ -390,7 +390,8 @@ def test_interrupted_paper_table_sweep_resumes_and_completes(phantom_cache, tmp_
     assert not (sweep / "paper_table.md").exists()
 
     t0 = time.time()
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    jobs = len(_sweep_experiments("paper_table"))  # about 30 s each on 2 idle cores
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120 * jobs)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     out = rerun.stdout + rerun.stderr
     for name in finished_before:  # skipped, not trained again

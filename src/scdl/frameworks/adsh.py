@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from scdl.frameworks.cps import CPSModule
+from scdl.frameworks.cps import CPSModule, check_patch_state
 
 
 class AdshModule(CPSModule):
@@ -94,12 +94,7 @@ class AdshModule(CPSModule):
         y: torch.Tensor,
         skips: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        if tuple(logits_a.shape[1:]) != tuple(self.window.shape[2:]):
-            raise ValueError(
-                f"Adsh's window holds patches of shape {tuple(self.window.shape[2:])} "
-                f"(framework.patch_size), the logits {tuple(logits_a.shape[1:])}: set "
-                "framework.patch_size to data.module.patch_size"
-            )
+        check_patch_state("Adsh's window", self.window, logits_a)
         a, b = logits_a[lo:], logits_b[lo:]
         if logits_a.shape[0] > n_l:
             self.update_thresholds(0, logits_a[n_l:].detach())

@@ -194,3 +194,14 @@ def _class_weights(loss: nn.Module) -> torch.Tensor | None:
     """The current class weights (C,) of a class-weighted supervised loss, else None."""
     weights = getattr(loss, "class_weights", None)
     return weights.detach() if isinstance(weights, torch.Tensor) else None
+
+
+def check_patch_state(what: str, state: torch.Tensor, logits: torch.Tensor) -> None:
+    """Refuses logits (B, C, *P) whose (C, *P) differ from the trailing dims of a per-voxel state
+    sized by ``framework.patch_size`` (DePL's running prediction, Adsh's window)."""
+    expected, got = tuple(state.shape[-logits.ndim + 1 :]), tuple(logits.shape[1:])
+    if expected != got:
+        raise ValueError(
+            f"{what} holds (classes, patch) {expected} (framework.patch_size), the logits {got}: "
+            "set framework.patch_size to data.module.patch_size"
+        )

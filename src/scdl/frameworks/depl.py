@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from scdl.frameworks.cps import CPSModule
+from scdl.frameworks.cps import CPSModule, check_patch_state
 from scdl.losses.consistency import voxel_weighted_ce
 from scdl.utils.distributed import all_reduce_sum, is_distributed
 
@@ -84,12 +84,7 @@ class DePLModule(CPSModule):
         skips: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         a, b = logits_a[lo:], logits_b[lo:]
-        if tuple(a.shape[1:]) != tuple(self.qhat.shape[2:]):
-            raise ValueError(
-                f"DePL's running prediction has the shape {tuple(self.qhat.shape[2:])} "
-                f"(framework.patch_size), the logits {tuple(a.shape[1:])}: set framework.patch_size "
-                "to data.module.patch_size"
-            )
+        check_patch_state("DePL's running prediction", self.qhat, a)
         target_a, mask_a = self.debiased_pseudo_labels(a, self.qhat[0])
         target_b, mask_b = self.debiased_pseudo_labels(b, self.qhat[1])
         if logits_a.shape[0] > n_l:  # the reference updates from the unlabeled samples
