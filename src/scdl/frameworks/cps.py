@@ -128,7 +128,7 @@ class CPSModule(SemiSupervisedModule):
         B's encoder maps of the batch, for extra decoders): ``unsup(A, B) +
         unsup(B, A)``, each direction weighted by the student network's own class weights where
         the losses have them (DHC: A's difficulty-, B's distribution-aware weights). The baselines
-        that choose their pseudo-labels otherwise (DePL, Adsh, CLD) override it."""
+        that choose their pseudo-labels otherwise (DePL, Adsh, CLD, DST) override it."""
         return self.cross_loss(logits_a[lo:], logits_b[lo:], self.sup_loss) + self.cross_loss(
             logits_b[lo:], logits_a[lo:], self.sup_loss_b
         )
