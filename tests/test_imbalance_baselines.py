@@ -492,3 +492,50 @@ def test_urpc_supervises_every_scale_and_trains_every_parameter():
         from scdl.models.monai_backbones import MonaiUNet
 
         URPCModule(MonaiUNet(num_classes=C, base_filters=4), sup, num_classes=C)
+
+
+# --- their state is in the checkpoint --------------------------------------------------------
+def _crest_cps():
+    return _cps(sup_loss=CountWeightedLoss(C, "crest"), sup_loss_b=CountWeightedLoss(C, "crest"))
+
+
+def _dst():
+    from scdl.frameworks.dst import DSTModule
+
+    return _cps(DSTModule)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _crest_cps,
+        lambda: _cps(CLDModule, bank_every=1),
+        lambda: _cps(DePLModule, patch_size=(16, 16, 16), threshold=0.0),  # every voxel counts
+        _dst,
+        lambda: _acisis(update_every=2),  # rates set at step 2, used at step 3
+    ],
+    ids=["crest", "cld", "depl", "dst", "acisis"],
+)
+def test_a_module_restored_from_its_state_dict_takes_the_same_next_step(make):
+    """Class weights, confidence banks, DePL's running prediction, Acisis's rates and the extra
+    decoders' statistics move during training; a checkpoint (state dict) carries them."""
+    batch = semi_batch(C, 16, seed=12)
+    m = make()
+    for step in range(2):
+        m.training_step(batch, step)
+    fresh = make()
+    fresh.load_state_dict(m.state_dict())
+    torch.manual_seed(5)
+    expected = m.training_step(batch, 2)
+    torch.manual_seed(5)
+    torch.testing.assert_close(fresh.training_step(batch, 2), expected, rtol=0, atol=0)
+
+
+def test_adsh_restarts_its_window_on_resume():
+    m = _cps(AdshModule, patch_size=(2, 2, 2), window_samples=4)
+    m.update_thresholds(0, torch.randn(2, C, 2, 2, 2))
+    state = m.state_dict()
+    assert "window" not in state and int(state["window_fill"][0]) == 2
+    checkpoint = {"state_dict": dict(state)}
+    m.on_load_checkpoint(checkpoint)
+    assert not checkpoint["state_dict"]["window_fill"].any()

@@ -19,7 +19,7 @@ class CLDModule(CPSModule):
     class on the labeled voxels of that class, accumulated over ``bank_every`` iterations, then
     ``conf_n <- conf_new`` (first time) or ``bank_momentum * conf_n + (1 - m) * conf_new``. It
     starts random (``torch.rand``; B starts as a copy of A), as in the reference. The sampling rate
-    ``r_c = ((1 - conf_c) / max(1 - conf) + 1e-12)) ** gamma``; a voxel whose own prediction is
+    ``r_c = ((1 - conf_c) / (max(1 - conf) + 1e-12)) ** gamma``; a voxel whose own prediction is
     class ``c`` enters the cross pseudo-label loss when ``u > 1 - r_c`` (``u ~ U(0, 1)``):
 
     ``L_cps = mean_v w_{y_v} CE(A_v, argmax B_v) m^A_v + mean_v w_{y_v} CE(B_v, argmax A_v) m^B_v``
