@@ -247,3 +247,24 @@ def test_arms_run_on_another_split_are_not_paired_and_the_table_says_why(tmp_pat
     table = comparison_table(collect([tmp_path], k=1), n_boot=200)
     assert "| exp/full | – | – | not paired: " in table
     assert "f2 and " in table and "used another split (split.json)" in table
+
+
+def test_arms_option_keeps_a_declared_family_and_holm_counts_only_it(tmp_path, capsys):
+    """Three arms; --arms with two of them: the third is in no table and Holm adjusts over the
+    one comparison left (its p equals the raw p of the same pair compared alone)."""
+    from scdl.reporting.summary import main
+
+    cache = _label_cache(tmp_path)
+    for ablation, shift in (("baseline", 0.0), ("full", -0.2), ("plus", 0.1)):
+        for seed in (1, 2, 3):
+            means = [0.5 + shift + 0.01 * seed, 0.4 + shift, 0.6 + shift - 0.01 * seed]
+            _run(tmp_path, f"{ablation}{seed}", ablation, seed, means, cache, cases=5)
+    main([str(tmp_path), "--baseline", "exp/full", "--arms", "exp/full,exp/plus"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| exp |")]
+    assert [row.split(" | ")[1] for row in rows] == ["full", "plus"]
+    assert "baseline" not in out.replace("--baseline", "") and "over its 1 comparison" in out
+    with pytest.raises(
+        SystemExit, match=r"no finished run of \['exp/none'\] \(found: exp/baseline"
+    ):
+        main([str(tmp_path), "--arms", "exp/full,exp/none"])

@@ -323,6 +323,21 @@ def only_seeds(records: Sequence[RecordT], seeds: set[int]) -> list[RecordT]:
     return kept
 
 
+def only_arms(records: Sequence[RecordT], arms: str) -> list[RecordT]:
+    """The runs of the listed ``experiment/ablation`` groups (comma-separated): a comparison
+    family declared in advance (e.g. the switches against released SCDL) holds only its own arms,
+    so Holm adjusts over that family and not over every arm of the folder. ValueError naming
+    the groups found when a listed one has no run."""
+    wanted = [a.strip() for a in arms.split(",") if a.strip()]
+    found = sorted({_group_key(r) for r in records})
+    missing = [a for a in wanted if a not in found]
+    if not wanted or missing:
+        raise ValueError(
+            f"--arms {arms}: no finished run of {missing or arms!r} (found: {', '.join(found)})"
+        )
+    return [r for r in records if _group_key(r) in wanted]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -341,6 +356,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seeds", default=None, help="only these seeds, e.g. 1,2,3 or 1-3 (default: all)"
+    )
+    parser.add_argument(
+        "--arms",
+        default=None,
+        help="only these experiment/ablation groups, comma-separated (a declared comparison "
+        "family; default: all)",
     )
     parser.add_argument(
         "--primary",
@@ -362,6 +383,11 @@ def render(args: argparse.Namespace) -> str:
     if args.seeds is not None:
         try:
             records = only_seeds(records, parse_seeds(args.seeds))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    if args.arms is not None:
+        try:
+            records = only_arms(records, args.arms)
         except ValueError as err:
             raise SystemExit(str(err)) from None
     try:
