@@ -43,11 +43,27 @@ def _update_all(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.T
     }
 
 
+def _acisis_criteria(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Acisis's accumulated per-class criteria (3, C) after two labeled batches."""
+    from scdl.frameworks.acisis import AcisisModule
+    from scdl.losses.dhc import WeightedCEDiceLoss
+    from scdl.models.vnet import VNet
+
+    ce = WeightedCEDiceLoss()
+    m = AcisisModule(VNet(num_classes=C, base_filters=2), ce, ce, num_classes=C)
+    m.update_every = 10  # accumulate only
+    for _ in range(2):
+        m.observe_labeled(logits, labels)
+    return m.criteria.clone()
+
+
 def _rank(rank: int, port: int, out: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         logits, labels = _batches()
         out[rank] = _update_all(logits[rank : rank + 1], labels[rank : rank + 1])
+        # Acisis: the same batch on both ranks, so its per-batch means are one process's
+        out[rank] = {**out[rank], "acisis": _acisis_criteria(logits, labels)}
     finally:
         dist.destroy_process_group()
 
@@ -63,5 +79,8 @@ def test_loss_weight_statistics_are_summed_over_ranks():
     for name, expected in whole.items():
         assert torch.equal(out[0][name], out[1][name]), name
         assert torch.allclose(out[0][name], expected, rtol=1e-6, atol=1e-7), name
+    # Acisis's criteria are per-batch means, soft-maxed later: averaged over ranks, on the scale
+    # of one process (a sum would double the softmax's input with 2 ranks)
+    assert torch.allclose(out[0]["acisis"], _acisis_criteria(*_batches()), rtol=1e-6)
     alone = _update_all(*(t[:1] for t in _batches()))  # rank 0's half only: what was kept
     assert not torch.allclose(alone["distdw"], whole["distdw"])

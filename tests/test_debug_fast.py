@@ -7,6 +7,7 @@ phantom through ``train()``."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -20,11 +21,22 @@ NUM_CLASSES = {"phantom": 14, "synapse": 14, "amos": 16}
 
 
 class _RandomBatches(L.LightningDataModule):
-    """``steps`` training batches of the data module's layout (no validation)."""
+    """``steps`` training batches of the data module's layout (no validation), with a split of
+    16 unlabeled case ids (what Adsh's window and Acisis's epoch are sized from)."""
 
     def __init__(self, num_classes: int, size: int, steps: int) -> None:
         super().__init__()
         self.batches = [semi_batch(num_classes, size, seed) for seed in range(steps)]
+        self.split = SimpleNamespace(labeled=["l0", "l1"], unlabeled=[f"u{i}" for i in range(16)])
+        self.unlabeled_bs = int(self.batches[0]["unlabeled"]["image"].shape[0])
+
+    def init_count_weights(self, module: L.LightningModule) -> None:
+        """Class weights initialised from the labeled set's voxel counts (CReST, SimiS, CLD,
+        DHC's DistDW), read by the framework from scdl's cache, from these batches' labels."""
+        labels = torch.cat([b["labeled"]["label"].flatten() for b in self.batches])
+        for _, loss in getattr(module, "class_weighted_losses", list)():
+            if getattr(loss, "wants_labeled_counts", False):
+                loss.init_from_counts(torch.bincount(labels, minlength=loss.num_classes).double())
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(self.batches, batch_size=None)
@@ -66,7 +78,9 @@ def test_debug_fast_trains_every_experiment_for_two_steps(experiment, tmp_path):
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    trainer.fit(module, datamodule=_RandomBatches(cfg.data.num_classes, patch[0], 2))
+    data = _RandomBatches(cfg.data.num_classes, patch[0], 2)
+    data.init_count_weights(module)
+    trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2
     assert all(torch.isfinite(p).all() for p in module.parameters())
 

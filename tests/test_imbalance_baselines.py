@@ -62,6 +62,8 @@ def test_count_weighted_loss_init_and_ema():
     assert not crest.wants_labeled_counts
 
     cld = CountWeightedLoss(C, "cld")
+    with pytest.raises(ValueError, match="loss=cld: the class weights come from the labeled set"):
+        cld.observe(labels)  # no labeled counts: refused, not fixed from pseudo-labels
     cld.init_from_counts(COUNTS)
     cld.observe(labels)  # fixed
     torch.testing.assert_close(cld.weights, cld_weights(COUNTS).float())
@@ -244,10 +246,36 @@ def test_adsh_window_fills_then_thresholds_then_masked_ce():
     t = torch.tensor([0.2, 0.9, 0.0])
     logits = torch.randn(2, C, 2, 2, 2, generator=g, requires_grad=True)
     target = torch.randint(0, C, (2, 2, 2, 2), generator=g)
-    keep = (logits.detach().softmax(1) > t.view(1, C, 1, 1, 1)).float()
+    provider = torch.randn(2, C, 2, 2, 2, generator=g)
+    keep = (provider.softmax(1) > t.view(1, C, 1, 1, 1)).float()
     torch.testing.assert_close(
-        class_masked_ce(logits, target, t), F.cross_entropy(logits * keep, target)
+        class_masked_ce(logits, target, provider, t), F.cross_entropy(logits * keep, target)
     )
+
+
+def test_adsh_each_network_is_masked_by_the_pseudo_label_provider():
+    """DHC's train_adsh.py: cps_loss_func(output_A, max_B, sample_map_B) + (B, max_A,
+    sample_map_A): A's logits are sampled where B's scores pass B's thresholds (not A's own)."""
+    m = _cps(AdshModule, patch_size=(2, 2, 2), window_samples=4)
+    m.thresholds.copy_(torch.tensor([[0.9, 0.9, 0.9], [0.1, 0.1, 0.1]]))  # A strict, B lenient
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(2, C, 2, 2, 2, generator=g) * 2
+    b = torch.randn(2, C, 2, 2, 2, generator=g) * 2
+    y = torch.zeros(2, 2, 2, 2, dtype=torch.long)
+    got = m.cps_term(a, b, 0, 2, y)  # n_l = batch: no unlabeled patch, the thresholds stay
+
+    def term(student, provider, t):
+        keep = (provider.softmax(1) > t.view(1, C, 1, 1, 1)).float()
+        return F.cross_entropy(student * keep, provider.argmax(1))
+
+    expected = term(a, b, m.thresholds[1]) + term(b, a, m.thresholds[0])
+    torch.testing.assert_close(got, expected)
+    own_mask_a = (a.softmax(1) > 0.9).float()  # the student's own scores and thresholds
+    own_mask_b = (b.softmax(1) > 0.1).float()
+    own = F.cross_entropy(a * own_mask_a, b.argmax(1)) + F.cross_entropy(
+        b * own_mask_b, a.argmax(1)
+    )
+    assert not torch.allclose(got, own)  # which network masks matters on this case
 
 
 # --- every baseline trains ---------------------------------------------------------------------
@@ -374,7 +402,46 @@ def test_acisis_trains_every_student_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     cfg = compose_cfg(["experiment=amos_acisis_scdl"])
     assert cfg.framework.teacher_noise == 0.0 and cfg.framework.unsup_weight == 1.0
-    assert cfg.framework.rampup_steps == cfg.trainer.max_steps and cfg.framework.update_every == 103
+    assert (
+        cfg.framework.rampup_steps == cfg.trainer.max_steps and cfg.framework.update_every is None
+    )
+
+
+def _attach_split(module, unlabeled_cases: int, unlabeled_bs: int = 2) -> None:
+    """A trainer stub whose data module holds a split of ``unlabeled_cases`` unlabeled cases."""
+    from types import SimpleNamespace
+
+    split = SimpleNamespace(labeled=[], unlabeled=[f"u{i}" for i in range(unlabeled_cases)])
+    datamodule = SimpleNamespace(split=split, unlabeled_bs=unlabeled_bs)
+    module._trainer = SimpleNamespace(datamodule=datamodule)
+
+
+@pytest.mark.parametrize(("cases", "window", "epoch"), [(16, 4, 8), (206, 51, 103), (3, 1, 2)])
+def test_adsh_window_and_acisis_epoch_follow_the_split(cases, window, epoch):
+    """DHC: Adsh's tot_iter = u_len // 4, Acisis's update_iter = len(unlabeled_loader) (no
+    drop_last): derived from the run's split when training starts, for any labeled fraction
+    (AMOS 2 % / 10 %: 53 / 48 windows); an explicit value is kept."""
+    adsh = _cps(AdshModule, patch_size=(2, 2, 2))
+    _attach_split(adsh, cases)
+    adsh.on_fit_start()
+    assert adsh.window_samples == window and adsh.window.shape[:2] == (2, window)
+    acisis = _acisis()
+    _attach_split(acisis, cases)
+    acisis.on_fit_start()
+    assert acisis.update_every == epoch
+    fixed = _cps(AdshModule, patch_size=(2, 2, 2), window_samples=7)
+    _attach_split(fixed, cases)
+    fixed.on_fit_start()
+    assert fixed.window_samples == 7
+
+
+def test_split_derived_sizes_refuse_a_data_module_without_a_split():
+    from types import SimpleNamespace
+
+    m = _cps(AdshModule, patch_size=(2, 2, 2))
+    m._trainer = SimpleNamespace(datamodule=SimpleNamespace(unlabeled_bs=2))
+    with pytest.raises(ValueError, match=r"framework.window_samples=null .* no split: set"):
+        m.on_fit_start()
 
 
 # --- DST ---------------------------------------------------------------------------------------
@@ -488,6 +555,11 @@ def test_urpc_supervises_every_scale_and_trains_every_parameter():
         expected = sum(sup(o[:2], y) for o in outs) / 4
         expected = expected + pyramid_consistency([o[2:].softmax(1) for o in outs])
     torch.testing.assert_close(loss.detach(), expected)
+    # the reference draws every conv Kaiming-normal, the stage classifiers too: std sqrt(2 / fan_in)
+    # (torch's default would give 1 / sqrt(3 fan_in), 0.41 of it)
+    big = URPCModule(VNet(num_classes=14, base_filters=16), sup, num_classes=14)
+    weights = big.aux_heads[0].weight  # (14, 128, 1, 1, 1)
+    assert abs(float(weights.std()) / math.sqrt(2 / weights.shape[1]) - 1) < 0.1
     with pytest.raises(TypeError, match="decode_stages"):
         from scdl.models.monai_backbones import MonaiUNet
 

@@ -10,9 +10,10 @@ import math
 import numpy as np
 import torch
 
+from scdl.frameworks.base import unlabeled_stream
 from scdl.frameworks.mean_teacher import MeanTeacherModule
 from scdl.losses.consistency import voxel_weighted_ce
-from scdl.utils.distributed import all_reduce_sum
+from scdl.utils.distributed import all_reduce_mean
 
 PENALTY_RANK = 0.632  # the reference's P_FR: rank of a class outside a criterion's top m
 PENALTY_CONF = 0.0  # P_CCF: its confidence factor there
@@ -40,7 +41,9 @@ class AcisisModule(MeanTeacherModule):
     predicted class ``c`` (``u ~ U(0, 1)``).
 
     Args:
-        update_every: steps per rate update (unlabeled cases / unlabeled batch size).
+        update_every: steps per rate update; None (default): one epoch of the reference's
+            unlabeled loader, ceil(unlabeled cases / unlabeled batch size) of the run's split,
+            read when training starts.
         rate_momentum: EMA of CC (0.99); top_m: 12; rate_power (lambda): 2.5; beta: 1.5.
         cross_sample_statistics: see above.
         **kwargs: see :class:`~scdl.frameworks.mean_teacher.MeanTeacherModule`.
@@ -54,7 +57,7 @@ class AcisisModule(MeanTeacherModule):
     def __init__(
         self,
         *args,
-        update_every: int = 8,
+        update_every: int | None = None,
         rate_momentum: float = 0.99,
         top_m: int = 12,
         rate_power: float = 2.5,
@@ -63,9 +66,10 @@ class AcisisModule(MeanTeacherModule):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if update_every < 1:
+        if update_every is not None and update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
-        self.update_every, self.rate_momentum = int(update_every), rate_momentum
+        self.update_every, self.rate_momentum = int(update_every or 0), rate_momentum
+        self.update_from_split = update_every is None
         self.top_m, self.rate_power, self.beta = int(top_m), rate_power, beta
         self.cross_sample_statistics = cross_sample_statistics
         c = self.num_classes
@@ -73,6 +77,14 @@ class AcisisModule(MeanTeacherModule):
         self.register_buffer("criteria_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("class_confidence", torch.zeros(c))  # the reference's CC
         self.register_buffer("sampling_rate", torch.ones(c))
+
+    def on_fit_start(self) -> None:
+        """One unlabeled epoch per rate update where ``update_every`` is None (DHC:
+        ``len(unlabeled_loader)``, no drop_last)."""
+        super().on_fit_start()
+        if self.update_from_split:
+            cases, batch = unlabeled_stream(self, "update_every")
+            self.update_every = max(1, math.ceil(cases / batch))
 
     @torch.no_grad()
     def labeled_criteria(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -93,7 +105,9 @@ class AcisisModule(MeanTeacherModule):
 
     @torch.no_grad()
     def observe_labeled(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.criteria += all_reduce_sum(self.labeled_criteria(logits, labels).double())
+        # per-class means of this rank's batch: averaged over ranks, so the softmax of
+        # update_sampling_rate sees the reference's scale whatever the rank count
+        self.criteria += all_reduce_mean(self.labeled_criteria(logits, labels).double())
         self.criteria_steps += 1
         if int(self.criteria_steps) == self.update_every:
             self.update_sampling_rate()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from scdl.frameworks.base import unlabeled_stream
 from scdl.frameworks.cps import CPSModule, check_patch_state
 
 
@@ -27,10 +28,11 @@ class AdshModule(CPSModule):
     * ``t_c`` = the ``int(rho * n_c)``-th largest (0-based) class-``c`` score over all voxels of the
       window.
 
-    Thresholds start at 0. ``sample map s_{v,c} = [softmax_c(own logits)_v > t_c]`` (the student's
-    own prediction) and, as the reference's ``ClassDependent_WeightedCrossEntropyLoss``, the cross
-    pseudo-label loss is ``mean_v CE(logits_v * s_v, argmax(other)_v)`` (masked classes' logits set
-    to 0).
+    Thresholds start at 0. The pseudo-label's provider decides what is sampled: for A's term,
+    ``s_{v,c} = [softmax_c(logits_B)_v > t^B_c]`` (B's scores against B's thresholds), and, as the
+    reference's ``ClassDependent_WeightedCrossEntropyLoss``, the loss is
+    ``mean_v CE(logits_A,v * s_v, argmax(logits_B)_v)`` (masked classes' logits set to 0); B's term
+    the same with A and B swapped (the reference: ``cps_loss_func(output_A, max_B, sample_map_B)``).
 
     Deviations: the window is not in checkpoints (AMOS: ~3 GB per network at 51 patches of
     16 x 96^3); a resumed run restarts the current window with the restored thresholds. An index
@@ -39,7 +41,8 @@ class AdshModule(CPSModule):
 
     Args:
         patch_size: the training patch (P, P, P).
-        window_samples: unlabeled patches per window (the reference: unlabeled cases // 4).
+        window_samples: unlabeled patches per window; None (default): the reference's unlabeled
+            cases // 4 of the run's split (at least 1), read when training starts.
         thresh_major: the majority class's confidence threshold (0.9 in the DHC script).
         **kwargs: see :class:`~scdl.frameworks.cps.CPSModule`.
     """
@@ -52,19 +55,37 @@ class AdshModule(CPSModule):
         self,
         *args,
         patch_size: Sequence[int] = (96, 96, 96),
-        window_samples: int = 4,
+        window_samples: int | None = None,
         thresh_major: float = 0.9,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if window_samples < 1:
+        if window_samples is not None and window_samples < 1:
             raise ValueError(f"window_samples must be >= 1, got {window_samples}")
-        self.window_samples, self.thresh_major = int(window_samples), float(thresh_major)
+        self.thresh_major = float(thresh_major)
+        self.patch_size = tuple(int(p) for p in patch_size)
         c = self.num_classes
         self.register_buffer("thresholds", torch.zeros(2, c))
         self.register_buffer("window_fill", torch.zeros(2, dtype=torch.long))
-        shape = (2, self.window_samples, c, *(int(p) for p in patch_size))
-        self.register_buffer("window", torch.zeros(shape), persistent=False)
+        self.register_buffer("window", torch.zeros(2, 0, c, *self.patch_size), persistent=False)
+        self.window_samples = 0
+        self.window_from_split = window_samples is None
+        if window_samples is not None:
+            self.set_window(int(window_samples))
+
+    def set_window(self, samples: int) -> None:
+        """An empty window of ``samples`` softmax maps per network (2, N, C, P, P, P)."""
+        self.window_samples = samples
+        shape = (2, samples, self.num_classes, *self.patch_size)
+        self.window = torch.zeros(shape, device=self.window.device)
+
+    def on_fit_start(self) -> None:
+        """Sizes the window from the split where ``window_samples`` is None (DHC's
+        ``u_len // 4``)."""
+        super().on_fit_start()
+        if self.window_from_split:
+            cases, _ = unlabeled_stream(self, "window_samples")
+            self.set_window(max(1, cases // 4))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -100,8 +121,9 @@ class AdshModule(CPSModule):
             self.update_thresholds(0, logits_a[n_l:].detach())
             self.update_thresholds(1, logits_b[n_l:].detach())
         target_a, target_b = a.detach().argmax(dim=1), b.detach().argmax(dim=1)
-        return class_masked_ce(a, target_b, self.thresholds[0]) + class_masked_ce(
-            b, target_a, self.thresholds[1]
+        # each network learns the other's pseudo-label where the other is above its thresholds
+        return class_masked_ce(a, target_b, b, self.thresholds[1]) + class_masked_ce(
+            b, target_a, a, self.thresholds[0]
         )
 
 
@@ -122,11 +144,15 @@ def adaptive_thresholds(scores: torch.Tensor, thresh_major: float) -> torch.Tens
 
 
 def class_masked_ce(
-    logits: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    provider_logits: torch.Tensor,
+    thresholds: torch.Tensor,
 ) -> torch.Tensor:
-    """``mean_v CE(logits_v * s_v, target_v)``, ``s_{v,c} = [softmax_c(logits)_v > t_c]``
-    (detached): logits (B, C, *S), target (B, *S), thresholds (C,)."""
+    """``mean_v CE(logits_v * s_v, target_v)``, ``s_{v,c} = [softmax_c(provider_logits)_v > t_c]``
+    (no gradient): logits and provider_logits (B, C, *S), target (B, *S), the provider's
+    thresholds (C,). The provider is the network whose argmax is ``target``."""
     with torch.no_grad():
         shape = (1, -1) + (1,) * (logits.ndim - 2)
-        sample = (logits.float().softmax(dim=1) > thresholds.view(shape)).float()
+        sample = (provider_logits.float().softmax(dim=1) > thresholds.view(shape)).float()
     return F.cross_entropy(logits.float() * sample, target.long())

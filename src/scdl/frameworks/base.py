@@ -441,6 +441,22 @@ class SemiSupervisedModule(L.LightningModule):
             self.log(f"{stage}/dice_minority", torch.nanmean(minority))
 
 
+def unlabeled_stream(module: L.LightningModule, key: str) -> tuple[int, int]:
+    """(unlabeled cases of the run's split, unlabeled patches per step) from the trainer's data
+    module, for a size its reference derives from the unlabeled loader (Adsh's window, Acisis's
+    epoch). ValueError naming ``framework.<key>`` where the data module has no split."""
+    datamodule = getattr(module.trainer, "datamodule", None)
+    split = getattr(datamodule, "split", None)
+    unlabeled_bs = int(getattr(datamodule, "unlabeled_bs", 0) or 0)
+    if split is None or unlabeled_bs < 1:
+        raise ValueError(
+            f"framework.{key}=null is derived from the data module's split and unlabeled_bs, "
+            f"and {type(datamodule).__name__} has {'no split' if split is None else 'no unlabeled batch'}: "
+            f"set framework.{key} to an integer"
+        )
+    return len(split.unlabeled), unlabeled_bs
+
+
 def rng_states() -> dict:
     """torch (CPU and CUDA), numpy and Python RNG states as plain values (weights-only loadable)."""
     kind, keys, pos, has_gauss, cached = cast(  # the legacy tuple (not the legacy=False dict)

@@ -14,6 +14,7 @@ from torch import nn
 from scdl.frameworks.base import SemiSupervisedModule
 from scdl.frameworks.plugin import FrameworkPlugin
 from scdl.models.contracts import DeepSupervisionBackbone, SegmentationBackbone, check_backbone
+from scdl.models.vnet import init_conv_weights
 
 
 def pyramid_consistency(probs: list[torch.Tensor]) -> torch.Tensor:
@@ -51,6 +52,8 @@ class URPCModule(SemiSupervisedModule):
         sup_loss: ``(logits, labels) -> scalar``, applied at every scale.
         unsup_loss: accepted for the common build interface, unused.
         plugin: optional plug-in on the backbone (its logits are the main scale's).
+        aux_init: init of the deeper stages' classifiers: ``kaiming`` (the reference's
+            ``unet_3D_ds`` draws every Conv3d Kaiming-normal), ``xavier`` or ``default``.
         **kwargs: see :class:`SemiSupervisedModule`.
     """
 
@@ -60,6 +63,7 @@ class URPCModule(SemiSupervisedModule):
         sup_loss: nn.Module,
         unsup_loss: nn.Module | None = None,
         plugin: FrameworkPlugin | None = None,
+        aux_init: str = "kaiming",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -76,6 +80,8 @@ class URPCModule(SemiSupervisedModule):
         self.aux_heads = nn.ModuleList(
             nn.Conv3d(c, self.num_classes, 1) for c in backbone.stage_channels[:-1]
         )
+        # the reference's unet_3D_ds draws every Conv3d, these heads included, Kaiming-normal
+        init_conv_weights(self.aux_heads, aux_init)
         self.convert_memory_format(cast(nn.Module, self.net), self.aux_heads)
         self.sup_loss = sup_loss
         self.attach_plugin(plugin)

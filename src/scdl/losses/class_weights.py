@@ -68,7 +68,8 @@ class CountWeightedLoss(nn.Module):
     * ``cld``: ``w`` = :func:`cld_weights` of the labeled set, fixed.
 
     Before :meth:`init_from_counts` the weights are uniform 1 and the first :meth:`observe` sets
-    them (no EMA from an arbitrary start), as :class:`~scdl.losses.dhc.DistDW` does.
+    them (no EMA from an arbitrary start), as :class:`~scdl.losses.dhc.DistDW` does; ``cld``
+    refuses instead (its weights are never updated, so they must be the labeled set's).
 
     Args:
         num_classes: C.
@@ -129,7 +130,15 @@ class CountWeightedLoss(nn.Module):
     def observe(self, labels: torch.Tensor) -> None:
         """One EMA step from a pseudo-label map (any shape; all DDP ranks' counts summed).
         ``cld`` weights are fixed once initialised."""
-        if self.rule == "cld" and bool(self.initialized):
+        if self.rule == "cld":
+            if not bool(self.initialized):
+                # CLD's weights are fixed from the labeled set: pseudo-labels of an untrained
+                # network would fix arbitrary weights for the whole run
+                raise ValueError(
+                    "loss=cld: the class weights come from the labeled set's voxel counts, read "
+                    "when training starts from the data module's split and cache_dir; this run "
+                    "has none: use scdl's data module, or call init_from_counts(counts) first"
+                )
             return
         counts = all_reduce_sum(class_counts(labels, self.num_classes))
         current = self.rule_weights(counts)

@@ -23,6 +23,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all DDP ranks (``tensor`` itself in one process): for
+    statistics already normalised per batch, whose scale must not grow with the rank count."""
+    if not is_distributed() or torch.distributed.get_world_size() == 1:
+        return tensor
+    return all_reduce_sum(tensor) / torch.distributed.get_world_size()
+
+
 def launch_is_global_zero() -> bool:
     """Whether this process will be global rank 0, known before the trainer exists (preparing
     the cache, setting checkpoints aside): from the launcher's variables, as Lightning's cluster
