@@ -7,7 +7,8 @@ with AMX give different last bits for the SCDL steps), so the pin has two levels
 - ``digests``: SHA-256 of each tensor's bytes, per machine kind (:func:`machine_kind`): bitwise
   equality where the pin was written on a machine of this kind;
 - ``norms``: each tensor's L1 and L2 norm (float64), compared everywhere at ``rtol=1e-4`` (a
-  rounding difference moves them by ~1e-6; a change of the maths by far more).
+  rounding difference moves them by ~1e-6; a change of the maths by far more), and absolutely
+  at 1e-5 for the gradients that are rounding noise of a true 0 (biases before BatchNorm).
 
 A deliberate change of the training maths regenerates the pin (``SCDL_WRITE_PIN=1 pytest
 tests/test_step_pin.py``: norms and this machine's digests, other machines' digests dropped);
@@ -33,6 +34,10 @@ from scdl.models.vnet import VNet
 from scdl.plugins.scdl_plugin import SCDLPlugin
 
 PIN = Path(__file__).parent / "step_pin.json"
+# a conv bias followed by BatchNorm has a true gradient of 0: its computed one is rounding noise
+# (L1 below 3e-6 in the pin, 10-70 % apart between an AMD EPYC and an Intel Xeon AMX), while
+# every other gradient's L1 is above 3e-3; norms below this are compared absolutely
+NOISE = 1e-5
 C = 4
 CASES = [
     ("mean_teacher", None),
@@ -122,7 +127,9 @@ def test_training_step_losses_and_gradients_are_pinned():
     for case, tensors in want["norms"].items():
         assert set(norms[case]) == set(tensors), case
         for key, value in tensors.items():
-            assert norms[case][key] == pytest.approx(value, rel=1e-4), f"{case}: {key} differs"
+            assert norms[case][key] == pytest.approx(value, rel=1e-4, abs=NOISE), (
+                f"{case}: {key} differs"
+            )
     if mode:
         want["digests"][here] = digests
         PIN.write_text(json.dumps(want, indent=1, sort_keys=True) + "\n")
