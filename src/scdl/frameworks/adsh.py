@@ -68,14 +68,17 @@ class AdshModule(CPSModule):
         self.register_buffer("thresholds", torch.zeros(2, c))
         self.register_buffer("window_fill", torch.zeros(2, dtype=torch.long))
         self.register_buffer("window", torch.zeros(2, 0, c, *self.patch_size), persistent=False)
-        self.window_samples = 0
         self.window_from_split = window_samples is None
         if window_samples is not None:
             self.set_window(int(window_samples))
 
+    @property
+    def window_samples(self) -> int:
+        """Unlabeled patches per window (0 until sized from the split)."""
+        return int(self.window.shape[1])
+
     def set_window(self, samples: int) -> None:
         """An empty window of ``samples`` softmax maps per network (2, N, C, P, P, P)."""
-        self.window_samples = samples
         shape = (2, samples, self.num_classes, *self.patch_size)
         self.window = torch.zeros(shape, device=self.window.device)
 

@@ -380,17 +380,11 @@ def render(args: argparse.Namespace) -> str:
     records = load_records(args.roots) + collect(args.roots, args.smallest)
     if not records:
         raise SystemExit(f"no finished runs ({TRAIN_TEST_STEM}.json) below {args.roots}")
-    if args.seeds is not None:
-        try:
-            records = only_seeds(records, parse_seeds(args.seeds))
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
-    if args.arms is not None:
-        try:
-            records = only_arms(records, args.arms)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
     try:
+        if args.seeds is not None:
+            records = only_seeds(records, parse_seeds(args.seeds))
+        if args.arms is not None:
+            records = only_arms(records, args.arms)
         check_one_run_per_seed(records)
     except ValueError as err:
         raise SystemExit(str(err)) from None
