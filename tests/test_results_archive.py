@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from scdl.metrics.results import aggregate_metrics, save_metrics
-from scdl.reporting.archive import export, main, regenerate, studies
+from scdl.reporting.archive import export, main, regenerate, seed_ranges, studies
 from scdl.reporting.records import load_records
 from scdl.reporting.summary import parse_args, render
 from scdl.runs import TRAIN_TEST_STEM
@@ -92,3 +92,38 @@ def test_an_archive_of_another_version_is_refused_by_name(tmp_path):
     bad.write_text(json.dumps({"archive_version": 99}))
     with pytest.raises(SystemExit, match="x.run.json: archive version 99"):
         load_records([tmp_path])
+
+
+def test_seed_ranges_compress_runs_of_consecutive_seeds():
+    assert seed_ranges([3, 1, 2, 5, 8, 7, 2]) == "1-3, 5, 7-8"
+    assert seed_ranges([4]) == "4"
+
+
+def test_the_run_index_is_read_off_the_records_and_goes_stale_when_a_run_is_added(tmp_path):
+    """results/runs.md counts each study's runs per arm from its .run.json files: exporting one
+    more run without rewriting the index fails the check (a hand-kept count went stale once)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.save(cache / "a_label.npy", np.array([1] * 50 + [2] * 2 + [3] * 10, dtype=np.uint8))
+    runs = tmp_path / "logs"
+    for seed in (1, 2):
+        _run(runs, f"b{seed}", "baseline", seed, 0.0, cache)
+    _run(runs, "f1", "full", 1, 0.05, cache)
+    results = tmp_path / "results"
+    study = results / "study"
+    export(study, [runs], k=1)
+    (study / "tables.yaml").write_text("tables:\n  - file: t.md\n    args: [--per-class]\n")
+    assert main(["tables", str(results)]) == 0
+    index = (results / "runs.md").read_text()
+    assert "| `study` | phantom | exp/baseline | 1-2 | 2 |" in index
+    assert "| `study` | phantom | exp/full | 1 | 1 |" in index
+    assert "c" * 7 in index  # the commit of its provenance
+
+    _run(runs, "f3", "full", 3, 0.05, cache)
+    export(study, [runs / "f3"], k=1)
+    assert regenerate(results, check=True) == [str(study / "t.md"), str(results / "runs.md")]
+    assert main(["tables", str(study)]) == 0  # a study alone: its tables, no index of its own
+    assert not (study / "runs.md").exists()
+    assert regenerate(results, check=True) == [str(results / "runs.md")]
+    regenerate(results)
+    assert "| `study` | phantom | exp/full | 1, 3 | 2 |" in (results / "runs.md").read_text()

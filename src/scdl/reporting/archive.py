@@ -15,6 +15,9 @@ the tables regenerated from the folder alone.
     python -m scdl.reporting.archive tables results/<study>          # rewrite its tables
     python -m scdl.reporting.archive tables results --check          # exit 1 where one differs
 
+``tables`` on a folder that holds studies (``results/``) also writes its ``runs.md``: every
+study's runs per arm, with seeds, machines and commits, read off the records (never by hand).
+
 ``tables.yaml``::
 
     tables:
@@ -31,7 +34,8 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ import yaml
 from scdl.reporting.records import ARCHIVE_VERSION, SUFFIX, collect
 
 TABLES = "tables.yaml"
+INDEX = "runs.md"  # the run index of a folder of studies
 # Config sections that differ between machines without changing the run (where files live, how
 # Hydra logs): left out of the config hash.
 MACHINE_KEYS = ("paths", "hydra", "run_dir", "ckpt_path")
@@ -133,18 +138,70 @@ def studies(root: Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob(TABLES))
 
 
-def regenerate(root: Path, check: bool = False) -> list[str]:
-    """Rewrites (or with ``check`` compares) every table of every study below ``root``;
-    returns the tables that differed from the committed files."""
-    differ = []
+def seed_ranges(seeds: Sequence[int]) -> str:
+    """``[1, 2, 3, 5, 7, 8]`` -> ``"1-3, 5, 7-8"``."""
+    spans: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def render_index(root: Path) -> str:
+    """The run index of the studies below ``root``: one row per study, data set and arm with its
+    seeds, run count, the machines (CPU model and capability) and commits that trained it, and
+    the dates of its first and last start. Runs without a provenance record say so."""
+    from scdl.reporting.records import load_records
+
+    lines = [
+        f"<!-- written by python -m scdl.reporting.archive tables {root.name}; never by hand -->",
+        "",
+        "| study | data | arm | seeds | runs | machines | commits | trained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for study in studies(root):
-        for spec in table_specs(study):
-            text = render_table(study, spec)
-            target = study / spec["file"]
-            if not target.is_file() or target.read_text() != text:
-                differ.append(str(target))
-                if not check:
-                    target.write_text(text)
+        arms: dict[tuple[str, str], list[dict]] = {}
+        for record in load_records([study]):
+            key = (str(record["data"]), f"{record['experiment']}/{record['ablation']}")
+            arms.setdefault(key, []).append(dict(record))
+        for (data, arm), records in sorted(arms.items()):
+            starts = [s for r in records for s in r.get("provenance") or []]
+            unrecorded = sum(not r.get("provenance") for r in records)
+            machines = sorted({f"{s.get('cpu')} ({s.get('cpu_capability')})" for s in starts})
+            commits = sorted({str(s.get("commit"))[:7] for s in starts})
+            if unrecorded:
+                machines.append(f"{unrecorded} run(s) unrecorded")
+            dates = sorted(str(s["started"])[:10] for s in starts if s.get("started"))
+            trained = "" if not dates else " to ".join(sorted({dates[0], dates[-1]}))
+            lines.append(
+                f"| `{study.relative_to(root)}` | {data} | {arm} "
+                f"| {seed_ranges([int(r['seed']) for r in records])} | {len(records)} "
+                f"| {', '.join(machines)} | {', '.join(commits)} | {trained} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def regenerate(root: Path, check: bool = False) -> list[str]:
+    """Rewrites (or with ``check`` compares) every table of every study below ``root``, and the
+    run index of a folder that holds studies; returns the files that differed from the
+    committed ones."""
+    root = Path(root)
+    outputs: list[tuple[Path, Callable[[], str]]] = [
+        (study / spec["file"], partial(render_table, study, spec))
+        for study in studies(root)
+        for spec in table_specs(study)
+    ]
+    if studies(root) and not (root / TABLES).is_file():
+        outputs.append((root / INDEX, partial(render_index, root)))
+    differ = []
+    for target, render in outputs:
+        text = render()
+        if not target.is_file() or target.read_text() != text:
+            differ.append(str(target))
+            if not check:
+                target.write_text(text)
     return differ
 
 
