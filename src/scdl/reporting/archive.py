@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from scdl.reporting.records import ARCHIVE_VERSION, SUFFIX, collect
+from scdl.reporting.records import ARCHIVE_VERSION, SUFFIX, collect, load_records
 
 TABLES = "tables.yaml"
 INDEX = "runs.md"  # the run index of a folder of studies
@@ -152,9 +152,7 @@ def seed_ranges(seeds: Sequence[int]) -> str:
 def render_index(root: Path) -> str:
     """The run index of the studies below ``root``: one row per study, data set and arm with its
     seeds, run count, the machines (CPU model and capability) and commits that trained it, and
-    the dates of its first and last start. Runs without a provenance record say so."""
-    from scdl.reporting.records import load_records
-
+    the dates of its first and last start. Runs without a provenance record are counted."""
     lines = [
         f"<!-- written by python -m scdl.reporting.archive tables {root.name}; never by hand -->",
         "",
@@ -172,7 +170,7 @@ def render_index(root: Path) -> str:
             machines = sorted({f"{s.get('cpu')} ({s.get('cpu_capability')})" for s in starts})
             commits = sorted({str(s.get("commit"))[:7] for s in starts})
             if unrecorded:
-                machines.append(f"{unrecorded} run(s) unrecorded")
+                machines.append(f"{unrecorded} without a provenance record")
             dates = sorted(str(s["started"])[:10] for s in starts if s.get("started"))
             trained = "" if not dates else " to ".join(sorted({dates[0], dates[-1]}))
             lines.append(
@@ -188,12 +186,13 @@ def regenerate(root: Path, check: bool = False) -> list[str]:
     run index of a folder that holds studies; returns the files that differed from the
     committed ones."""
     root = Path(root)
+    found = studies(root)
     outputs: list[tuple[Path, Callable[[], str]]] = [
         (study / spec["file"], partial(render_table, study, spec))
-        for study in studies(root)
+        for study in found
         for spec in table_specs(study)
     ]
-    if studies(root) and not (root / TABLES).is_file():
+    if found and not (root / TABLES).is_file():
         outputs.append((root / INDEX, partial(render_index, root)))
     differ = []
     for target, render in outputs:
