@@ -23,17 +23,20 @@ help:
 	@echo "make tables     regenerate the tables under results/ from their per-case data"
 
 LOCK := requirements/lock.txt
-# The index decides torch's build (CPU or CUDA), not the version: on a CPU-only machine
-# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the multi-GB CUDA wheel
-TORCH_INDEX ?=
+# The index decides torch's build (CPU or CUDA), not the version: PyPI's Linux torch is the
+# multi-GB CUDA build. Without an NVIDIA driver (no nvidia-smi) the PyTorch CPU index is added:
+# torch==2.13.0 also matches 2.13.0+cpu, which pip ranks above PyPI's 2.13.0. Set
+# TORCH_INDEX=<a CUDA index> for another build, or TORCH_INDEX= for the configured index alone.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,$(TORCH_CPU_INDEX))
 # pinned here as in the lock: an unpinned torch would resolve to the newest (multi-GB CUDA) release
 TORCH_VERSION := 2.13.0
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# the exact versions of the lock (pyproject.toml states ranges); torch first, from TORCH_INDEX if set
-	$(BIN)/pip install -q -c $(LOCK) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# the exact versions of the lock (pyproject.toml states ranges); torch first, TORCH_INDEX beside the index
+	$(BIN)/pip install -q -c $(LOCK) torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	# launchers and the Optuna sweeper too: their configs are tested (tests/test_sweeps.py)
 	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,slurm,joblib,hpo]"
 	touch $(STAMP)

@@ -79,3 +79,51 @@ def test_the_makefile_pins_the_torch_of_the_lock():
     version = re.search(r"^TORCH_VERSION := (\S+)$", makefile, re.M).group(1)
     assert "torch==$(TORCH_VERSION)" in makefile
     assert f"torch=={version}\n" in (ROOT / "requirements" / "lock.txt").read_text()
+    assert (
+        "torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))" in makefile
+    )
+
+
+def test_without_an_nvidia_driver_make_setup_adds_the_cpu_index_of_torch(tmp_path):
+    """PyPI's Linux torch is the multi-GB CUDA build: on a machine without nvidia-smi make setup
+    adds the PyTorch CPU index (2.13.0+cpu outranks 2.13.0); with nvidia-smi it leaves the
+    index alone; TORCH_INDEX given by the user wins."""
+    import os
+    import shutil
+    import subprocess
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+
+    def index(path: str, *args: str) -> str:
+        out = subprocess.run(
+            [
+                make,
+                "-s",
+                "-C",
+                str(ROOT),
+                "--eval",
+                "print-index: ; @echo '$(TORCH_INDEX)'",
+                "print-index",
+                *args,
+            ],
+            env={**os.environ, "PATH": path},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    plain = str(tmp_path / "plain")
+    os.mkdir(plain)
+    for tool in ("sh", "bash", "echo"):  # what make's shell needs, no nvidia-smi
+        if shutil.which(tool):
+            os.symlink(shutil.which(tool), os.path.join(plain, tool))
+    assert index(plain) == "https://download.pytorch.org/whl/cpu"
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    (gpu / "nvidia-smi").write_text("#!/bin/sh\n")
+    (gpu / "nvidia-smi").chmod(0o755)
+    assert index(f"{gpu}:{plain}") == ""
+    assert index(plain, "TORCH_INDEX=https://example.org/cu128") == "https://example.org/cu128"
