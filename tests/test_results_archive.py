@@ -11,9 +11,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from scdl.metrics.results import aggregate_metrics, save_metrics
-from scdl.reporting.archive import export, main, regenerate, seed_ranges, studies
+from scdl.reporting.archive import export, main, regenerate, studies
 from scdl.reporting.records import load_records
-from scdl.reporting.summary import parse_args, render
+from scdl.reporting.summary import parse_args, parse_seeds, render, seed_ranges
 from scdl.runs import TRAIN_TEST_STEM
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -94,9 +94,10 @@ def test_an_archive_of_another_version_is_refused_by_name(tmp_path):
         load_records([tmp_path])
 
 
-def test_seed_ranges_compress_runs_of_consecutive_seeds():
-    assert seed_ranges([3, 1, 2, 5, 8, 7, 2]) == "1-3, 5, 7-8"
+def test_seed_ranges_compress_runs_of_consecutive_seeds_as_parse_seeds_reads_them():
+    assert seed_ranges([3, 1, 2, 5, 8, 7, 2]) == "1-3,5,7-8"
     assert seed_ranges([4]) == "4"
+    assert parse_seeds(seed_ranges([3, 1, 2, 5, 8, 7, 2])) == {1, 2, 3, 5, 7, 8}
 
 
 def test_the_run_index_is_read_off_the_records_and_goes_stale_when_a_run_is_added(tmp_path):
@@ -126,4 +127,4 @@ def test_the_run_index_is_read_off_the_records_and_goes_stale_when_a_run_is_adde
     assert not (study / "runs.md").exists()
     assert regenerate(results, check=True) == [str(results / "runs.md")]
     regenerate(results)
-    assert "| `study` | phantom | exp/full | 1, 3 | 2 |" in (results / "runs.md").read_text()
+    assert "| `study` | phantom | exp/full | 1,3 | 2 |" in (results / "runs.md").read_text()

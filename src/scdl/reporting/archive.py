@@ -138,21 +138,12 @@ def studies(root: Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob(TABLES))
 
 
-def seed_ranges(seeds: Sequence[int]) -> str:
-    """``[1, 2, 3, 5, 7, 8]`` -> ``"1-3, 5, 7-8"``."""
-    spans: list[list[int]] = []
-    for seed in sorted(set(seeds)):
-        if spans and seed == spans[-1][1] + 1:
-            spans[-1][1] = seed
-        else:
-            spans.append([seed, seed])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-
-
 def render_index(root: Path) -> str:
     """The run index of the studies below ``root``: one row per study, data set and arm with its
     seeds, run count, the machines (CPU model and capability) and commits that trained it, and
     the dates of its first and last start. Runs without a provenance record are counted."""
+    from scdl.reporting.summary import seed_ranges  # as render_table: summary only when asked
+
     lines = [
         f"<!-- written by python -m scdl.reporting.archive tables {root.name}; never by hand -->",
         "",

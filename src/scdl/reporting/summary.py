@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -310,6 +310,17 @@ def parse_seeds(text: str) -> set[int]:
         except ValueError:
             raise ValueError(f"--seeds {text}: {item!r} is not a seed or a range a-b") from None
     return seeds
+
+
+def seed_ranges(seeds: Iterable[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: the form :func:`parse_seeds` reads back."""
+    spans: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def only_seeds(records: Sequence[RecordT], seeds: set[int]) -> list[RecordT]:
