@@ -115,6 +115,9 @@ def test_cpu_precision_follows_native_bf16(monkeypatch):
     choice = hardware.cpu_precision_choice()
     assert (choice.precision, choice.channels_last) == ("bf16-mixed", True)
     assert "avx512_bf16" in choice.reason
+    assert hardware.native_bf16_flags() == ["avx512_bf16"]
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: {"avx512f", "amx_bf16", "avx512_bf16"})
+    assert hardware.native_bf16_flags() == ["amx_bf16", "avx512_bf16"]
     hardware.native_bf16.cache_clear()
 
 

@@ -27,7 +27,9 @@ def test_every_committed_table_regenerates_from_its_data():
     assert regenerate(RESULTS, check=True) == []
 
 
-def _run(root: Path, name: str, ablation: str, seed: int, gain: float, cache: Path) -> Path:
+def _run(
+    root: Path, name: str, ablation: str, seed: int, gain: float, cache: Path, **machine: object
+) -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(
@@ -50,7 +52,7 @@ def _run(root: Path, name: str, ablation: str, seed: int, gain: float, cache: Pa
     res = aggregate_metrics(cases, ["big", "tiny", "mid"], [f"t{i}" for i in range(6)])
     save_metrics(res, run, stem=TRAIN_TEST_STEM)
     (run / "finished.json").write_text(json.dumps({"metrics": {"best/val/dice": 0.5}}))
-    (run / "provenance.json").write_text(json.dumps({"starts": [{"commit": "c" * 40}]}))
+    (run / "provenance.json").write_text(json.dumps({"starts": [{"commit": "c" * 40, **machine}]}))
     return run
 
 
@@ -107,9 +109,10 @@ def test_the_run_index_is_read_off_the_records_and_goes_stale_when_a_run_is_adde
     cache.mkdir()
     np.save(cache / "a_label.npy", np.array([1] * 50 + [2] * 2 + [3] * 10, dtype=np.uint8))
     runs = tmp_path / "logs"
+    xeon = {"cpu": "Xeon", "cpu_capability": "AVX512", "bf16_flags": ["amx_bf16", "avx512_bf16"]}
     for seed in (1, 2):
-        _run(runs, f"b{seed}", "baseline", seed, 0.0, cache)
-    _run(runs, "f1", "full", 1, 0.05, cache)
+        _run(runs, f"b{seed}", "baseline", seed, 0.0, cache, **xeon)
+    _run(runs, "f1", "full", 1, 0.05, cache, cpu="EPYC", cpu_capability="AVX512")
     results = tmp_path / "results"
     study = results / "study"
     export(study, [runs], k=1)
@@ -119,6 +122,8 @@ def test_the_run_index_is_read_off_the_records_and_goes_stale_when_a_run_is_adde
     assert "| `study` | phantom | exp/baseline | 1-2 | 2 |" in index
     assert "| `study` | phantom | exp/full | 1 | 1 |" in index
     assert "c" * 7 in index  # the commit of its provenance
+    assert "| Xeon (AVX512, amx_bf16, avx512_bf16) |" in index  # AMX told apart
+    assert "| EPYC (AVX512) |" in index  # a record from before the flags were kept
 
     _run(runs, "f3", "full", 3, 0.05, cache)
     export(study, [runs / "f3"], k=1)

@@ -7,6 +7,7 @@ import torch
 
 from conftest import compose_cfg, tiny_train_overrides
 from scdl.training import train
+from scdl.utils import hardware
 
 
 def test_tiny_fit_then_test(phantom_cache, tmp_path):
@@ -32,6 +33,7 @@ def test_tiny_fit_then_test(phantom_cache, tmp_path):
     # what produced the figures: commit and machine kind, one entry per start, no host name
     (start,) = json.loads((out / "provenance.json").read_text())["starts"]
     assert len(start["commit"]) == 40 and start["cpu_capability"]
+    assert start["bf16_flags"] == hardware.native_bf16_flags()  # amx_bf16 vs avx512_bf16
     assert start["cpu"] and start["torch"] == torch.__version__ and "host" not in str(start)
     # the checkpoint holds the EMA teacher, so resuming restores it
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]

@@ -138,6 +138,13 @@ def studies(root: Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob(TABLES))
 
 
+def machine_label(start: dict[str, Any]) -> str:
+    """``CPU model (capability[, bf16 flags])`` of one provenance start; the flags only where
+    recorded (records written before them name the model and capability alone)."""
+    details = [str(start.get("cpu_capability")), *(start.get("bf16_flags") or [])]
+    return f"{start.get('cpu')} ({', '.join(details)})"
+
+
 def render_index(root: Path) -> str:
     """The run index of the studies below ``root``: one row per study, data set and arm with its
     seeds, run count, the machines (CPU model and capability) and commits that trained it, and
@@ -158,7 +165,7 @@ def render_index(root: Path) -> str:
         for (data, arm), records in sorted(arms.items()):
             starts = [s for r in records for s in r.get("provenance") or []]
             unrecorded = sum(not r.get("provenance") for r in records)
-            machines = sorted({f"{s.get('cpu')} ({s.get('cpu_capability')})" for s in starts})
+            machines = sorted({machine_label(s) for s in starts})
             commits = sorted({str(s.get("commit"))[:7] for s in starts})
             if unrecorded:
                 machines.append(f"{unrecorded} without a provenance record")

@@ -61,6 +61,15 @@ def command_output(cmd: list[str], timeout: float = 20.0) -> str:
     return out.stdout if out.returncode == 0 else ""
 
 
+def native_bf16_flags() -> list[str]:
+    """The CPU flags that give native bf16 here (``amx_bf16``, ``avx512_bf16``, Arm's ``bf16``),
+    [] where there are none or ``/proc/cpuinfo`` is missing. ``get_cpu_capability()`` says
+    AVX512 both for an AMD EPYC with avx512_bf16 and an Intel Xeon with AMX, whose bf16 kernels
+    (and so the last digits of a bf16 run) differ: provenance records these flags beside it."""
+    flags = _cpu_flags()
+    return [f for f in (*NATIVE_BF16_FLAGS, "bf16") if f in flags]
+
+
 @lru_cache(maxsize=1)
 def native_bf16() -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively, and the evidence (CPU flag or sysctl)."""

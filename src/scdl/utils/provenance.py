@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from scdl.utils.hardware import command_output, cpuinfo_field, native_bf16
+from scdl.utils.hardware import command_output, cpuinfo_field, native_bf16, native_bf16_flags
 
 PROVENANCE = "provenance.json"
 
@@ -52,6 +52,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16()[0],
+        "bf16_flags": native_bf16_flags(),
         "torch_threads": torch.get_num_threads(),
         "gpus": gpus,
         "torch": torch.__version__,
