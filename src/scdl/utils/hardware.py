@@ -73,12 +73,9 @@ def native_bf16_flags() -> list[str]:
 @lru_cache(maxsize=1)
 def native_bf16() -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively, and the evidence (CPU flag or sysctl)."""
-    flags = _cpu_flags()
-    found = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    found = native_bf16_flags()  # x86 flags, or Arm's bf16 (Features line of /proc/cpuinfo)
     if found:
         return True, f"CPU flags {', '.join(found)}"
-    if "bf16" in flags:  # Arm (Features line of /proc/cpuinfo)
-        return True, "CPU feature bf16"
     if platform.system() == "Darwin" and platform.machine() == "arm64":
         if command_output(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], 5).strip() == "1":
             return True, "hw.optional.arm.FEAT_BF16"
