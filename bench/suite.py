@@ -38,7 +38,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -84,19 +83,15 @@ def run_section(name: str, args) -> dict:
 
 def hardware(device: str) -> dict:
     from scdl.utils.hardware import cpu_precision_choice
+    from scdl.utils.provenance import cpu_model
 
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),  # the model name provenance records for a run
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "cpu_precision_choice": cpu_precision_choice().reason,
         "torch": torch.__version__,
     }
-    try:
-        model = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
-        info["cpu"] = model[0].split(":", 1)[1].strip()
-    except (OSError, IndexError):
-        pass
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

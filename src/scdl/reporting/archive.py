@@ -147,7 +147,7 @@ def machine_label(start: dict[str, Any]) -> str:
 
 def render_index(root: Path) -> str:
     """The run index of the studies below ``root``: one row per study, data set and arm with its
-    seeds, run count, the machines (CPU model and capability) and commits that trained it, and
+    seeds, run count, the machines (:func:`machine_label`) and commits that trained it, and
     the dates of its first and last start. Runs without a provenance record are counted."""
     from scdl.reporting.summary import seed_ranges  # as render_table: summary only when asked
 
